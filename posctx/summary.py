@@ -1,0 +1,81 @@
+"""Small human-readable summaries of stores and decompositions (used by the CLI and demo)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+
+def variance_shares(dec: Any) -> list[dict[str, Any]]:
+    """Per-layer shares of ``ss_total`` carried by pos, ctx and resid.
+
+    ``dec`` must hold computed (or cheaply computable, e.g. opened from Zarr) ``ss_*``
+    variables; this reads the four per-layer vectors, nothing else.
+    """
+    rows = []
+    total = np.asarray(dec["ss_total"].values, dtype=float)
+    parts = {k: np.asarray(dec[f"ss_{k}"].values, dtype=float) for k in ("pos", "ctx", "resid")}
+    names = dec["layer_name"].values if "layer_name" in dec.coords else dec["layer"].values
+    for i, layer in enumerate(dec["layer"].values):
+        rows.append(
+            {
+                "layer": int(layer),
+                "name": str(names[i]),
+                "pos": float(parts["pos"][i] / total[i]),
+                "ctx": float(parts["ctx"][i] / total[i]),
+                "resid": float(parts["resid"][i] / total[i]),
+            }
+        )
+    return rows
+
+
+def format_variance_table(rows: list[Mapping[str, Any]]) -> str:
+    """Render :func:`variance_shares` as a fixed-width text table."""
+    lines = [f"{'layer':>5}  {'name':<12} {'pos':>7} {'ctx':>7} {'resid':>7}"]
+    for r in rows:
+        lines.append(
+            f"{r['layer']:>5}  {r['name']:<12} {r['pos']:>7.3f} {r['ctx']:>7.3f} {r['resid']:>7.3f}"
+        )
+    return "\n".join(lines)
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.1f} TB"  # pragma: no cover
+
+
+def format_store_info(info: Mapping[str, Any]) -> str:
+    """Render :func:`posctx.store.store_info` for a terminal."""
+    prov = info["provenance"]
+    cfg = prov.get("config", {})
+    model = prov.get("model", {})
+    special = prov.get("special_tokens", {})
+    lines = [f"store      {info['path']}"]
+    for name, arr in info["arrays"].items():
+        dims = ", ".join(f"{d}={s}" for d, s in zip(arr["dims"], arr["shape"]))
+        lines.append(
+            f"{name:<10} ({dims}) {arr['dtype']} chunks={tuple(arr['chunks'])} "
+            f"[{_human_bytes(arr['uncompressed_bytes'])} uncompressed]"
+        )
+    state = "complete" if info["complete"] else "INCOMPLETE: re-run the extract command to resume"
+    lines += [
+        f"size       {_human_bytes(info['size_on_disk'])} on disk",
+        f"blocks     {info['blocks_complete']}/{info['blocks_total']} written ({state})",
+        f"model      {model.get('hf_id')} ({model.get('architecture')}, weights "
+        f"{str(model.get('weights_hash'))[:12]}, dtype {model.get('dtype')}, "
+        f"attention {model.get('attn_implementation')}, batch {model.get('batch_size')}, "
+        f"device {model.get('device')})",
+        f"tokens     special-token policy {special.get('policy')!r}: prefix "
+        f"{special.get('prefix_tokens')} suffix {special.get('suffix_tokens')}",
+        f"corpus     {cfg.get('corpus', {}).get('spec')} seed={cfg.get('corpus', {}).get('seed')} "
+        f"balance={cfg.get('corpus', {}).get('balance')}",
+        f"created    {prov.get('created')} by posctx {prov.get('posctx_version')}",
+    ]
+    return "\n".join(lines)
+
+
+__all__ = ["format_store_info", "format_variance_table", "variance_shares"]

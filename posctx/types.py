@@ -1,0 +1,70 @@
+"""Dimension names, variable names and type aliases shared by the whole package.
+
+Dimension names are constants so that a rename is one edit, not a grep.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+import numpy as np
+import numpy.typing as npt
+
+CONTEXT = "context"
+POSITION = "position"
+LAYER = "layer"
+DIM = "dim"
+BLOCK = "block"
+
+HIDDEN_DIMS = (CONTEXT, POSITION, LAYER, DIM)
+
+HIDDEN = "hidden"
+TOKEN_ID = "token_id"
+TOPIC = "topic"
+SOURCE = "source"
+OFFSET = "offset"
+LAYER_NAME = "layer_name"
+BLOCK_COMPLETE = "block_complete"
+BLOCK_START = "block_start"
+
+#: attrs key under which the provenance record (a JSON string) is stored.
+PROVENANCE_ATTR = "posctx"
+#: value of attrs["posctx_schema"] for stores written by this version.
+SCHEMA_VERSION = 1
+
+ModelDType = Literal["float32", "bfloat16", "float16"]
+StorageDType = Literal["float32", "float16"]
+Device = str  # "cpu", "cuda", "cuda:1", ...
+SpecialTokenPolicy = Literal["model", "none"]
+
+FloatArray = npt.NDArray[np.floating]
+IntArray = npt.NDArray[np.integer]
+PathLike = Union[str, "os.PathLike[str]"]
+
+__all__ = [
+    "BLOCK",
+    "BLOCK_COMPLETE",
+    "BLOCK_START",
+    "CONTEXT",
+    "DIM",
+    "HIDDEN",
+    "HIDDEN_DIMS",
+    "LAYER",
+    "LAYER_NAME",
+    "OFFSET",
+    "POSITION",
+    "PROVENANCE_ATTR",
+    "SCHEMA_VERSION",
+    "SOURCE",
+    "TOKEN_ID",
+    "TOPIC",
+    "Device",
+    "FloatArray",
+    "IntArray",
+    "ModelDType",
+    "PathLike",
+    "SpecialTokenPolicy",
+    "StorageDType",
+]
+
+import os  # noqa: E402  (only for the PathLike forward reference above)

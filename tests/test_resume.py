@@ -1,0 +1,52 @@
+"""Resume after a real kill: the finished store equals an uninterrupted run, bit for bit."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+
+def _command(out: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "posctx", "extract", "--model", "minilm", "--corpus", "stdlib",
+        "--contexts", "40", "--length", "128", "--chunk-contexts", "2", "--batch-size", "1",
+        "--quiet", "--out", str(out),
+    ]
+
+
+def _markers(out: Path) -> int:
+    folder = out / "block_complete" / "c"
+    return len(list(folder.iterdir())) if folder.is_dir() else 0
+
+
+@pytest.mark.slow
+def test_killed_extraction_resumes_to_identical_store(tmp_path: Path) -> None:
+    reference, resumed = tmp_path / "reference.zarr", tmp_path / "resumed.zarr"
+    subprocess.run(_command(reference), check=True, capture_output=True)
+
+    proc = subprocess.Popen(_command(resumed), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while _markers(resumed) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_at_kill = _markers(resumed)
+    assert 3 <= done_at_kill < 20, f"kill landed after {done_at_kill} of 20 blocks"
+
+    rerun = subprocess.run(_command(resumed), check=True, capture_output=True, text=True)
+    assert "resumed" in rerun.stdout
+    assert f"{20 - done_at_kill} blocks written, {done_at_kill} already done" in rerun.stdout
+
+    a, b = xr.open_zarr(reference), xr.open_zarr(resumed)
+    assert bool(b.block_complete.all())
+    np.testing.assert_array_equal(a.hidden.values, b.hidden.values)
+    np.testing.assert_array_equal(a.token_id.values, b.token_id.values)
+    for name in ("topic", "source", "offset"):
+        np.testing.assert_array_equal(a[name].values, b[name].values)
