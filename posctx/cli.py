@@ -135,8 +135,8 @@ def extract(**kw: Any) -> None:
 @_storage_option
 def decompose(store: str, out: str, positions: str, storage_option: tuple[str, ...]) -> None:
     """Compute mu, pos, ctx and the sums of squares in one pass and write them to Zarr."""
-    from posctx.decompose import decompose as dec_fn
-    from posctx.decompose import open_decomposition, write_decomposition
+    from posctx.decomposition import decompose as dec_fn
+    from posctx.decomposition import open_decomposition, write_decomposition
     from posctx.store import open_hidden
     from posctx.summary import format_variance_table, variance_shares
 

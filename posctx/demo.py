@@ -23,7 +23,7 @@ def run_demo(
     Writes ``out/hidden.zarr`` (resumed if it is there from an interrupted demo) and
     ``out/decomposition.zarr`` (replaced on every run). Returns timings in seconds.
     """
-    from posctx.decompose import decompose, open_decomposition, write_decomposition
+    from posctx.decomposition import decompose, open_decomposition, write_decomposition
     from posctx.extract import extract
     from posctx.store import open_hidden, store_info
     from posctx.summary import format_variance_table, variance_shares

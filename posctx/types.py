@@ -27,7 +27,7 @@ LAYER_NAME = "layer_name"
 BLOCK_COMPLETE = "block_complete"
 BLOCK_START = "block_start"
 
-#: attrs key under which the provenance record (a JSON string) is stored.
+#: attrs key under which the provenance record (a JSON object) is stored.
 PROVENANCE_ATTR = "posctx"
 #: value of attrs["posctx_schema"] for stores written by this version.
 SCHEMA_VERSION = 1

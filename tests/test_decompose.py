@@ -1,4 +1,4 @@
-"""Tests of posctx.decompose: kernels, dask graph and the xarray layer."""
+"""Tests of posctx.decomposition: kernels, dask graph and the xarray layer."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import posctx.testing
-from posctx.decompose import (
+from posctx.decomposition import (
     api,
     decompose,
     graph,
@@ -30,8 +30,8 @@ from posctx.decompose import (
     residual,
     write_decomposition,
 )
-from posctx.decompose.graph import OUTPUT_NAMES, decompose_arrays
-from posctx.decompose.kernels import block_stats, combine_sum, decompose_numpy, take_stat
+from posctx.decomposition.graph import OUTPUT_NAMES, decompose_arrays
+from posctx.decomposition.kernels import block_stats, combine_sum, decompose_numpy, take_stat
 from posctx.errors import PosctxError, StoreError
 from posctx.testing import (
     hidden_dataset,
@@ -42,8 +42,8 @@ from posctx.testing import (
 )
 from posctx.types import CONTEXT, DIM, HIDDEN, HIDDEN_DIMS, LAYER, POSITION
 
-# `posctx.decompose` the attribute is the function re-exported by posctx/__init__.py.
-decompose_pkg = importlib.import_module("posctx.decompose")
+# `posctx.decomposition` the attribute is the function re-exported by posctx/__init__.py.
+decompose_pkg = importlib.import_module("posctx.decomposition")
 
 
 def random_hidden(shape: tuple[int, int, int, int], seed: int = 0) -> np.ndarray:
@@ -271,6 +271,16 @@ def test_dim_chunks_are_merged_before_the_kernel() -> None:
     out = decompose_arrays(x)
     assert out["mu"].chunks == ((2,), (6,))
     assert_matches_reference(dask.compute(out)[0], decompose_numpy(x.compute()))
+
+
+def test_large_mean_keeps_sums_of_squares_accurate() -> None:
+    # ss_total is a one-pass sum (sumsq - C T |mu|^2): check the cancellation stays small
+    # when the mean is 1000 times the spread (larger than typical hidden states).
+    x = (np.random.default_rng(1).normal(size=(32, 16, 2, 8)) + 1e3).astype(np.float32)
+    (got,) = dask.compute(decompose_arrays(da.from_array(x, chunks=(5, 16, 1, 8))))
+    ref = decompose_numpy(x)
+    for name in ("ss_total", "ss_pos", "ss_ctx", "ss_resid"):
+        np.testing.assert_allclose(got[name], ref[name], rtol=1e-7, err_msg=name)
 
 
 def test_decompose_arrays_rejects_bad_input() -> None:

@@ -1,0 +1,12 @@
+"""Position/context decomposition of hidden states, out of core.
+
+Three layers, from the bottom up: :mod:`~posctx.decomposition.kernels` (numpy, one chunk at a
+time), :mod:`~posctx.decomposition.graph` (the dask graph: one kernel task per chunk, then tree
+reductions) and :mod:`~posctx.decomposition.api` (labels, schema checks, Zarr I/O).
+"""
+
+from __future__ import annotations
+
+from posctx.decomposition.api import decompose, open_decomposition, residual, write_decomposition
+
+__all__ = ["decompose", "open_decomposition", "residual", "write_decomposition"]
