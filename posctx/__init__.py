@@ -12,7 +12,7 @@ Examples
 >>> path = tempfile.mkdtemp() + "/hidden.zarr"
 >>> _ = posctx.testing.write_planted_store(path, n_contexts=8, length=5, n_layers=2, n_dims=3)
 >>> ds = posctx.open_hidden(path)
->>> dec = posctx.decomposition(ds, positions=slice(1, None))
+>>> dec = posctx.decompose(ds, positions=slice(1, None))
 >>> dec.pos.sel(layer=1).shape
 (4, 3)
 """

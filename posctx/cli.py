@@ -132,8 +132,11 @@ def extract(**kw: Any) -> None:
 @click.argument("store")
 @click.option("--out", required=True, help="Output decomposition store (path or URL).")
 @click.option("--positions", default="1:", show_default=True, help="Position labels to use, START:STOP or 'all'. The paper drops position 0 ([CLS]/BOS).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing decomposition at --out.")
 @_storage_option
-def decompose(store: str, out: str, positions: str, storage_option: tuple[str, ...]) -> None:
+def decompose(
+    store: str, out: str, positions: str, overwrite: bool, storage_option: tuple[str, ...]
+) -> None:
     """Compute mu, pos, ctx and the sums of squares in one pass and write them to Zarr."""
     from posctx.decomposition import decompose as dec_fn
     from posctx.decomposition import open_decomposition, write_decomposition
@@ -143,7 +146,12 @@ def decompose(store: str, out: str, positions: str, storage_option: tuple[str, .
     opts = _storage_options(storage_option)
     ds = open_hidden(store, storage_options=opts)
     start = time.perf_counter()
-    write_decomposition(dec_fn(ds, positions=_parse_positions(positions)), out, storage_options=opts)
+    write_decomposition(
+        dec_fn(ds, positions=_parse_positions(positions)),
+        out,
+        mode="w" if overwrite else "w-",
+        storage_options=opts,
+    )
     seconds = time.perf_counter() - start
     click.echo(format_variance_table(variance_shares(open_decomposition(out, storage_options=opts))))
     click.echo(f"wrote {out} in {seconds:.1f} s")

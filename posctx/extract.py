@@ -19,6 +19,7 @@ import numpy as np
 
 from posctx.config import ExtractConfig
 from posctx.errors import StoreError
+from posctx.types import SCHEMA_VERSION
 from posctx.store import (
     Block,
     BlockWriter,
@@ -150,7 +151,7 @@ def prepare_store(
             f"(C={config.store.contexts}, T={config.store.length})"
         ),
         "posctx_kind": "hidden",
-        "posctx_schema": 1,
+        "posctx_schema": SCHEMA_VERSION,
         "posctx": record,
     }
     ds, encoding = build_dataset(

@@ -10,6 +10,7 @@ work to redo, never a silent hole.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -18,7 +19,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -36,7 +37,6 @@ from posctx.types import (
     OFFSET,
     POSITION,
     PROVENANCE_ATTR,
-    SCHEMA_VERSION,
     SOURCE,
     TOKEN_ID,
     TOPIC,
@@ -228,6 +228,19 @@ def build_dataset(
     return ds, encoding
 
 
+@contextlib.contextmanager
+def writing_consolidated() -> Iterator[None]:
+    """Silence zarr's note that consolidated metadata is an extension to Zarr v3.
+
+    posctx writes consolidated metadata on purpose: a plain ``xarray.open_zarr`` then opens
+    its stores quietly and quickly. Store metadata never changes after creation (blocks are
+    region writes), so the consolidated copy cannot go stale.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        yield
+
+
 def create_store(
     path: str,
     ds: Any,
@@ -246,11 +259,7 @@ def create_store(
         "consolidated": True,
         "encoding": dict(encoding),
     }
-    with warnings.catch_warnings():
-        # Consolidated metadata is a zarr-python extension to v3; it lets a plain
-        # xarray.open_zarr open the store quietly and quickly, and our metadata never changes
-        # after creation (blocks are region writes), so it cannot go stale.
-        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+    with writing_consolidated():
         if is_remote(path):
             ds.to_zarr(path, storage_options=dict(storage_options or {}), **kwargs)
             return
@@ -459,4 +468,5 @@ __all__ = [
     "read_provenance",
     "size_on_disk",
     "store_info",
+    "writing_consolidated",
 ]

@@ -26,7 +26,6 @@ from __future__ import annotations
 import collections
 import threading
 import uuid
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -39,6 +38,7 @@ import xarray as xr
 from dask.array.utils import meta_from_array
 from dask.local import get_sync
 
+from posctx.store import writing_consolidated
 from posctx.types import (
     BLOCK,
     BLOCK_COMPLETE,
@@ -349,10 +349,7 @@ def write_planted_store(
     (8, 4, 2, 3)
     """
     ds, truth = planted_hidden(**kwargs)
-    with warnings.catch_warnings():
-        # Zarr warns that consolidated metadata is not in the v3 spec yet; xarray reads it
-        # fine and, without it, warns on every plain open_zarr instead.
-        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+    with writing_consolidated():
         ds.to_zarr(path, mode="w-", zarr_format=3, consolidated=consolidated)
     return truth
 

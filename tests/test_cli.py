@@ -36,6 +36,12 @@ def test_extract_info_decompose(tiny_models: dict[str, Path], tmp_path: Path) ->
     run = _posctx("decompose", str(out), "--out", str(dec))
     assert run.returncode == 0, run.stderr
     assert "embeddings" in run.stdout and dec.is_dir()
+    again = _posctx("decompose", str(out), "--out", str(dec))
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    assert _posctx("decompose", str(out), "--out", str(dec), "--overwrite").returncode == 0
+    onto_hidden = _posctx("decompose", str(out), "--out", str(out), "--overwrite")
+    assert onto_hidden.returncode == 2 and "is a hidden-state store" in onto_hidden.stderr
+    assert _posctx("info", str(out)).returncode == 0  # still intact
 
 
 def test_user_errors_are_one_line_with_status_2(tmp_path: Path) -> None:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import doctest
 import importlib
 import json
 import pickle
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import dask
@@ -24,8 +22,6 @@ import posctx.testing
 from posctx.decomposition import (
     api,
     decompose,
-    graph,
-    kernels,
     open_decomposition,
     residual,
     write_decomposition,
@@ -490,17 +486,6 @@ def test_selection_errors(kwargs: dict[str, Any], match: str) -> None:
 def test_scalar_selection_keeps_the_dimension() -> None:
     dec = decompose(_small(), contexts=2)
     assert dec.ctx.dims == (CONTEXT, LAYER, DIM) and dec.sizes[CONTEXT] == 1
-
-
-# --- docs -----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "module", [kernels, graph, api, decompose_pkg, posctx.testing], ids=lambda m: m.__name__
-)
-def test_docstring_examples_run(module: ModuleType) -> None:
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    assert result.failed == 0
 
 
 def test_public_api() -> None:

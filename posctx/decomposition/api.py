@@ -20,6 +20,7 @@ import xarray as xr
 from posctx._version import version as _posctx_version
 from posctx.decomposition.graph import OUTPUT_NAMES, decompose_arrays
 from posctx.errors import PosctxError, StoreError
+from posctx.store import writing_consolidated
 from posctx.types import CONTEXT, DIM, HIDDEN, HIDDEN_DIMS, LAYER, POSITION, PathLike
 
 #: attrs key of the JSON record that says how a decomposition was made.
@@ -328,12 +329,14 @@ def write_decomposition(
         var.encoding = {}
     out = out.chunk(_uniform_chunks(out))
     try:
-        out.to_zarr(
-            target, mode=mode, zarr_format=3, consolidated=False, **_storage_kwargs(storage_options)
-        )
+        with writing_consolidated():
+            out.to_zarr(
+                target, mode=mode, zarr_format=3, consolidated=True, **_storage_kwargs(storage_options)
+            )
     except FileExistsError as exc:
         raise StoreError(
-            f"{target} already holds data; remove it or pass mode='w' to overwrite"
+            f"{target} already holds data: remove it, or overwrite it with --overwrite "
+            "(mode='w' in Python)"
         ) from exc
 
 
@@ -370,10 +373,8 @@ def open_decomposition(
     """
     target = os.fspath(path)
     try:
-        # write_decomposition never consolidates; saying so spares xarray a failed attempt
-        # and the RuntimeWarning that comes with it.
         dec: xr.Dataset = xr.open_zarr(
-            target, consolidated=False, **_storage_kwargs(storage_options)
+            target, consolidated=True, **_storage_kwargs(storage_options)
         )
     except FileNotFoundError as exc:
         raise StoreError(f"no decomposition store at {target}: {exc}") from exc
