@@ -21,7 +21,14 @@ from __future__ import annotations
 
 from posctx._version import version as _version
 from posctx.config import CorpusConfig, ExtractConfig, ModelConfig, StoreConfig
-from posctx.decomposition import decompose, open_decomposition, residual, write_decomposition
+from posctx.decomposition import (
+    decompose,
+    norms,
+    open_decomposition,
+    residual,
+    update_decomposition,
+    write_decomposition,
+)
 from posctx.errors import (
     CorpusError,
     IncompleteStoreError,
@@ -50,9 +57,11 @@ __all__ = [
     "__version__",
     "decompose",
     "extract",
+    "norms",
     "open_decomposition",
     "open_hidden",
     "residual",
     "store_info",
+    "update_decomposition",
     "write_decomposition",
 ]

@@ -15,6 +15,10 @@ POSITION = "position"
 LAYER = "layer"
 DIM = "dim"
 BLOCK = "block"
+#: second matrix axis of (layer, dim, dim2) second moments
+DIM2 = "dim2"
+#: index of a singular value, largest first
+COMPONENT = "component"
 
 HIDDEN_DIMS = (CONTEXT, POSITION, LAYER, DIM)
 
@@ -45,6 +49,8 @@ __all__ = [
     "BLOCK",
     "BLOCK_COMPLETE",
     "BLOCK_START",
+    "COMPONENT",
+    "DIM2",
     "CONTEXT",
     "DIM",
     "HIDDEN",

@@ -7,6 +7,26 @@ reductions) and :mod:`~posctx.decomposition.api` (labels, schema checks, Zarr I/
 
 from __future__ import annotations
 
-from posctx.decomposition.api import decompose, open_decomposition, residual, write_decomposition
+from posctx.decomposition.api import (
+    combine,
+    decompose,
+    finalize,
+    norms,
+    open_decomposition,
+    residual,
+    statistics,
+    update_decomposition,
+    write_decomposition,
+)
 
-__all__ = ["decompose", "open_decomposition", "residual", "write_decomposition"]
+__all__ = [
+    "combine",
+    "decompose",
+    "finalize",
+    "norms",
+    "open_decomposition",
+    "residual",
+    "statistics",
+    "update_decomposition",
+    "write_decomposition",
+]

@@ -18,10 +18,26 @@ import numpy.typing as npt
 import xarray as xr
 
 from posctx._version import version as _posctx_version
-from posctx.decomposition.graph import OUTPUT_NAMES, decompose_arrays
+from posctx.decomposition.graph import (
+    MOMENT_OUTPUT_NAMES,
+    OUTPUT_NAMES,
+    STATISTIC_NAMES,
+    finalize_arrays,
+    statistics_arrays,
+)
 from posctx.errors import PosctxError, StoreError
 from posctx.store import writing_consolidated
-from posctx.types import CONTEXT, DIM, HIDDEN, HIDDEN_DIMS, LAYER, POSITION, PathLike
+from posctx.types import (
+    COMPONENT,
+    CONTEXT,
+    DIM,
+    DIM2,
+    HIDDEN,
+    HIDDEN_DIMS,
+    LAYER,
+    POSITION,
+    PathLike,
+)
 
 #: attrs key of the JSON record that says how a decomposition was made.
 DECOMPOSITION_ATTR = "posctx_decomposition"
@@ -40,6 +56,14 @@ OUTPUT_DIMS: dict[str, tuple[str, ...]] = {
     "ss_pos": (LAYER,),
     "ss_ctx": (LAYER,),
     "ss_resid": (LAYER,),
+    "pos_sum": (POSITION, LAYER, DIM),
+    "ctx_sum": (CONTEXT, LAYER, DIM),
+    "sumsq": (LAYER,),
+    "m2_hidden": (LAYER, DIM, DIM2),
+    "m2_resid": (LAYER, DIM, DIM2),
+    "sv_hidden": (LAYER, COMPONENT),
+    "sv_resid": (LAYER, COMPONENT),
+    "norm_hidden": (LAYER,),
 }
 
 #: A label selection: a slice, labels, a boolean mask, a single label, or None for all.
@@ -96,11 +120,92 @@ def _as_dask(h: xr.DataArray) -> xr.DataArray:
     return h.chunk({CONTEXT: "auto", POSITION: -1, LAYER: -1, DIM: -1})
 
 
+def statistics(
+    ds: xr.Dataset,
+    *,
+    positions: Selection = None,
+    contexts: Selection = None,
+    moments: bool = False,
+) -> xr.Dataset:
+    """Lazy sufficient statistics of the selected hidden states (one pass when computed).
+
+    ``pos_sum`` (position, layer, dim) and ``ctx_sum`` (context, layer, dim) are the sums of
+    ``h`` over contexts and over positions, ``sumsq`` (layer) the sum of squares, and with
+    ``moments`` ``m2_hidden`` (layer, dim, dim2) the second moment of ``h - mu``. They are
+    additive over contexts, so statistics of disjoint context sets :func:`combine` exactly;
+    :func:`finalize` turns them into the decomposition. Arguments as for :func:`decompose`.
+
+    Examples
+    --------
+    >>> from posctx.testing import planted_hidden
+    >>> ds, _ = planted_hidden(6, 4, 2, 3)
+    >>> sorted(statistics(ds).data_vars)
+    ['ctx_sum', 'pos_sum', 'sumsq']
+    """
+    h = _hidden(ds)
+    h = _select(h, POSITION, positions)
+    h = _select(h, CONTEXT, contexts)
+    h = _as_dask(h)
+    arrays = statistics_arrays(h.data, moments=moments)
+    position_labels = h[POSITION].values
+    source = ds.encoding.get("source")
+    record = {
+        "positions": [position_labels[0].item(), position_labels[-1].item()],
+        "n_positions": int(h.sizes[POSITION]),
+        "n_contexts": int(h.sizes[CONTEXT]),
+        "moments": bool(moments),
+        "source_store": None if source is None else str(source),
+        "posctx_version": _posctx_version(),
+    }
+    attrs = dict(ds.attrs)
+    # The input's attrs are kept as the record of where the states came from, but this is no
+    # longer a hidden-state store: say so, or store readers would take it for one.
+    attrs[KIND_ATTR] = DECOMPOSITION_KIND
+    attrs[DECOMPOSITION_ATTR] = json.dumps(record, sort_keys=True)
+    return xr.Dataset(
+        {name: (OUTPUT_DIMS[name], arrays[name]) for name in arrays},
+        coords=h.coords,
+        attrs=attrs,
+    )
+
+
+def finalize(stats: xr.Dataset) -> xr.Dataset:
+    """Lazy decomposition (``mu``, ``pos``, ``ctx``, ``ss_*``...) from :func:`statistics`.
+
+    The statistics variables are kept in the result. Works on lazy, in-memory or
+    Zarr-backed statistics alike; computes nothing.
+
+    Examples
+    --------
+    >>> from posctx.testing import planted_hidden
+    >>> ds, _ = planted_hidden(6, 4, 2, 3)
+    >>> dec = finalize(statistics(ds))
+    >>> dec.ctx.dims
+    ('context', 'layer', 'dim')
+    """
+    missing = [name for name in ("pos_sum", "ctx_sum", "sumsq") if name not in stats]
+    if missing:
+        raise PosctxError(f"statistics lack {missing}: make them with posctx statistics()")
+    arrays = finalize_arrays(
+        {name: _dask_data(stats[name]) for name in STATISTIC_NAMES if name in stats}
+    )
+    out = stats.copy()
+    for name, array in arrays.items():
+        out[name] = (OUTPUT_DIMS[name], array)
+    return out
+
+
+def _dask_data(var: xr.DataArray) -> da.Array:
+    data = var.data
+    return data if isinstance(data, da.Array) else da.from_array(np.asarray(data), chunks=-1)
+
+
 def decompose(
     ds: xr.Dataset,
     *,
     positions: Selection = None,
     contexts: Selection = None,
+    moments: bool = False,
 ) -> xr.Dataset:
     """Lazily split hidden states into mean, position, context and residual parts.
 
@@ -116,7 +221,10 @@ def decompose(
 
     Nothing is computed. Compute or write all variables together (``dec.compute()`` or
     :func:`write_decomposition`): every chunk of ``hidden`` is then read and converted to
-    float64 once for all of them.
+    float64 once for all of them. ``decompose`` is ``finalize(statistics(ds, ...))``: the
+    result also carries the sufficient statistics ``pos_sum``, ``ctx_sum``, ``sumsq`` (and
+    ``m2_hidden``), which :func:`write_decomposition` persists so that
+    :func:`update_decomposition` can later add contexts by reading only the new ones.
 
     Parameters
     ----------
@@ -127,6 +235,11 @@ def decompose(
         Label selections passed to ``.sel``: a slice (``positions=slice(1, None)`` drops the
         first position, as the paper does), a list/array of labels, or a boolean mask.
         ``None`` keeps all.
+    moments
+        Also accumulate the ``dim x dim`` second moment of ``h - mu`` per layer, giving the
+        singular values of the hidden states and of the residual (``sv_hidden``,
+        ``sv_resid``), the residual's second moment ``m2_resid`` and ``norm_hidden``, the
+        spectral norm of ``h`` as stored. Costs a matrix product per chunk (opt-in).
 
     Returns
     -------
@@ -159,32 +272,7 @@ def decompose(
     >>> bool(np.allclose(identity, dec.ss_total))
     True
     """
-    h = _hidden(ds)
-    h = _select(h, POSITION, positions)
-    h = _select(h, CONTEXT, contexts)
-    h = _as_dask(h)
-    arrays = decompose_arrays(h.data)
-
-    n_contexts, length = h.sizes[CONTEXT], h.sizes[POSITION]
-    position_labels = h[POSITION].values
-    source = ds.encoding.get("source")
-    record = {
-        "positions": [position_labels[0].item(), position_labels[-1].item()],
-        "n_positions": int(length),
-        "n_contexts": int(n_contexts),
-        "source_store": None if source is None else str(source),
-        "posctx_version": _posctx_version(),
-    }
-    attrs = dict(ds.attrs)
-    # The input's attrs are kept as the record of where the states came from, but this is no
-    # longer a hidden-state store: say so, or store readers would take it for one.
-    attrs[KIND_ATTR] = DECOMPOSITION_KIND
-    attrs[DECOMPOSITION_ATTR] = json.dumps(record, sort_keys=True)
-    return xr.Dataset(
-        {name: (OUTPUT_DIMS[name], arrays[name]) for name in OUTPUT_NAMES},
-        coords=h.coords,
-        attrs=attrs,
-    )
+    return finalize(statistics(ds, positions=positions, contexts=contexts, moments=moments))
 
 
 def _indexer(source: xr.DataArray, dec: xr.Dataset, dim: str) -> slice | npt.NDArray[np.intp]:
@@ -246,6 +334,40 @@ def residual(ds: xr.Dataset, dec: xr.Dataset) -> xr.DataArray:
     return xr.DataArray(resid.transpose(*HIDDEN_DIMS), coords=h.coords, name="resid")
 
 
+def norms(ds: xr.Dataset, dec: xr.Dataset) -> xr.Dataset:
+    """Lazy per-(context, position) norms of the residual and of ``h - mu``, per layer.
+
+    ``resid_norm**2`` summed over contexts and positions is ``ss_resid``, ``hidden_norm**2``
+    is ``ss_total``: compare them cell by cell to see where context-free, position-free
+    structure lives. Computing reads ``hidden`` once (plus once for ``dec`` if it is lazy).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from posctx.testing import planted_hidden
+    >>> ds, _ = planted_hidden(6, 4, 2, 3, dtype="float64")
+    >>> dec = decompose(ds).compute()
+    >>> n = norms(ds, dec)
+    >>> n.resid_norm.dims
+    ('context', 'position', 'layer')
+    >>> bool(np.allclose((n.resid_norm**2).sum(("context", "position")), dec.ss_resid))
+    True
+    """
+    resid = residual(ds, dec)
+    h = _hidden(ds)
+    h = _as_dask(h.isel({dim: _indexer(h, dec, dim) for dim in HIDDEN_DIMS}))
+    centred = h.variable.astype(np.float64) - dec["mu"].variable
+    return xr.Dataset(
+        {
+            "resid_norm": np.sqrt((resid**2).sum(DIM)),
+            "hidden_norm": (
+                (CONTEXT, POSITION, LAYER),
+                np.sqrt((centred**2).sum(DIM).transpose(CONTEXT, POSITION, LAYER).data),
+            ),
+        }
+    )
+
+
 def _uniform_chunks(dec: xr.Dataset) -> dict[Hashable, int]:
     """Per dim, the largest dask chunk of any variable: a chunking Zarr can store."""
     sizes: dict[Hashable, int] = {}
@@ -282,11 +404,14 @@ def write_decomposition(
     mode: Literal["w", "w-"] = "w-",
     storage_options: Mapping[str, Any] | None = None,
 ) -> None:
-    """Write a decomposition to a Zarr v3 store, computing all variables in one pass.
+    """Write a decomposition and its sufficient statistics to a Zarr v3 store.
 
-    All variables go through one ``to_zarr`` call, so the hidden states behind a lazy
-    ``dec`` are read once. Irregular dask chunks (from a context selection) are made
-    uniform first, as Zarr requires. Everything is stored as float64.
+    The hidden states behind a lazy ``dec`` are read once, in a first phase that writes the
+    statistics (``ctx_sum`` chunk by chunk, so memory stays bounded by the chunk size
+    whatever the number of contexts); a second phase derives ``mu``, ``pos``, ``ctx`` and the
+    sums of squares from the stored statistics (2/T of the hidden bytes). Irregular dask
+    chunks (from a context selection) are made uniform first, as Zarr requires. Everything
+    is stored as float64.
 
     Parameters
     ----------
@@ -314,7 +439,7 @@ def write_decomposition(
     >>> path = os.path.join(tempfile.mkdtemp(), "dec.zarr")
     >>> write_decomposition(decompose(ds), path)
     >>> sorted(open_decomposition(path).data_vars)
-    ['ctx', 'mu', 'pos', 'ss_ctx', 'ss_pos', 'ss_resid', 'ss_total']
+    ['ctx', 'ctx_sum', 'mu', 'pos', 'pos_sum', 'ss_ctx', 'ss_pos', 'ss_resid', 'ss_total', 'sumsq']
     """
     if mode not in ("w", "w-"):
         raise PosctxError(
@@ -327,17 +452,145 @@ def write_decomposition(
         # Encodings inherited from the hidden-state store (chunk shapes, codecs) describe
         # other arrays; let xarray derive fresh ones from the dask chunks.
         var.encoding = {}
-    out = out.chunk(_uniform_chunks(out))
+    stats = [name for name in STATISTIC_NAMES if name in out.data_vars]
+    two_phase = {"pos_sum", "ctx_sum", "sumsq"} <= set(stats) and any(
+        isinstance(out[name].data, da.Array) for name in stats
+    )
+    if not two_phase:
+        _to_zarr(out, target, mode, storage_options)
+        return
+    # Phase 1, the one pass over the hidden states: only the statistics, so `ctx_sum` streams
+    # to disk chunk by chunk (ctx itself needs mu, which needs every chunk). Phase 2 reads the
+    # stored sums (2/T of the hidden bytes) and writes the results next to them.
+    _to_zarr(out[stats], target, mode, storage_options)
+    stored = xr.open_zarr(target, consolidated=True, **_storage_kwargs(storage_options))
+    final = finalize(stored)
+    results = [name for name in final.data_vars if name not in stats]
+    _to_zarr(final[results].drop_vars(list(final.coords)), target, "a", storage_options)
+
+
+def _to_zarr(
+    ds: xr.Dataset, target: str, mode: str, storage_options: Mapping[str, Any] | None
+) -> None:
+    ds = ds.chunk(_uniform_chunks(ds))
     try:
         with writing_consolidated():
-            out.to_zarr(
-                target, mode=mode, zarr_format=3, consolidated=True, **_storage_kwargs(storage_options)
+            ds.to_zarr(
+                target, mode=mode, zarr_format=3, consolidated=True, **_storage_kwargs(storage_options)  # type: ignore[call-overload]  # mode is one of xarray's literals
             )
     except FileExistsError as exc:
         raise StoreError(
             f"{target} already holds data: remove it, or overwrite it with --overwrite "
             "(mode='w' in Python)"
         ) from exc
+
+
+def combine(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
+    """Statistics of the union of two disjoint context sets (lazy; exact).
+
+    ``pos_sum`` and ``sumsq`` add, ``ctx_sum`` is concatenated along ``context`` and
+    ``m2_hidden`` (when both have it) merges by the parallel-axis theorem.
+
+    Raises
+    ------
+    PosctxError
+        The two cover different positions, layers or dims, or share a context label.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from posctx.testing import planted_hidden
+    >>> ds, _ = planted_hidden(10, 4, 2, 3)
+    >>> both = combine(statistics(ds, contexts=slice(0, 5)), statistics(ds, contexts=slice(6, 9)))
+    >>> bool(np.allclose(finalize(both).mu, decompose(ds).mu))
+    True
+    """
+    for dim in (POSITION, LAYER, DIM):
+        if not np.array_equal(a[dim].values, b[dim].values):
+            raise PosctxError(
+                f"cannot combine statistics over different {dim}s: decompose the new contexts "
+                f"with the same {dim} selection as the previous decomposition"
+            )
+    shared = np.intersect1d(a[CONTEXT].values, b[CONTEXT].values)
+    if shared.size:
+        raise PosctxError(
+            f"contexts {shared[:5].tolist()} are in both sets: combine disjoint context sets"
+        )
+    n_a, n_b = a.sizes[CONTEXT] * a.sizes[POSITION], b.sizes[CONTEXT] * b.sizes[POSITION]
+    out = xr.Dataset(
+        {
+            "pos_sum": a.pos_sum + b.pos_sum,
+            "sumsq": a.sumsq + b.sumsq,
+            "ctx_sum": xr.concat([a.ctx_sum, b.ctx_sum], dim=CONTEXT),
+        },
+        attrs=dict(a.attrs),
+    )
+    if "m2_hidden" in a and "m2_hidden" in b:
+        mean_a = a.pos_sum.sum(POSITION) / n_a
+        mean_b = b.pos_sum.sum(POSITION) / n_b
+        delta = mean_a - mean_b
+        cross = delta * delta.rename({DIM: DIM2}) * (n_a * n_b / (n_a + n_b))
+        out["m2_hidden"] = (a.m2_hidden + b.m2_hidden + cross).transpose(*OUTPUT_DIMS["m2_hidden"])
+    record = json.loads(a.attrs.get(DECOMPOSITION_ATTR, "{}"))
+    record["n_contexts"] = int(out.sizes[CONTEXT])
+    record["moments"] = "m2_hidden" in out
+    out.attrs[DECOMPOSITION_ATTR] = json.dumps(record, sort_keys=True)
+    return out
+
+
+def update_decomposition(
+    previous: PathLike,
+    ds: xr.Dataset,
+    out: PathLike,
+    *,
+    mode: Literal["w", "w-"] = "w-",
+    storage_options: Mapping[str, Any] | None = None,
+) -> int:
+    """Write the decomposition of ``previous``'s contexts plus ``ds``'s new ones to ``out``.
+
+    Only the contexts of ``ds`` that ``previous`` does not hold are read from ``ds``; the
+    rest comes from the statistics persisted in ``previous``. The result equals decomposing
+    all contexts from scratch (up to float64 rounding).
+
+    Returns
+    -------
+    int
+        The number of new contexts read.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from posctx.testing import planted_hidden
+    >>> ds, _ = planted_hidden(10, 4, 2, 3)
+    >>> tmp = tempfile.mkdtemp()
+    >>> write_decomposition(decompose(ds, contexts=slice(0, 5)), os.path.join(tmp, "a.zarr"))
+    >>> update_decomposition(os.path.join(tmp, "a.zarr"), ds, os.path.join(tmp, "b.zarr"))
+    4
+    >>> updated = open_decomposition(os.path.join(tmp, "b.zarr"))
+    >>> bool(np.allclose(updated.ctx, decompose(ds).ctx))
+    True
+    """
+    if os.fspath(previous) == os.fspath(out):
+        raise PosctxError("write the updated decomposition to a new path: --out must differ")
+    prev = open_decomposition(previous, storage_options=storage_options)
+    record = json.loads(prev.attrs[DECOMPOSITION_ATTR])
+    h = _hidden(ds)
+    new = np.setdiff1d(h[CONTEXT].values, prev[CONTEXT].values)
+    if new.size == 0:
+        raise PosctxError(
+            f"{os.fspath(previous)} already holds every context of this store: nothing to add"
+        )
+    added = statistics(
+        ds,
+        positions=prev[POSITION].values,
+        contexts=new,
+        moments=bool(record.get("moments")) and "m2_hidden" in prev,
+    )
+    stats = [name for name in STATISTIC_NAMES if name in prev and name in added]
+    combined = combine(prev[stats], added[stats])
+    write_decomposition(finalize(combined), out, mode=mode, storage_options=storage_options)
+    return int(new.size)
 
 
 def open_decomposition(
@@ -388,6 +641,11 @@ def open_decomposition(
 
 
 __all__ = [
+    "combine",
+    "finalize",
+    "norms",
+    "statistics",
+    "update_decomposition",
     "DECOMPOSITION_ATTR",
     "DECOMPOSITION_KIND",
     "HIDDEN_KIND",

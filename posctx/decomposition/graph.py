@@ -26,10 +26,14 @@ import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph, Layer, MaterializedLayer
 
-from posctx.decomposition.kernels import block_stats, combine_sum, take_stat
+from posctx.decomposition.kernels import block_stats, combine_sum, singular_values, take_stat
 
 #: Keys of the dict returned by :func:`decompose_arrays`, in a stable order.
 OUTPUT_NAMES = ("mu", "pos", "ctx", "ss_total", "ss_pos", "ss_ctx", "ss_resid")
+#: Extra outputs when second moments are requested.
+MOMENT_OUTPUT_NAMES = ("m2_resid", "sv_hidden", "sv_resid", "norm_hidden")
+#: Sufficient statistics (additive over contexts), persisted with a decomposition.
+STATISTIC_NAMES = ("pos_sum", "ctx_sum", "sumsq", "m2_hidden")
 
 
 def _add_layer(
@@ -46,22 +50,112 @@ def _add_layer(
     return HighLevelGraph(layers, dependencies)
 
 
-def decompose_arrays(h: da.Array) -> dict[str, da.Array]:
-    """Lazy float64 decomposition of a ``(context, position, layer, dim)`` dask array.
+def statistics_arrays(h: da.Array, moments: bool = False) -> dict[str, da.Array]:
+    """Lazy sufficient statistics of a ``(context, position, layer, dim)`` dask array.
 
     Parameters
     ----------
     h
-        Hidden states, shape ``(C, T, L, D)``, any real floating dtype, any chunking (a
-        chunked last axis is first rechunked to a single chunk).
+        Hidden states, shape ``(C, T, L, D)``, any real dtype, any chunking (a chunked last
+        axis is first rechunked to a single chunk).
+    moments
+        Also return ``m2_hidden`` ``(L, D, D)``: the sum over all ``(c, t)`` of
+        ``(h - mu)(h - mu)^T``, merged from chunk-centred moments (no cancellation).
 
     Returns
     -------
     dict of dask.array.Array
-        ``mu`` ``(L, D)``, ``pos`` ``(T, L, D)``, ``ctx`` ``(C, L, D)`` and ``ss_total``,
-        ``ss_pos``, ``ss_ctx``, ``ss_resid`` ``(L,)``, all float64 and all lazy. ``ctx``
-        keeps the context and layer chunking of ``h``; ``pos`` its position and layer
-        chunking. Compute them together so that ``h`` is read once.
+        ``pos_sum`` ``(T, L, D)``, ``ctx_sum`` ``(C, L, D)``, ``sumsq`` ``(L,)`` and with
+        ``moments`` ``m2_hidden``; float64. These are additive over contexts (``m2_hidden``
+        by :func:`~posctx.decomposition.kernels.merge_moments`), which is what makes
+        incremental updates read only new contexts.
+
+    Examples
+    --------
+    >>> import dask
+    >>> import dask.array as da
+    >>> import numpy as np
+    >>> x = np.arange(2 * 3 * 1 * 2, dtype=np.float32).reshape(2, 3, 1, 2)
+    >>> stats = statistics_arrays(da.from_array(x, chunks=(1, 3, 1, 2)))
+    >>> dask.compute(stats["sumsq"])[0].tolist() == [float((x.astype(float) ** 2).sum())]
+    True
+    """
+    if h.ndim != 4:
+        raise ValueError(f"expected a 4-d (context, position, layer, dim) array, got {h.ndim}-d")
+    if not (np.issubdtype(h.dtype, np.floating) or np.issubdtype(h.dtype, np.integer)):
+        raise TypeError(f"expected a real numeric array, got dtype {h.dtype}")
+    if len(h.chunks[3]) > 1:
+        # Per-context and per-position sums need whole vectors; dim is small (<= a few k).
+        h = h.rechunk({3: -1})
+    if h.shape[0] == 0 or h.shape[1] == 0:
+        raise ValueError(f"cannot decompose an empty table of shape {h.shape}")
+    c_chunks, t_chunks, l_chunks, d_chunks = h.chunks
+    n_cb, n_tb, n_lb = len(c_chunks), len(t_chunks), len(l_chunks)
+    token = tokenize(h.name, moments)
+    blocks = [(i, j, k) for i in range(n_cb) for j in range(n_tb) for k in range(n_lb)]
+
+    # Chunk: one block_stats task per input chunk -- the only tasks that touch `h`.
+    stats_name = f"posctx-block-stats-{token}"
+    stats_layer = {
+        (stats_name, i, j, k): (block_stats, (h.name, i, j, k, 0), moments) for i, j, k in blocks
+    }
+    graph = _add_layer(h.dask, stats_name, stats_layer, {h.name})
+
+    def partials(stat: str, lead: int, chunks: tuple[tuple[int, ...], ...]) -> da.Array:
+        """Per-chunk results of ``stat`` with ``lead`` new leading axes indexing the chunk.
+
+        Block ``(i, j, k)`` of the input maps to block ``(i, j, k, 0...)`` of the result:
+        for ``lead == 1`` axis 1 is the position axis itself, for ``lead == 2`` a new one.
+        """
+        name = f"posctx-{stat}-partial-{token}"
+        layer = {
+            (name, i, j, k, *(0,) * (len(chunks) - 3)): (
+                take_stat, (stats_name, i, j, k), stat, lead
+            )
+            for i, j, k in blocks
+        }
+        return da.Array(_add_layer(graph, name, layer, {stats_name}), name, chunks, np.float64)
+
+    # Combine, ctx: few position blocks per context block, so one task each is cheap.
+    ctx_name = f"posctx-ctx-sum-{token}"
+    ctx_layer = {
+        (ctx_name, i, k, 0): (combine_sum, "ctx_sum", *[(stats_name, i, j, k) for j in range(n_tb)])
+        for i in range(n_cb)
+        for k in range(n_lb)
+    }
+    out = {
+        "ctx_sum": da.Array(
+            _add_layer(graph, ctx_name, ctx_layer, {stats_name}),
+            ctx_name,
+            chunks=(c_chunks, l_chunks, d_chunks),
+            dtype=np.float64,
+        ),
+        # Partials stacked along new leading axes, so that dask's tree reduction bounds how
+        # many are ever held and summed at once.
+        "pos_sum": partials("pos_sum", 1, ((1,) * n_cb, t_chunks, l_chunks, d_chunks)).sum(axis=0),
+        "sumsq": partials("sumsq", 2, ((1,) * n_cb, (1,) * n_tb, l_chunks)).sum(axis=(0, 1)),
+    }
+    if moments:
+        ones = ((1,) * n_cb, (1,) * n_tb)
+        m2_within = partials("m2", 2, (*ones, l_chunks, d_chunks, d_chunks)).sum(axis=(0, 1))
+        means = partials("mean", 2, (*ones, l_chunks, d_chunks))
+        counts = np.outer(c_chunks, t_chunks).astype(np.float64)
+        mu = out["pos_sum"].sum(axis=0) / (h.shape[0] * h.shape[1])
+        # Between-chunk part of the parallel-axis theorem: sum_b n_b (mean_b - mu)(mean_b - mu)^T.
+        dev = (means - mu) * np.sqrt(counts)[:, :, None, None]
+        out["m2_hidden"] = m2_within + da.einsum("ijld,ijle->lde", dev, dev)
+    return out
+
+
+def finalize_arrays(stats: Mapping[str, da.Array]) -> dict[str, da.Array]:
+    """Lazy decomposition from sufficient statistics (see :func:`statistics_arrays`).
+
+    Returns ``mu``, ``pos``, ``ctx``, ``ss_total``, ``ss_pos``, ``ss_ctx``, ``ss_resid`` and,
+    when ``stats`` holds ``m2_hidden``: ``m2_resid`` (the residual's second moment, from the
+    balanced-table identity ``m2_hidden = C sum pos pos^T + T sum ctx ctx^T + m2_resid``),
+    ``sv_hidden`` and ``sv_resid`` (singular values of the ``CT x D`` matrices of ``h - mu``
+    and of the residual, per layer, descending) and ``norm_hidden``, the spectral norm of
+    the hidden states as stored (``mu`` included, as the paper's relative norm uses).
 
     Notes
     -----
@@ -79,6 +173,45 @@ def decompose_arrays(h: da.Array) -> dict[str, da.Array]:
     about ``1e-16 * Q / ss_total`` in float64, negligible unless ``|mu|`` dwarfs the spread
     by many orders of magnitude. ``ss_pos`` and ``ss_ctx`` are taken from the centred
     vectors, which avoids that cancellation for them.
+    """
+    pos_sum, ctx_sum, sumsq = stats["pos_sum"], stats["ctx_sum"], stats["sumsq"]
+    n_contexts, length = int(ctx_sum.shape[0]), int(pos_sum.shape[0])
+    n_cells = n_contexts * length
+    mu = pos_sum.sum(axis=0) / n_cells
+    pos = pos_sum / n_contexts - mu
+    ctx = ctx_sum / length - mu
+    out = {
+        "mu": mu,
+        "pos": pos,
+        "ctx": ctx,
+        "ss_total": sumsq - n_cells * (mu**2).sum(axis=-1),
+        "ss_pos": n_contexts * (pos**2).sum(axis=(0, 2)),
+        "ss_ctx": length * (ctx**2).sum(axis=(0, 2)),
+    }
+    out["ss_resid"] = out["ss_total"] - out["ss_pos"] - out["ss_ctx"]
+    if "m2_hidden" in stats:
+        m2_hidden = stats["m2_hidden"].rechunk({1: -1, 2: -1})
+        m2_pos = n_contexts * da.einsum("tld,tle->lde", pos, pos)
+        m2_ctx = length * da.einsum("cld,cle->lde", ctx, ctx)
+        m2_resid = (m2_hidden - m2_pos - m2_ctx).rechunk({1: -1, 2: -1})
+        m2_raw = (m2_hidden + n_cells * da.einsum("ld,le->lde", mu, mu)).rechunk({1: -1, 2: -1})
+        n_sv = int(m2_hidden.shape[-1])
+        sv = {
+            name: m.map_blocks(
+                singular_values, drop_axis=2, chunks=(m.chunks[0], (n_sv,)), dtype=np.float64
+            )
+            for name, m in (("sv_hidden", m2_hidden), ("sv_resid", m2_resid), ("sv_raw", m2_raw))
+        }
+        out.update(m2_resid=m2_resid, sv_hidden=sv["sv_hidden"], sv_resid=sv["sv_resid"])
+        out["norm_hidden"] = sv["sv_raw"][:, 0]
+    return out
+
+
+def decompose_arrays(h: da.Array, moments: bool = False) -> dict[str, da.Array]:
+    """Lazy float64 decomposition of a ``(context, position, layer, dim)`` dask array.
+
+    ``finalize_arrays(statistics_arrays(h, moments))``: compute the outputs together so that
+    ``h`` is read once.
 
     Examples
     --------
@@ -95,100 +228,14 @@ def decompose_arrays(h: da.Array) -> dict[str, da.Array]:
     >>> all(np.allclose(got[k], ref[k]) for k in got)
     True
     """
-    if h.ndim != 4:
-        raise ValueError(f"expected a 4-d (context, position, layer, dim) array, got {h.ndim}-d")
-    if not (np.issubdtype(h.dtype, np.floating) or np.issubdtype(h.dtype, np.integer)):
-        raise TypeError(f"expected a real numeric array, got dtype {h.dtype}")
-    if len(h.chunks[3]) > 1:
-        # Per-context and per-position sums need whole vectors; dim is small (<= a few k).
-        h = h.rechunk({3: -1})
-
-    n_contexts, length = int(h.shape[0]), int(h.shape[1])
-    if n_contexts == 0 or length == 0:
-        raise ValueError(f"cannot decompose an empty table of shape {h.shape}")
-    c_chunks, t_chunks, l_chunks, d_chunks = h.chunks
-    n_cb, n_tb, n_lb = len(c_chunks), len(t_chunks), len(l_chunks)
-    token = tokenize(h.name)
-
-    # Chunk: one block_stats task per input chunk -- the only tasks that touch `h`.
-    stats_name = f"posctx-block-stats-{token}"
-    stats_layer = {
-        (stats_name, i, j, k): (block_stats, (h.name, i, j, k, 0))
-        for i in range(n_cb)
-        for j in range(n_tb)
-        for k in range(n_lb)
-    }
-    stats_graph = _add_layer(h.dask, stats_name, stats_layer, {h.name})
-
-    # Combine, ctx: few position blocks per context block, so one task each is cheap.
-    ctx_name = f"posctx-ctx-sum-{token}"
-    ctx_layer = {
-        (ctx_name, i, k, 0): (
-            combine_sum,
-            "ctx_sum",
-            *[(stats_name, i, j, k) for j in range(n_tb)],
-        )
-        for i in range(n_cb)
-        for k in range(n_lb)
-    }
-    ctx_sum = da.Array(
-        _add_layer(stats_graph, ctx_name, ctx_layer, {stats_name}),
-        ctx_name,
-        chunks=(c_chunks, l_chunks, d_chunks),
-        dtype=np.float64,
-    )
-
-    # Combine, pos: one partial per context block, stacked along a new leading axis so that
-    # dask's tree reduction bounds how many (T, L, D) partials are ever summed at once.
-    pos_part_name = f"posctx-pos-partial-{token}"
-    pos_part_layer = {
-        (pos_part_name, i, j, k, 0): (take_stat, (stats_name, i, j, k), "pos_sum", 1)
-        for i in range(n_cb)
-        for j in range(n_tb)
-        for k in range(n_lb)
-    }
-    pos_partials = da.Array(
-        _add_layer(stats_graph, pos_part_name, pos_part_layer, {stats_name}),
-        pos_part_name,
-        chunks=((1,) * n_cb, t_chunks, l_chunks, d_chunks),
-        dtype=np.float64,
-    )
-    pos_sum = pos_partials.sum(axis=0)
-
-    sumsq_part_name = f"posctx-sumsq-partial-{token}"
-    sumsq_part_layer = {
-        (sumsq_part_name, i, j, k): (take_stat, (stats_name, i, j, k), "sumsq", 2)
-        for i in range(n_cb)
-        for j in range(n_tb)
-        for k in range(n_lb)
-    }
-    sumsq_partials = da.Array(
-        _add_layer(stats_graph, sumsq_part_name, sumsq_part_layer, {stats_name}),
-        sumsq_part_name,
-        chunks=((1,) * n_cb, (1,) * n_tb, l_chunks),
-        dtype=np.float64,
-    )
-    sumsq = sumsq_partials.sum(axis=(0, 1))
-
-    # Finalize: divide by the counts and centre. All lazy.
-    n_cells = n_contexts * length
-    mu = pos_sum.sum(axis=0) / n_cells
-    pos = pos_sum / n_contexts - mu
-    ctx = ctx_sum / length - mu
-    mu_sq = (mu**2).sum(axis=-1)
-    ss_total = sumsq - n_cells * mu_sq
-    ss_pos = n_contexts * (pos**2).sum(axis=(0, 2))
-    ss_ctx = length * (ctx**2).sum(axis=(0, 2))
-    ss_resid = ss_total - ss_pos - ss_ctx
-    return {
-        "mu": mu,
-        "pos": pos,
-        "ctx": ctx,
-        "ss_total": ss_total,
-        "ss_pos": ss_pos,
-        "ss_ctx": ss_ctx,
-        "ss_resid": ss_resid,
-    }
+    return finalize_arrays(statistics_arrays(h, moments))
 
 
-__all__ = ["OUTPUT_NAMES", "decompose_arrays"]
+__all__ = [
+    "MOMENT_OUTPUT_NAMES",
+    "OUTPUT_NAMES",
+    "STATISTIC_NAMES",
+    "decompose_arrays",
+    "finalize_arrays",
+    "statistics_arrays",
+]
