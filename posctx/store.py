@@ -353,13 +353,7 @@ def open_hidden(
 
     if read_provenance(path, storage_options) is None:
         raise StoreError(f"no posctx store at {path}: run `posctx extract ... --out {path}` first")
-    ds = xr.open_zarr(
-        path,
-        consolidated=True,
-        zarr_format=3,
-        chunks=chunks if chunks is not None else {},
-        storage_options=dict(storage_options) if storage_options else None,
-    )
+    ds = open_labelled(path, storage_options=storage_options, chunks=chunks)
     # Reading the markers is eager on purpose: a few bytes that decide whether the store is
     # usable at all, never a computation over hidden states.
     done = np.asarray(ds[BLOCK_COMPLETE].values) == 1
@@ -378,6 +372,32 @@ def open_hidden(
         [np.arange(a, b) for a, b, ok in zip(starts, stops, done) if ok] or [np.array([], int)]
     )
     return ds.isel({CONTEXT: keep})
+
+
+def open_labelled(
+    path: str,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    chunks: Mapping[str, int] | str | None = None,
+) -> Any:
+    """``xr.open_zarr`` with data variables lazy (dask) and every label read into memory.
+
+    xarray would make the non-index coordinates (``topic``, ``source``, ``layer_name``...)
+    dask arrays too; labels are small, are needed to select and concatenate, and object-dtype
+    dask arrays cannot even be rechunked, so they are read once here, directly from Zarr
+    (no dask compute involved).
+    """
+    import xarray as xr
+
+    kwargs: dict[str, Any] = {"consolidated": True, "zarr_format": 3}
+    if storage_options:
+        kwargs["storage_options"] = dict(storage_options)
+    ds = xr.open_zarr(path, chunks=chunks if chunks is not None else {}, **kwargs)
+    labels = [name for name in ds.coords if name not in ds.indexes]
+    if labels:
+        raw = xr.open_zarr(path, chunks=None, **kwargs)
+        ds = ds.assign_coords({name: raw[name].variable.load() for name in labels})
+    return ds
 
 
 def size_on_disk(path: str, storage_options: Mapping[str, Any] | None = None) -> int:
@@ -464,6 +484,7 @@ __all__ = [
     "create_store",
     "default_chunk_contexts",
     "open_hidden",
+    "open_labelled",
     "plan_blocks",
     "read_provenance",
     "size_on_disk",

@@ -299,11 +299,11 @@ def hidden_dataset(
         chunks=(c_chunks, -1),
     )
     n_blocks = len(hidden.chunks[0])
-    topic_names = np.array(list(topics) if topics is not None else ["topic0"] * n_contexts)
+    topic_names = np.array(list(topics) if topics is not None else ["topic0"] * n_contexts, dtype=object)
     if topic_names.shape != (n_contexts,):
         raise ValueError(f"need one topic per context ({n_contexts}), got {topic_names.shape}")
-    sources = np.array([f"planted:{name}" for name in topic_names])
-    layer_names = np.array(["embeddings"] + [f"layer.{k}" for k in range(1, n_layers)])
+    sources = np.array([f"planted:{name}" for name in topic_names], dtype=object)
+    layer_names = np.array(["embeddings"] + [f"block_{k}" for k in range(1, n_layers)], dtype=object)
     return xr.Dataset(
         {
             HIDDEN: (HIDDEN_DIMS, hidden),
@@ -352,6 +352,93 @@ def write_planted_store(
     with writing_consolidated():
         ds.to_zarr(path, mode="w-", zarr_format=3, consolidated=consolidated)
     return truth
+
+
+def write_large_planted_store(
+    path: str,
+    *,
+    n_contexts: int,
+    length: int,
+    n_layers: int,
+    n_dims: int,
+    chunk_contexts: int,
+    dtype: str = "float32",
+    noise: float = 0.5,
+    seed: int = 0,
+    n_topics: int = 4,
+    progress: bool = False,
+) -> dict[str, npt.NDArray[Any]]:
+    """Write a planted store of any size block by block, in the real store schema.
+
+    Unlike :func:`write_planted_store` nothing of size ``C*T*L*D`` is ever in memory, so it
+    makes stores far larger than RAM (benchmarks, memory-limit tests). ``hidden`` is
+    ``mu + pos[t] + ctx[c] + resid`` with the residual double-centred within every pair of
+    contexts (``e`` and ``-e``, centred over positions), so the decomposition recovers
+    ``mu``, ``pos`` and ``ctx`` exactly up to the storage dtype's rounding.
+
+    Returns the truth: ``mu`` ``(L, D)``, ``pos`` ``(T, L, D)`` and ``ctx`` ``(C, L, D)``
+    (float64) and ``topic`` ``(C,)``.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> import posctx
+    >>> path = os.path.join(tempfile.mkdtemp(), "big.zarr")
+    >>> truth = write_large_planted_store(path, n_contexts=10, length=6, n_layers=2,
+    ...                                   n_dims=3, chunk_contexts=4)
+    >>> dec = posctx.decompose(posctx.open_hidden(path)).compute()
+    >>> bool(np.allclose(dec.ctx, truth["ctx"], atol=1e-4))
+    True
+    """
+    from tqdm.auto import tqdm
+
+    from posctx.store import BlockWriter, build_dataset, create_store, plan_blocks
+
+    if chunk_contexts % 2:
+        raise ValueError("chunk_contexts must be even: the residual is planted in pairs")
+    parts = planted_components(
+        min(n_contexts, 2 * n_topics), length, n_layers, n_dims, noise=0.0, seed=seed,
+        n_topics=n_topics,
+    )
+    rng = np.random.default_rng(seed + 1)
+    topic = np.arange(n_contexts) % n_topics
+    centres = rng.normal(0.0, 1.5, size=(n_topics, n_layers, n_dims))
+    ctx = centres[topic] + rng.normal(0.0, 0.3, size=(n_contexts, n_layers, n_dims))
+    ctx = _centre(ctx, axis=0)
+    mu, pos = parts["mu"], parts["pos"]
+    ds, encoding = build_dataset(
+        token_ids=np.zeros((n_contexts, length), dtype=np.int32),
+        topic=np.array([f"topic{k}" for k in topic]),
+        source=np.array([f"planted:{c}" for c in range(n_contexts)]),
+        offset=np.zeros(n_contexts, dtype=np.int64),
+        layers=tuple(range(n_layers)),
+        layer_names=tuple("embeddings" if i == 0 else f"block_{i}" for i in range(n_layers)),
+        hidden_size=n_dims,
+        storage_dtype=dtype,
+        chunk_contexts=chunk_contexts,
+        chunk_layers=0,
+        attrs={
+            "posctx_kind": "hidden",
+            "posctx_schema": SCHEMA_VERSION,
+            PROVENANCE_ATTR: {"planted": {"generator": "write_large_planted_store", "seed": seed}},
+        },
+    )
+    create_store(path, ds, encoding)
+    writer = BlockWriter(path)
+    base = (mu + pos).astype(np.float32)  # (T, L, D)
+    for block in tqdm(plan_blocks(n_contexts, chunk_contexts), disable=not progress, unit="block"):
+        half = (block.size + 1) // 2
+        e = rng.standard_normal((half, length, n_layers, n_dims), dtype=np.float32)
+        e *= noise
+        e -= e.mean(axis=1, keepdims=True)
+        resid = np.concatenate([e, -e])[: block.size]
+        if block.size % 2:  # the store's last, odd context: no partner, so no residual
+            resid[-1] = 0.0
+        resid += base
+        resid += ctx[block.start : block.stop, np.newaxis].astype(np.float32)
+        writer.write(block, resid.astype(dtype, copy=False))
+    return {"mu": mu, "pos": pos, "ctx": ctx, "topic": topic}
 
 
 class CountingScheduler:
@@ -454,5 +541,6 @@ __all__ = [
     "planted_hidden",
     "raise_if_dask_computes",
     "track_chunk_reads",
+    "write_large_planted_store",
     "write_planted_store",
 ]

@@ -83,7 +83,7 @@ def test_planted_hidden_schema() -> None:
     for name in ("context", "position", "layer", "dim", OFFSET):
         assert ds[name].dtype == np.int64
     assert ds[TOPIC].dims == ds[SOURCE].dims == (CONTEXT,)
-    assert ds[LAYER_NAME].values.tolist() == ["embeddings", "layer.1", "layer.2"]
+    assert ds[LAYER_NAME].values.tolist() == ["embeddings", "block_1", "block_2"]
     assert ds[BLOCK_COMPLETE].values.tolist() == [1, 1, 1]
     assert ds[BLOCK_START].values.tolist() == [0, 4, 8]
     assert ds.attrs["posctx_kind"] == "hidden"

@@ -26,7 +26,7 @@ from posctx.decomposition.graph import (
     statistics_arrays,
 )
 from posctx.errors import PosctxError, StoreError
-from posctx.store import writing_consolidated
+from posctx.store import open_labelled, writing_consolidated
 from posctx.types import (
     COMPONENT,
     CONTEXT,
@@ -116,8 +116,9 @@ def _select(h: xr.DataArray, dim: str, selection: Selection) -> xr.DataArray:
 def _as_dask(h: xr.DataArray) -> xr.DataArray:
     if isinstance(h.data, da.Array):
         return h
-    # In-memory input: chunk along context only, so the graph still has parallel tasks.
-    return h.chunk({CONTEXT: "auto", POSITION: -1, LAYER: -1, DIM: -1})
+    # In-memory input: chunk along context only, so the graph still has parallel tasks. Only
+    # the data: chunking the DataArray would also chunk (string) coordinates.
+    return h.copy(data=da.from_array(np.asarray(h.data), chunks=("auto", -1, -1, -1)))
 
 
 def statistics(
@@ -463,7 +464,7 @@ def write_decomposition(
     # to disk chunk by chunk (ctx itself needs mu, which needs every chunk). Phase 2 reads the
     # stored sums (2/T of the hidden bytes) and writes the results next to them.
     _to_zarr(out[stats], target, mode, storage_options)
-    stored = xr.open_zarr(target, consolidated=True, **_storage_kwargs(storage_options))
+    stored = open_labelled(target, storage_options=storage_options)
     final = finalize(stored)
     results = [name for name in final.data_vars if name not in stats]
     _to_zarr(final[results].drop_vars(list(final.coords)), target, "a", storage_options)
@@ -472,7 +473,13 @@ def write_decomposition(
 def _to_zarr(
     ds: xr.Dataset, target: str, mode: str, storage_options: Mapping[str, Any] | None
 ) -> None:
-    ds = ds.chunk(_uniform_chunks(ds))
+    sizes = _uniform_chunks(ds)
+    ds = ds.copy()
+    for name, var in ds.data_vars.items():
+        # Data only: chunking coordinates too would turn string labels into object-dtype dask
+        # arrays that xarray must load to choose a Zarr dtype.
+        if isinstance(var.data, da.Array):
+            ds[name] = var.copy(data=var.data.rechunk({i: sizes[d] for i, d in enumerate(var.dims)}))
     try:
         with writing_consolidated():
             ds.to_zarr(
@@ -626,9 +633,7 @@ def open_decomposition(
     """
     target = os.fspath(path)
     try:
-        dec: xr.Dataset = xr.open_zarr(
-            target, consolidated=True, **_storage_kwargs(storage_options)
-        )
+        dec: xr.Dataset = open_labelled(target, storage_options=storage_options)
     except FileNotFoundError as exc:
         raise StoreError(f"no decomposition store at {target}: {exc}") from exc
     missing = [name for name in OUTPUT_NAMES if name not in dec.data_vars]

@@ -1,0 +1,544 @@
+"""Thin xarray layer of the geometry measurements: a decomposition in, labelled results out.
+
+Two steps, each of which computes, by design:
+
+* :func:`collect_inputs` computes, in one dask pass, everything the measurements and figures
+  read: pos, mu and the sums of squares, a seeded sample of ctx, the second moment of ctx
+  over all contexts and, given the hidden-state store, the second moment of the hidden
+  states (for the relative norm and the residual spectrum);
+* :func:`measure_geometry` runs the numpy kernels of :mod:`posctx.geometry.kernels` layer by
+  layer on those inputs and returns a labelled :class:`xarray.Dataset` of measurements.
+
+:func:`metrics_table` and :func:`metrics_to_dict` export the measurements for CSV and JSON.
+Nothing here computes on lazy inputs except those two documented steps.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Hashable, Mapping, Sequence
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any
+
+import dask
+import dask.array as da
+import numpy as np
+import numpy.typing as npt
+import xarray as xr
+
+from posctx.errors import PosctxError
+from posctx.geometry import kernels
+from posctx.geometry.kernels import GeometryParams
+from posctx.types import CONTEXT, DIM, HIDDEN, HIDDEN_DIMS, LAYER, LAYER_NAME, POSITION, TOPIC
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+#: Second matrix axis of ``(layer, dim, dim2)`` second moments.
+DIM2 = "dim2"
+#: Index of a singular value, largest first.
+COMPONENT = "component"
+#: Index of a principal angle, smallest angle first.
+ANGLE = "angle"
+
+#: attrs key marking a dataset made by :func:`collect_inputs` (a JSON record).
+INPUTS_ATTR = "posctx_geometry_inputs"
+#: attrs key of the JSON record of how the measurements were made.
+GEOMETRY_ATTR = "posctx_geometry"
+
+#: Variables of a decomposition the geometry reads; any others are ignored.
+REQUIRED = ("mu", "pos", "ctx", "ss_total", "ss_pos", "ss_ctx", "ss_resid")
+
+#: The per-layer measurements: name -> (dims, one-line meaning) (docs/geometry.md has more).
+METRICS: dict[str, tuple[tuple[str, ...], str]] = {
+    "pos_sv": ((LAYER, COMPONENT), "singular values of pos (T x d), zero-padded to d"),
+    "ctx_sv": ((LAYER, COMPONENT), "singular values of ctx (C x d, all contexts)"),
+    "resid_sv": ((LAYER, COMPONENT), "singular values of resid (CT x d); NaN without the hidden store"),
+    "pos_norm": ((LAYER,), "spectral norm of pos (T x d)"),
+    "pos_stable_rank": ((LAYER,), "sum s^2 / s_1^2 of pos"),
+    "pos_screenot_rank": ((LAYER,), "rank kept by the ScreeNOT optimal hard threshold"),
+    "pos_screenot_threshold": ((LAYER,), "the ScreeNOT threshold on pos singular values"),
+    "pos_screenot_share": ((LAYER,), "share of sum s kept by the ScreeNOT rank"),
+    "pos_rank90": ((LAYER,), "components for 90% of sum s^2"),
+    "pos_rank99": ((LAYER,), "components for 99% of sum s^2"),
+    "hidden_norm": ((LAYER,), "spectral norm of the CT x d hidden states (with mu); NaN if unknown"),
+    "relative_norm": ((LAYER,), "sqrt(C) |pos|_2 / |H|_2 (the paper's); NaN if |H|_2 unknown"),
+    "share_pos": ((LAYER,), "ss_pos / ss_total"),
+    "share_ctx": ((LAYER,), "ss_ctx / ss_total"),
+    "share_resid": ((LAYER,), "ss_resid / ss_total"),
+    "smooth_low_share": ((LAYER,), "share of the DCT energy of the pos Gram in the lowest k x k frequencies"),
+    "smooth_low_share_shuffled": ((LAYER,), "the same with positions randomly permuted"),
+    "spiral_pc_share": ((LAYER,), "share of pos energy in its top 3 principal components"),
+    "spiral_step_cos": ((LAYER,), "mean cosine of consecutive steps of the top-3 PC curve"),
+    "spiral_roughness": ((LAYER,), "mean squared step / (2 x mean squared spread) of that curve"),
+    "spiral_turns": ((LAYER,), "accumulated angle of the top-2 PC curve, in turns"),
+    "ctx_within": ((LAYER,), "mean |cos| of ctx pairs of the same topic"),
+    "ctx_between": ((LAYER,), "mean |cos| of ctx pairs of different topics"),
+    "ctx_within_pc": ((LAYER,), "ctx_within after projecting ctx on its top PCs"),
+    "ctx_between_pc": ((LAYER,), "ctx_between after projecting ctx on its top PCs"),
+    "ctx_ari": ((LAYER,), "adjusted Rand index of k-means (k = topics) vs topics"),
+    "ctx_nmi": ((LAYER,), "normalised mutual information of k-means vs topics"),
+    "ctx_silhouette": ((LAYER,), "silhouette of the topic labels, cosine distance"),
+    "orth_max_cos": ((LAYER,), "max |cos| between a pos and a ctx vector"),
+    "orth_mean_cos": ((LAYER,), "mean |cos| between pos and ctx vectors"),
+    "orth_max_cos_random": ((LAYER,), "orth_max_cos with the pos set randomly rotated"),
+    "orth_mean_cos_random": ((LAYER,), "orth_mean_cos with the pos set randomly rotated"),
+    "orth_principal_cos": ((LAYER, ANGLE), "cosines of principal angles, top-k pos vs ctx subspaces"),
+    "orth_principal_cos_random": ((LAYER, ANGLE), "the same for a random rotation of the pos subspace"),
+    "orth_top_principal_cos": ((LAYER,), "largest principal cosine (smallest angle)"),
+    "orth_top_principal_cos_random": ((LAYER,), "the same for random subspaces of the same dims"),
+}
+
+
+def _check_decomposition(dec: xr.Dataset) -> None:
+    missing = [name for name in REQUIRED if name not in dec.data_vars]
+    if missing:
+        raise PosctxError(
+            f"not a decomposition: missing {missing}; make one with posctx.decompose or "
+            "open one with posctx.open_decomposition"
+        )
+
+
+def _as_dask(var: xr.DataArray) -> da.Array:
+    data = var.data
+    return data if isinstance(data, da.Array) else da.from_array(np.asarray(data), chunks=-1)
+
+
+def _gram(x: da.Array, centre: da.Array) -> da.Array:
+    """Lazy per-layer ``sum (x - centre)(x - centre)^T`` of ``x`` ``(..., layer, dim)``.
+
+    One :func:`~posctx.geometry.kernels.gram_block` task per chunk of ``x``, then dask's tree
+    sum over the leading axes: the input is read once, a ``(layer, d, d)`` block per chunk.
+    """
+    x = x.rechunk({x.ndim - 1: -1})  # every task needs whole rows
+    centre = centre.astype(np.float64).rechunk((x.chunks[-2], -1))
+    lead = "abcdefgh"[: x.ndim - 2]
+    n_dims = x.shape[-1]
+    blocks = da.blockwise(
+        kernels.gram_block,
+        lead + "lde",
+        x,
+        lead + "ld",
+        centre,
+        "ld",
+        new_axes={"e": n_dims},
+        adjust_chunks={axis: 1 for axis in lead},
+        dtype=np.float64,
+        meta=np.empty((0,) * (x.ndim + 1), dtype=np.float64),
+    )
+    out: da.Array = blocks.sum(axis=tuple(range(x.ndim - 2)))
+    return out
+
+
+def _label_indexer(source: pd.Index, wanted: pd.Index, dim: str) -> slice | npt.NDArray[np.intp]:
+    found = np.asarray(source.get_indexer(wanted), dtype=np.intp)
+    if (found < 0).any():
+        raise PosctxError(
+            f"the hidden-state store lacks {dim} labels of the decomposition (e.g. "
+            f"{list(wanted[found < 0][:5])}): pass the store the decomposition was made from"
+        )
+    if found.size and np.array_equal(found, np.arange(found[0], found[0] + found.size)):
+        return slice(int(found[0]), int(found[0]) + found.size)  # plain chunk views, no gather
+    return found
+
+
+def _hidden_gram(hidden: xr.Dataset, dec: xr.Dataset) -> xr.DataArray:
+    """Lazy ``H^T H`` per layer over exactly the contexts and positions of ``dec``."""
+    if HIDDEN not in hidden.data_vars:
+        raise PosctxError(
+            f"hidden has no {HIDDEN!r} variable: pass the hidden-state store "
+            "(posctx.open_hidden) the decomposition was made from"
+        )
+    ours, theirs = dec.attrs.get("posctx"), hidden.attrs.get("posctx")
+    if ours is not None and theirs is not None and json.dumps(ours, sort_keys=True, default=str) != json.dumps(
+        theirs, sort_keys=True, default=str
+    ):
+        raise PosctxError(
+            "the hidden-state store's provenance differs from the decomposition's: pass the "
+            "store the decomposition was made from"
+        )
+    h = hidden[HIDDEN].transpose(*HIDDEN_DIMS)
+    h = h.isel(
+        {dim: _label_indexer(h.indexes[dim], dec.indexes[dim], dim) for dim in (CONTEXT, POSITION, LAYER)}
+    )
+    if h.sizes[DIM] != dec.sizes[DIM]:
+        raise PosctxError(f"hidden has {h.sizes[DIM]} dims, the decomposition {dec.sizes[DIM]}")
+    zeros = da.zeros((h.sizes[LAYER], h.sizes[DIM]), chunks=-1)
+    gram = _gram(_as_dask(h), zeros)
+    return xr.DataArray(gram, dims=(LAYER, DIM, DIM2))
+
+
+def collect_inputs(
+    dec: xr.Dataset,
+    *,
+    hidden: xr.Dataset | None = None,
+    params: GeometryParams | None = None,
+    progress: bool = False,
+) -> xr.Dataset:
+    """Compute, in one dask pass, everything the measurements and figures read.
+
+    This function's job is to compute: it calls ``dask.compute`` exactly once, on lazy
+    ``dec`` and ``hidden`` alike. A decomposition straight from :func:`posctx.decompose`
+    is then computed in that same pass; one opened from Zarr is read, not recomputed.
+
+    Parameters
+    ----------
+    dec
+        A decomposition (:func:`posctx.decompose` or :func:`posctx.open_decomposition`).
+        Variables other than ``mu``, ``pos``, ``ctx`` and ``ss_*`` are ignored.
+    hidden
+        Optional: the hidden-state store ``dec`` was made from (:func:`posctx.open_hidden`).
+        With it, ``hidden_gram`` = ``H^T H`` is accumulated over the chunks of the selected
+        hidden states (one read of each chunk, float64 sums); it gives the spectral norm of
+        the hidden states (the relative norm's denominator) and the residual spectrum.
+    params
+        Only ``max_contexts`` and ``seed`` are used here (the ctx sample).
+    progress
+        Show a tqdm bar for the dask pass.
+
+    Returns
+    -------
+    xarray.Dataset
+        In memory: ``mu``, ``pos``, ``ss_*`` as in ``dec``; ``ctx`` of at most
+        ``params.max_contexts`` contexts (seeded uniform sample, in order, with their
+        ``topic`` labels); ``ctx_gram`` (layer, dim, dim2) = ``X^T X`` over all contexts;
+        ``hidden_gram`` (layer, dim, dim2) when ``hidden`` is given. attrs: those of ``dec``
+        plus ``posctx_geometry_inputs``, a JSON record with ``n_contexts`` and
+        ``n_positions`` of the decomposition.
+
+    Raises
+    ------
+    PosctxError
+        If ``dec`` lacks a variable, or ``hidden`` is not the store ``dec`` was made from.
+
+    Examples
+    --------
+    >>> import posctx
+    >>> from posctx.testing import planted_hidden, raise_if_dask_computes
+    >>> ds, _ = planted_hidden(40, 10, 2, 6)
+    >>> dec = posctx.decompose(ds, positions=slice(1, None))
+    >>> with raise_if_dask_computes(max_computes=1):
+    ...     inputs = collect_inputs(dec, hidden=ds, params=GeometryParams(max_contexts=25))
+    >>> inputs.sizes["context"], inputs.hidden_gram.dims
+    (25, ('layer', 'dim', 'dim2'))
+    """
+    _check_decomposition(dec)
+    params = params or GeometryParams()
+    n_contexts, n_positions = dec.sizes[CONTEXT], dec.sizes[POSITION]
+    sample = kernels.sample_indices(n_contexts, params.max_contexts, params.seed)
+    zeros = da.zeros((dec.sizes[LAYER], dec.sizes[DIM]), chunks=-1)
+    ctx = dec["ctx"].transpose(CONTEXT, LAYER, DIM)
+    lazy = xr.Dataset(
+        {
+            "mu": dec["mu"].transpose(LAYER, DIM),
+            "pos": dec["pos"].transpose(POSITION, LAYER, DIM),
+            # A slice when every context is kept: a plain view of whole chunks, no gather.
+            "ctx": ctx.isel({CONTEXT: slice(None) if sample.size == n_contexts else sample}),
+            "ctx_gram": ((LAYER, DIM, DIM2), _gram(_as_dask(ctx), zeros)),
+            **{name: dec[name] for name in REQUIRED if name.startswith("ss_")},
+        }
+    )
+    if hidden is not None:
+        lazy["hidden_gram"] = _hidden_gram(hidden, dec)
+    lazy = lazy.assign_coords({DIM2: dec[DIM].values})
+    with _progress_bar(progress, "geometry: reading"):
+        (computed,) = dask.compute(lazy)
+    attrs = dict(dec.attrs)
+    attrs[INPUTS_ATTR] = json.dumps(
+        {
+            "n_contexts": int(n_contexts),
+            "n_positions": int(n_positions),
+            "n_sampled_contexts": int(sample.size),
+            "hidden_gram": hidden is not None,
+            "params": json.loads(params.to_json()),
+        },
+        sort_keys=True,
+    )
+    computed.attrs = attrs
+    return computed
+
+
+def _progress_bar(progress: bool, desc: str) -> Any:
+    if not progress:
+        return nullcontext()
+    from tqdm.dask import TqdmCallback
+    from tqdm.std import tqdm
+
+    # The plain tqdm class: tqdm.auto may pick a notebook widget and warn outside Jupyter.
+    return TqdmCallback(desc=desc, tqdm_class=tqdm)
+
+
+def _inputs_record(inputs: xr.Dataset) -> dict[str, Any]:
+    record: dict[str, Any] = json.loads(inputs.attrs[INPUTS_ATTR])
+    return record
+
+
+def _spectral_norm_given(
+    value: xr.DataArray | Sequence[float] | npt.ArrayLike, layers: xr.DataArray
+) -> npt.NDArray[np.float64]:
+    if isinstance(value, xr.DataArray):
+        if LAYER not in value.dims:
+            raise PosctxError("hidden_spectral_norm must have a 'layer' dim")
+        return np.asarray(value.sel({LAYER: layers.values}).values, dtype=np.float64)
+    out = np.asarray(value, dtype=np.float64)
+    if out.shape != (layers.size,):
+        raise PosctxError(
+            f"hidden_spectral_norm needs one value per layer ({layers.size}), got shape {out.shape}"
+        )
+    return out
+
+
+def measure_geometry(
+    dec: xr.Dataset,
+    *,
+    hidden: xr.Dataset | None = None,
+    hidden_spectral_norm: xr.DataArray | Sequence[float] | None = None,
+    params: GeometryParams | None = None,
+    progress: bool = False,
+) -> xr.Dataset:
+    """Measure the geometry of position and context at every layer (computes; see below).
+
+    The measurements of Song & Zhong (2023), per layer: pos is low-rank (singular values,
+    stable rank, ScreeNOT rank and its share, components for 90/99% of the energy), its
+    relative norm and the variance shares; pos is smooth (DCT low-frequency share of its
+    Gram matrix vs positions shuffled); pos traces a curve (smoothness and winding of its top
+    principal components); ctx clusters by topic (within vs between mean ``|cos|``, also in
+    its top PCs; k-means ARI/NMI; silhouette); pos and ctx are nearly orthogonal (max and
+    mean ``|cos|``, principal angles, each vs random rotations). ``docs/geometry.md`` gives
+    every formula.
+
+    This function computes and returns results in memory. Given a decomposition it calls
+    :func:`collect_inputs` (one ``dask.compute``); given the output of
+    :func:`collect_inputs` it computes nothing with dask.
+
+    Parameters
+    ----------
+    dec
+        A decomposition, or the output of :func:`collect_inputs` (to measure and plot from
+        one pass over the data).
+    hidden
+        Optional hidden-state store ``dec`` was made from: enables ``hidden_norm``,
+        ``relative_norm`` and ``resid_sv`` (see :func:`collect_inputs`). Ignored when ``dec``
+        is already collected.
+    hidden_spectral_norm
+        Optional spectral norm of the ``CT x d`` hidden states (with their mean) per layer,
+        if known from elsewhere: a DataArray with a ``layer`` dim or one value per layer. It
+        takes precedence over ``hidden``. With neither, ``relative_norm`` is NaN: the
+        decomposition alone does not determine it (the residual's second moment is missing).
+    params
+        Settings (:class:`~posctx.geometry.kernels.GeometryParams`); default settings if
+        None. Ignored for ``max_contexts`` and ``seed`` when ``dec`` is already collected.
+    progress
+        Show tqdm bars (the dask pass, then the layers).
+
+    Returns
+    -------
+    xarray.Dataset
+        The variables of :data:`METRICS`, over ``layer`` (with ``layer_name``), ``component``
+        (singular value index) and ``angle`` (principal angle index). attrs
+        ``posctx_geometry``: a JSON record of the settings, sizes, topics and whether the
+        relative norm and residual spectrum could be computed.
+
+    Examples
+    --------
+    >>> import posctx
+    >>> from posctx.testing import planted_hidden
+    >>> ds, truth = planted_hidden(60, 24, 2, 8, n_topics=3)
+    >>> dec = posctx.decompose(ds)
+    >>> m = measure_geometry(dec, hidden=ds)
+    >>> m.pos_screenot_rank.values.tolist(), bool((m.ctx_within > m.ctx_between).all())
+    ([3, 3], True)
+    >>> m.relative_norm.dims
+    ('layer',)
+    """
+    params = params or GeometryParams()
+    inputs = dec if INPUTS_ATTR in dec.attrs else collect_inputs(
+        dec, hidden=hidden, params=params, progress=progress
+    )
+    record = _inputs_record(inputs)
+    n_contexts, n_positions = record["n_contexts"], record["n_positions"]
+    n_layers, n_dims = inputs.sizes[LAYER], inputs.sizes[DIM]
+    topics = (
+        np.asarray(inputs[TOPIC].values) if TOPIC in inputs.coords else np.zeros(inputs.sizes[CONTEXT], int)
+    )
+    rng = np.random.default_rng(params.seed)
+
+    widths = {COMPONENT: n_dims, ANGLE: params.subspace_dim}
+    values: dict[str, npt.NDArray[np.float64]] = {
+        name: np.full((n_layers, *(widths[d] for d in dims[1:])), np.nan)
+        for name, (dims, _) in METRICS.items()
+    }
+    if hidden_spectral_norm is not None:
+        values["hidden_norm"] = _spectral_norm_given(hidden_spectral_norm, inputs[LAYER])
+    layers = range(n_layers)
+    if progress:
+        from tqdm.std import tqdm
+
+        layers = tqdm(layers, desc="geometry: layers", unit="layer")
+    for i in layers:
+        pos = np.asarray(inputs["pos"].isel({LAYER: i}).values, dtype=np.float64)
+        ctx = np.asarray(inputs["ctx"].isel({LAYER: i}).values, dtype=np.float64)
+        one = kernels.layer_geometry(pos, ctx, topics, params, rng)
+        for name in kernels.SCALAR_NAMES:
+            values[name][i] = one[name]
+        values["pos_sv"][i, : one["pos_sv"].size] = one["pos_sv"]
+        values["pos_sv"][i, one["pos_sv"].size :] = 0.0
+        values["orth_principal_cos"][i] = one["orth_principal_cos"]
+        values["orth_principal_cos_random"][i] = one["orth_principal_cos_random"]
+        ctx_gram = np.asarray(inputs["ctx_gram"].isel({LAYER: i}).values)
+        values["ctx_sv"][i] = kernels.gram_spectrum(ctx_gram)
+        if "hidden_gram" in inputs:
+            hidden_gram = np.asarray(inputs["hidden_gram"].isel({LAYER: i}).values)
+            if hidden_spectral_norm is None:
+                values["hidden_norm"][i] = kernels.gram_spectrum(hidden_gram)[0]
+            mu = np.asarray(inputs["mu"].isel({LAYER: i}).values)
+            resid = kernels.resid_gram(hidden_gram, mu, pos, ctx_gram, n_contexts, n_positions)
+            values["resid_sv"][i] = kernels.gram_spectrum(resid)
+    # ||1_C (x) pos||_2 = sqrt(C) ||pos||_2: pos repeated for every context.
+    values["relative_norm"] = np.sqrt(n_contexts) * values["pos_norm"] / values["hidden_norm"]
+    total = np.asarray(inputs["ss_total"].values, dtype=np.float64)
+    for part in ("pos", "ctx", "resid"):
+        values[f"share_{part}"] = np.asarray(inputs[f"ss_{part}"].values, dtype=np.float64) / total
+
+    coords: dict[Hashable, Any] = {LAYER: inputs[LAYER].values, COMPONENT: np.arange(n_dims)}
+    coords[ANGLE] = np.arange(params.subspace_dim)
+    if LAYER_NAME in inputs.coords:
+        coords[LAYER_NAME] = (LAYER, inputs[LAYER_NAME].values)
+    unique_topics = [str(t) for t in np.unique(topics)]
+    geometry_record = {
+        "params": json.loads(params.to_json()),
+        "n_contexts": n_contexts,
+        "n_positions": n_positions,
+        "n_sampled_contexts": int(inputs.sizes[CONTEXT]),
+        "n_dims": int(n_dims),
+        "topics": unique_topics,
+        "relative_norm": "given"
+        if hidden_spectral_norm is not None
+        else ("hidden store" if "hidden_gram" in inputs else "missing: pass the hidden-state store"),
+        "resid_spectrum": "hidden_gram" in inputs,
+    }
+    return xr.Dataset(
+        {name: (dims, values[name], {"description": text}) for name, (dims, text) in METRICS.items()},
+        coords=coords,
+        attrs={GEOMETRY_ATTR: json.dumps(geometry_record, sort_keys=True)},
+    )
+
+
+def geometry_record(metrics: xr.Dataset) -> dict[str, Any]:
+    """The JSON record of how ``metrics`` were made (settings, sizes, topics).
+
+    Examples
+    --------
+    >>> import posctx
+    >>> from posctx.testing import planted_hidden
+    >>> ds, _ = planted_hidden(30, 12, 1, 6)
+    >>> geometry_record(measure_geometry(posctx.decompose(ds)))["relative_norm"]
+    'missing: pass the hidden-state store'
+    """
+    record: dict[str, Any] = json.loads(metrics.attrs[GEOMETRY_ATTR])
+    return record
+
+
+def metrics_table(metrics: xr.Dataset) -> pd.DataFrame:
+    """The per-layer scalar measurements as a table, one row per layer (for CSV).
+
+    Examples
+    --------
+    >>> import posctx
+    >>> from posctx.testing import planted_hidden
+    >>> ds, _ = planted_hidden(30, 12, 2, 6)
+    >>> table = metrics_table(measure_geometry(posctx.decompose(ds)))
+    >>> table.shape[0], list(table.columns[:3])
+    (2, ['layer_name', 'pos_norm', 'pos_stable_rank'])
+    """
+    scalars = [name for name in metrics.data_vars if metrics[name].dims == (LAYER,)]
+    table = metrics[scalars].to_dataframe()
+    if LAYER_NAME in table.columns:
+        table = table[[LAYER_NAME] + [c for c in table.columns if c != LAYER_NAME]]
+    return table
+
+
+def metrics_to_dict(metrics: xr.Dataset) -> dict[str, Any]:
+    """The measurements as JSON-safe plain data: NaN becomes ``None``.
+
+    ``{"geometry": record, "descriptions": {name: text}, "layers": [{"layer": ...,
+    "layer_name": ..., name: value or list, ...}, ...]}``.
+
+    Examples
+    --------
+    >>> import json, posctx
+    >>> from posctx.testing import planted_hidden
+    >>> ds, _ = planted_hidden(30, 12, 2, 6)
+    >>> d = metrics_to_dict(measure_geometry(posctx.decompose(ds)))
+    >>> d["layers"][0]["layer_name"], d["layers"][0]["relative_norm"]
+    ('embeddings', None)
+    >>> _ = json.dumps(d, allow_nan=False)
+    """
+    layers = []
+    for i, layer in enumerate(metrics[LAYER].values):
+        row: dict[str, Any] = {"layer": int(layer)}
+        if LAYER_NAME in metrics.coords:
+            row["layer_name"] = str(metrics[LAYER_NAME].values[i])
+        for name in metrics.data_vars:
+            row[str(name)] = kernels.finite_or_none(metrics[name].values[i])
+        layers.append(row)
+    return {
+        "geometry": geometry_record(metrics),
+        "descriptions": {str(k): str(v.attrs.get("description", "")) for k, v in metrics.data_vars.items()},
+        "layers": layers,
+    }
+
+
+def pos_gram(inputs: xr.Dataset, layer_index: int) -> npt.NDArray[np.float64]:
+    """Gram matrix ``(T, T)`` of the row-normalised pos of one layer (by index), in memory.
+
+    Examples
+    --------
+    >>> import posctx
+    >>> from posctx.testing import planted_hidden
+    >>> ds, _ = planted_hidden(10, 6, 2, 4)
+    >>> g = pos_gram(posctx.decompose(ds).compute(), 1)
+    >>> g.shape, round(float(g[0, 0]), 6)
+    ((6, 6), 1.0)
+    """
+    p = kernels.normalise_rows(np.asarray(inputs["pos"].isel({LAYER: layer_index}).values))
+    gram: npt.NDArray[np.float64] = p @ p.T
+    return gram
+
+
+def provenance(dec: Mapping[str, Any] | xr.Dataset) -> dict[str, Any]:
+    """The store's provenance (``attrs["posctx"]``) and the decomposition record, as data.
+
+    Examples
+    --------
+    >>> import posctx
+    >>> from posctx.testing import planted_hidden
+    >>> ds, _ = planted_hidden(10, 6, 2, 4)
+    >>> sorted(provenance(posctx.decompose(ds)))
+    ['decomposition', 'store']
+    """
+    attrs = dec.attrs if isinstance(dec, xr.Dataset) else dec
+    record = attrs.get("posctx_decomposition")
+    return {
+        "store": dict(attrs.get("posctx", {})),
+        "decomposition": json.loads(record) if isinstance(record, str) else record,
+    }
+
+
+__all__ = [
+    "ANGLE",
+    "COMPONENT",
+    "DIM2",
+    "GEOMETRY_ATTR",
+    "INPUTS_ATTR",
+    "METRICS",
+    "REQUIRED",
+    "GeometryParams",
+    "collect_inputs",
+    "geometry_record",
+    "measure_geometry",
+    "metrics_table",
+    "metrics_to_dict",
+    "pos_gram",
+    "provenance",
+]
