@@ -24,7 +24,7 @@ def _parse_layers(value: str | None) -> tuple[int, ...]:
 
 
 def _parse_positions(value: str) -> slice | None:
-    """``"1:"`` -> ``slice(1, None)``; ``"all"`` -> ``None``."""
+    """``"1:"`` -> ``slice(1, None)``; ``"all"`` -> ``None`` (label slices, stop inclusive)."""
     if value == "all":
         return None
     try:
@@ -132,26 +132,46 @@ def extract(**kw: Any) -> None:
 @click.argument("store")
 @click.option("--out", required=True, help="Output decomposition store (path or URL).")
 @click.option("--positions", default="1:", show_default=True, help="Position labels to use, START:STOP or 'all'. The paper drops position 0 ([CLS]/BOS).")
+@click.option("--contexts", default="all", show_default=True, help="Context labels to use, START:STOP or 'all'.")
+@click.option("--topic", default=None, help="Use only the contexts of this topic.")
+@click.option("--moments", is_flag=True, help="Also accumulate dim x dim second moments: spectra of hidden states and residual.")
+@click.option("--from", "previous", default=None, metavar="DECOMPOSITION", help="Reuse this decomposition's sums and read only the contexts it lacks.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing decomposition at --out.")
 @_storage_option
 def decompose(
-    store: str, out: str, positions: str, overwrite: bool, storage_option: tuple[str, ...]
+    store: str,
+    out: str,
+    positions: str,
+    contexts: str,
+    topic: str | None,
+    moments: bool,
+    previous: str | None,
+    overwrite: bool,
+    storage_option: tuple[str, ...],
 ) -> None:
     """Compute mu, pos, ctx and the sums of squares in one pass and write them to Zarr."""
     from posctx.decomposition import decompose as dec_fn
-    from posctx.decomposition import open_decomposition, write_decomposition
+    from posctx.decomposition import open_decomposition, update_decomposition, write_decomposition
     from posctx.store import open_hidden
     from posctx.summary import format_variance_table, variance_shares
 
     opts = _storage_options(storage_option)
+    mode = "w" if overwrite else "w-"
     ds = open_hidden(store, storage_options=opts)
     start = time.perf_counter()
-    write_decomposition(
-        dec_fn(ds, positions=_parse_positions(positions)),
-        out,
-        mode="w" if overwrite else "w-",
-        storage_options=opts,
-    )
+    if previous:
+        n_new = update_decomposition(previous, ds, out, mode=mode, storage_options=opts)
+        click.echo(f"{n_new} new contexts read; the rest came from {previous}")
+    else:
+        selected = _parse_positions(contexts)
+        if topic is not None:
+            selected = ds.context.values[ds.topic.values == topic]
+        write_decomposition(
+            dec_fn(ds, positions=_parse_positions(positions), contexts=selected, moments=moments),
+            out,
+            mode=mode,
+            storage_options=opts,
+        )
     seconds = time.perf_counter() - start
     click.echo(format_variance_table(variance_shares(open_decomposition(out, storage_options=opts))))
     click.echo(f"wrote {out} in {seconds:.1f} s")

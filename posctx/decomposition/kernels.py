@@ -112,10 +112,13 @@ def centred_moments(x: npt.NDArray[Any], mean: Float64Array) -> dict[str, Float6
     """
     c, t, n_layers, d = x.shape
     m2 = np.empty((n_layers, d, d))
+    # Centre in the data's own precision (at least float32), then multiply in float32.
+    work = np.promote_types(x.dtype, np.float32)
     for k in range(n_layers):
-        rows = x[:, :, k, :].reshape(c * t, d).astype(np.float32)
-        rows -= mean[k].astype(np.float32)
-        m2[k] = rows.T @ rows
+        rows = x[:, :, k, :].reshape(c * t, d).astype(work)
+        rows -= mean[k].astype(work)
+        rows32 = rows.astype(np.float32, copy=False)
+        m2[k] = rows32.T @ rows32
     return {"mean": np.asarray(mean, dtype=np.float64), "m2": m2}
 
 

@@ -90,6 +90,10 @@ METRICS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
+#: Measurements that are counts, stored as int64.
+INTEGER_METRICS = ("pos_screenot_rank", "pos_rank90", "pos_rank99")
+
+
 def _check_decomposition(dec: xr.Dataset) -> None:
     missing = [name for name in REQUIRED if name not in dec.data_vars]
     if missing:
@@ -242,7 +246,9 @@ def collect_inputs(
         lazy["hidden_gram"] = _hidden_gram(hidden, dec)
     lazy = lazy.assign_coords({DIM2: dec[DIM].values})
     with _progress_bar(progress, "geometry: reading"):
-        (computed,) = dask.compute(lazy)
+        # Dataset.compute is one dask.compute; dask.compute(dataset) itself loses tasks that
+        # variables share (dask 2026.8 with xarray 2026.9: "Missing dependency").
+        computed = lazy.compute()
     attrs = dict(dec.attrs)
     attrs[INPUTS_ATTR] = json.dumps(
         {
@@ -400,6 +406,10 @@ def measure_geometry(
     for part in ("pos", "ctx", "resid"):
         values[f"share_{part}"] = np.asarray(inputs[f"ss_{part}"].values, dtype=np.float64) / total
 
+    data: dict[str, npt.NDArray[Any]] = dict(values)
+    for name in INTEGER_METRICS:
+        data[name] = values[name].astype(np.int64)  # always defined: no NaN to keep
+
     coords: dict[Hashable, Any] = {LAYER: inputs[LAYER].values, COMPONENT: np.arange(n_dims)}
     coords[ANGLE] = np.arange(params.subspace_dim)
     if LAYER_NAME in inputs.coords:
@@ -418,7 +428,7 @@ def measure_geometry(
         "resid_spectrum": "hidden_gram" in inputs,
     }
     return xr.Dataset(
-        {name: (dims, values[name], {"description": text}) for name, (dims, text) in METRICS.items()},
+        {name: (dims, data[name], {"description": text}) for name, (dims, text) in METRICS.items()},
         coords=coords,
         attrs={GEOMETRY_ATTR: json.dumps(geometry_record, sort_keys=True)},
     )
