@@ -3,6 +3,7 @@
 The data flow, one module per step::
 
     corpus -> contexts -> model forward -> hidden-state store (Zarr) -> decomposition (Dask)
+    -> geometry measurements -> figures and report
 
 Importing posctx never imports torch or transformers; only :mod:`posctx.model` does.
 
@@ -38,6 +39,8 @@ from posctx.errors import (
     StoreError,
 )
 from posctx.extract import ExtractResult, extract
+from posctx.geometry import GeometryParams, measure_geometry
+from posctx.report import write_report
 from posctx.store import open_hidden, store_info
 
 __version__ = _version()
@@ -47,6 +50,7 @@ __all__ = [
     "CorpusError",
     "ExtractConfig",
     "ExtractResult",
+    "GeometryParams",
     "IncompleteStoreError",
     "ModelConfig",
     "ModelError",
@@ -57,6 +61,7 @@ __all__ = [
     "__version__",
     "decompose",
     "extract",
+    "measure_geometry",
     "norms",
     "open_decomposition",
     "open_hidden",
@@ -64,4 +69,5 @@ __all__ = [
     "store_info",
     "update_decomposition",
     "write_decomposition",
+    "write_report",
 ]

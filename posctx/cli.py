@@ -191,12 +191,47 @@ def info(store: str, as_json: bool, storage_option: tuple[str, ...]) -> None:
 
 
 @cli.command()
-@click.option("--out", default="posctx-demo", show_default=True, help="Folder for hidden.zarr and decomposition.zarr.")
+@click.argument("decomposition")
+@click.option("--out", required=True, help="Folder for index.html, metrics.json, metrics.csv and figures/.")
+@click.option("--hidden", default=None, help="The hidden-state store the decomposition was made from: adds the relative norm and the residual spectrum (one read of the store).")
+@click.option("--max-contexts", default=2048, show_default=True, help="Contexts sampled for pairwise measures.")
+@click.option("--seed", default=0, show_default=True, help="Seeds the context sample, k-means and random baselines.")
+@_storage_option
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def report(
+    decomposition: str,
+    out: str,
+    hidden: str | None,
+    max_contexts: int,
+    seed: int,
+    storage_option: tuple[str, ...],
+    quiet: bool,
+) -> None:
+    """Measure the geometry of position and context and write an HTML report."""
+    from posctx.decomposition import open_decomposition
+    from posctx.geometry import GeometryParams
+    from posctx.report import format_metrics_table, write_report
+    from posctx.store import open_hidden
+
+    opts = _storage_options(storage_option)
+    result = write_report(
+        open_decomposition(decomposition, storage_options=opts),
+        out,
+        hidden=open_hidden(hidden, storage_options=opts) if hidden else None,
+        params=GeometryParams(max_contexts=max_contexts, seed=seed),
+        progress=not quiet,
+    )
+    click.echo(format_metrics_table(result.metrics))
+    click.echo(f"wrote {result.index} in {result.seconds:.1f} s")
+
+
+@cli.command()
+@click.option("--out", default="posctx-demo", show_default=True, help="Folder for hidden.zarr, decomposition.zarr and report/.")
 @click.option("--contexts", default=512, show_default=True)
 @click.option("--length", default=128, show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def demo(out: str, contexts: int, length: int, quiet: bool) -> None:
-    """Run extract -> decompose on MiniLM and the built-in stdlib corpus, offline."""
+    """Run extract -> decompose -> report on MiniLM and the built-in stdlib corpus, offline."""
     from posctx.demo import run_demo
 
     run_demo(Path(out), contexts=contexts, length=length, progress=not quiet, echo=click.echo)

@@ -72,7 +72,7 @@ def _ctx(inputs: xr.Dataset, i: int) -> npt.NDArray[np.float64]:
 
 def _topics(inputs: xr.Dataset) -> npt.NDArray[Any]:
     if TOPIC in inputs.coords:
-        return np.asarray(inputs[TOPIC].values).astype(str)
+        return np.array([str(t) for t in inputs[TOPIC].values])  # StringDType from Zarr
     return np.full(inputs.sizes[CONTEXT], "all")
 
 

@@ -140,10 +140,10 @@ def test_cli_moments_and_incremental(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_memory_limited_run_on_a_store_four_times_the_limit(tmp_path: Path) -> None:
-    """RLIMIT_DATA caps the process's heap at 600 MB; the store holds 2.5 GB of float32."""
+    """RLIMIT_DATA caps the process's heap at 600 MB; the store holds 2.6 GB of float32."""
     path = tmp_path / "big.zarr"
     truth = write_large_planted_store(
-        str(path), n_contexts=2560, length=128, n_layers=5, n_dims=384, chunk_contexts=16
+        str(path), n_contexts=2688, length=128, n_layers=5, n_dims=384, chunk_contexts=16
     )
     script = textwrap.dedent(
         f"""

@@ -86,11 +86,14 @@ def block_stats(block: npt.ArrayLike, moments: bool = False) -> dict[str, Float6
     pos_sum = np.zeros((t, n_layers, d))
     ctx_sum = np.empty((c, n_layers, d))
     sumsq = np.zeros(n_layers)
+    # One reused float64 buffer: a fresh 1.4 MB array per context would be mmap-allocated
+    # and page-faulted every time (measured 1.3x slower).
+    buf = np.empty((t, n_layers, d))
     for i in range(c):
-        xi = x[i].astype(np.float64)
-        ctx_sum[i] = xi.sum(axis=0)
-        pos_sum += xi
-        sumsq += np.einsum("tld,tld->l", xi, xi)
+        np.copyto(buf, x[i])
+        np.sum(buf, axis=0, out=ctx_sum[i])
+        pos_sum += buf
+        sumsq += np.einsum("tld,tld->l", buf, buf)
     out = {"pos_sum": pos_sum, "ctx_sum": ctx_sum, "sumsq": sumsq}
     if moments:
         out.update(centred_moments(x, pos_sum.sum(axis=0) / max(c * t, 1)))

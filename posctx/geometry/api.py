@@ -364,8 +364,12 @@ def measure_geometry(
     record = _inputs_record(inputs)
     n_contexts, n_positions = record["n_contexts"], record["n_positions"]
     n_layers, n_dims = inputs.sizes[LAYER], inputs.sizes[DIM]
+    # Plain str: topics read from Zarr may come as numpy's StringDType, which sklearn refuses
+    # and which cannot be cast to "<U" directly.
     topics = (
-        np.asarray(inputs[TOPIC].values) if TOPIC in inputs.coords else np.zeros(inputs.sizes[CONTEXT], int)
+        np.array([str(t) for t in inputs[TOPIC].values])
+        if TOPIC in inputs.coords
+        else np.full(inputs.sizes[CONTEXT], "all")
     )
     rng = np.random.default_rng(params.seed)
 

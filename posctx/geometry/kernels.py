@@ -141,7 +141,8 @@ def singular_values(x: npt.ArrayLike) -> FloatArray:
 def gram_spectrum(gram: npt.ArrayLike) -> FloatArray:
     """Singular values of any matrix ``X`` from its Gram matrix ``X^T X``, largest first.
 
-    Eigenvalues that rounding made slightly negative are clipped to zero.
+    Eigenvalues that rounding made slightly negative are clipped to zero. Forming the Gram
+    squares the condition number: values below about ``1e-7 s_1`` are rounding noise.
 
     Examples
     --------
@@ -381,7 +382,9 @@ def curve_smoothness(points: npt.ArrayLike) -> tuple[float, float]:
     -------
     step_cos : float
         Mean cosine between consecutive steps ``z[t+1] - z[t]`` and ``z[t] - z[t-1]``:
-        near 1 for a smooth curve, -0.5 in expectation for independent points.
+        near 1 for a smooth curve; negative for independent points (about -0.43 in three
+        dims: consecutive steps are correlated -1/2, and their mean cosine tends to that as
+        the dims grow).
     roughness : float
         Mean squared step over twice the mean squared distance from the centroid: near 0
         for a smooth curve, 1 in expectation for independent points.
@@ -440,7 +443,7 @@ def topic_similarity(x: npt.ArrayLike, topics: npt.ArrayLike) -> tuple[float, fl
     (True, True)
     """
     xn = normalise_rows(x)
-    labels = np.asarray(topics)
+    labels = label_codes(topics)
     cos = np.abs(xn @ xn.T)
     same = labels[:, np.newaxis] == labels[np.newaxis, :]
     np.fill_diagonal(same, False)
@@ -448,6 +451,21 @@ def topic_similarity(x: npt.ArrayLike, topics: npt.ArrayLike) -> tuple[float, fl
     within = float(cos[same].mean()) if same.any() else float("nan")
     between = float(cos[different].mean()) if different.any() else float("nan")
     return within, between
+
+
+def label_codes(topics: npt.ArrayLike) -> IntArray:
+    """Integer codes ``0..k-1`` of any labels (strings of any numpy string dtype included).
+
+    Examples
+    --------
+    >>> label_codes(["b", "a", "b"]).tolist()
+    [1, 0, 1]
+    """
+    # Through Python str: numpy's StringDType (as read from Zarr) cannot be cast to "<U".
+    names = np.array([str(t) for t in np.asarray(topics).ravel()])
+    _, codes = np.unique(names, return_inverse=True)
+    out: IntArray = codes.astype(np.intp)
+    return out
 
 
 def cluster_scores(
@@ -478,7 +496,7 @@ def cluster_scores(
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
 
     xn = normalise_rows(x)
-    labels = np.asarray(topics)
+    labels = label_codes(topics)
     k = len(np.unique(labels))
     if k < 2 or xn.shape[0] <= k:
         return float("nan"), float("nan"), float("nan")
@@ -781,6 +799,7 @@ __all__ = [
     "finite_or_none",
     "gram_block",
     "gram_spectrum",
+    "label_codes",
     "layer_geometry",
     "low_frequency_share",
     "normalise_rows",

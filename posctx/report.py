@@ -1,0 +1,376 @@
+"""The geometry report: one self-contained HTML page plus the measurements as JSON and CSV.
+
+:func:`write_report` runs the whole chain on a decomposition: one dask pass
+(:func:`posctx.geometry.collect_inputs`), the measurements
+(:func:`posctx.geometry.measure_geometry`), the figures (:mod:`posctx.plots`), then writes::
+
+    DIR/index.html      figures embedded as data: URIs, tables, the store's provenance
+    DIR/metrics.json    every measurement per layer, the settings and the provenance
+    DIR/metrics.csv     the per-layer scalar measurements, one row per layer
+    DIR/figures/*.png   the figures as files
+
+Examples
+--------
+>>> import posctx, tempfile
+>>> from posctx.testing import planted_hidden
+>>> ds, _ = planted_hidden(24, 10, 2, 6)
+>>> result = write_report(posctx.decompose(ds), tempfile.mkdtemp(), hidden=ds, progress=False)
+>>> result.index.name, sorted(p.name for p in result.figures)[:2]
+('index.html', ['ctx_pcs.png', 'dct.png'])
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import json
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from posctx._version import version as _posctx_version
+from posctx.geometry import (
+    GeometryParams,
+    collect_inputs,
+    geometry_record,
+    measure_geometry,
+    metrics_table,
+    metrics_to_dict,
+    provenance,
+)
+from posctx.geometry.kernels import finite_or_none
+from posctx.types import LAYER, LAYER_NAME, PathLike
+
+#: The paper's reported values (Song & Zhong 2023, Table 1), shown beside the measurements.
+PAPER_VALUES = (
+    ("BERT-base", "9.2 at the embedding layer, falling to about 2", "0.33-0.36 falling to 0.12-0.17", "0.26-0.31", "0.12-0.17"),
+    ("GPT-2", "about 2 at every layer", "0.76-0.82 falling to about 0.1", "0.41-0.44", "0.10-0.28"),
+)
+
+#: Columns of the headline table: (variable, header, format).
+HEADLINE = (
+    ("pos_stable_rank", "pos stable rank", "{:.2f}"),
+    ("pos_screenot_rank", "ScreeNOT rank", "{:d}"),
+    ("pos_screenot_share", "its share of sum s", "{:.2f}"),
+    ("relative_norm", "relative norm", "{:.3f}"),
+    ("share_pos", "pos share", "{:.3f}"),
+    ("share_ctx", "ctx share", "{:.3f}"),
+    ("share_resid", "resid share", "{:.3f}"),
+    ("smooth_low_share", "low-freq share", "{:.2f}"),
+    ("smooth_low_share_shuffled", "shuffled", "{:.2f}"),
+    ("spiral_turns", "turns", "{:.2f}"),
+    ("ctx_within", "within", "{:.3f}"),
+    ("ctx_between", "between", "{:.3f}"),
+    ("ctx_ari", "k-means ARI", "{:.2f}"),
+    ("orth_max_cos", "pos-ctx max |cos|", "{:.3f}"),
+    ("orth_max_cos_random", "random", "{:.3f}"),
+)
+
+#: Marks the page as fully rendered once every image has decoded (read by the browser test).
+_RENDER_CHECK = """
+<script>
+window.addEventListener("load", function () {
+  var images = Array.prototype.slice.call(document.images);
+  var decoded = images.filter(function (img) { return img.complete && img.naturalWidth > 0; });
+  var root = document.documentElement;
+  root.setAttribute("data-images", images.length + "/" + decoded.length);
+  root.setAttribute("data-rendered", decoded.length === images.length ? "complete" : "broken");
+});
+</script>
+"""
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1500px; padding: 0 1em; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
+th, td { border: 1px solid #ddd; padding: 0.25em 0.5em; text-align: right; }
+th { background: #f4f4f4; } td.name, th.name { text-align: left; }
+figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: 0.9em; color: #555; max-width: 60em; }
+pre { background: #f8f8f8; padding: 0.8em; overflow-x: auto; font-size: 0.8em; }
+.note { color: #555; font-size: 0.9em; max-width: 60em; }
+"""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ReportResult:
+    """What :func:`write_report` wrote, and the measurements it wrote them from."""
+
+    directory: Path
+    index: Path
+    metrics_json: Path
+    metrics_csv: Path
+    figures: tuple[Path, ...]
+    metrics: xr.Dataset
+    seconds: float
+
+
+def _fmt(value: Any, spec: str = "{:.3g}") -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, (float, np.floating)):
+        if not math.isfinite(float(value)):
+            return "n/a"
+        if spec.endswith("d}"):
+            return spec.format(int(value))
+    if isinstance(value, (int, np.integer)) and not spec.endswith("d}"):
+        return str(int(value))
+    return spec.format(value)
+
+
+def format_metrics_table(metrics: xr.Dataset) -> str:
+    """The headline measurements as a fixed-width text table (for a terminal).
+
+    Examples
+    --------
+    >>> import posctx
+    >>> from posctx.geometry import measure_geometry
+    >>> from posctx.testing import planted_hidden
+    >>> ds, _ = planted_hidden(24, 10, 2, 6)
+    >>> print(format_metrics_table(measure_geometry(posctx.decompose(ds))).splitlines()[0])
+    layer name         srank  screeNOT  rel.norm  pos%   ctx%   within  between  max|cos|  random  smooth  shuffled
+    """
+    header = (
+        f"{'layer':<5} {'name':<12} {'srank':>5}  {'screeNOT':>8}  {'rel.norm':>8}  {'pos%':<5}  "
+        f"{'ctx%':<5}  {'within':>6}  {'between':>7}  {'max|cos|':>8}  {'random':>6}  "
+        f"{'smooth':>6}  {'shuffled':>8}"
+    )
+    names = metrics[LAYER_NAME].values if LAYER_NAME in metrics.coords else metrics[LAYER].values
+    lines = [header]
+    for i, layer in enumerate(metrics[LAYER].values):
+        v = {name: metrics[name].values[i] for name in metrics.data_vars if metrics[name].dims == (LAYER,)}
+        lines.append(
+            f"{int(layer):<5} {str(names[i]):<12} {_fmt(v['pos_stable_rank'], '{:.2f}'):>5}  "
+            f"{_fmt(v['pos_screenot_rank'], '{:d}'):>8}  {_fmt(v['relative_norm'], '{:.3f}'):>8}  "
+            f"{_fmt(100 * v['share_pos'], '{:.1f}'):<5}  {_fmt(100 * v['share_ctx'], '{:.1f}'):<5}  "
+            f"{_fmt(v['ctx_within'], '{:.3f}'):>6}  {_fmt(v['ctx_between'], '{:.3f}'):>7}  "
+            f"{_fmt(v['orth_max_cos'], '{:.3f}'):>8}  {_fmt(v['orth_max_cos_random'], '{:.3f}'):>6}  "
+            f"{_fmt(v['smooth_low_share'], '{:.2f}'):>6}  {_fmt(v['smooth_low_share_shuffled'], '{:.2f}'):>8}"
+        )
+    return "\n".join(lines)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], name_columns: int = 1) -> str:
+    def cell(tag: str, text: str, j: int) -> str:
+        cls = ' class="name"' if j < name_columns else ""
+        return f"<{tag}{cls}>{html.escape(text)}</{tag}>"
+
+    head = "".join(cell("th", h, j) for j, h in enumerate(header))
+    body = "".join(
+        "<tr>" + "".join(cell("td", c, j) for j, c in enumerate(row)) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _layer_labels(metrics: xr.Dataset) -> list[str]:
+    names = metrics[LAYER_NAME].values if LAYER_NAME in metrics.coords else metrics[LAYER].values
+    return [f"{int(layer)} {name}" for layer, name in zip(metrics[LAYER].values, names)]
+
+
+def _headline_table(metrics: xr.Dataset) -> str:
+    rows = []
+    for i, label in enumerate(_layer_labels(metrics)):
+        rows.append([label] + [_fmt(metrics[name].values[i], spec) for name, _, spec in HEADLINE])
+    return _table(["layer"] + [header for _, header, _ in HEADLINE], rows)
+
+
+def _full_table(metrics: xr.Dataset) -> str:
+    table = metrics_table(metrics)
+    rows = []
+    for name in table.columns:
+        if name == LAYER_NAME:
+            continue
+        description = str(metrics[name].attrs.get("description", ""))
+        rows.append([str(name), description] + [_fmt(v) for v in table[name].values])
+    return _table(["measurement", "meaning"] + _layer_labels(metrics), rows, name_columns=2)
+
+
+def _provenance_section(record: Mapping[str, Any]) -> str:
+    store = record.get("store", {})
+    model = store.get("model", {}) if isinstance(store, Mapping) else {}
+    config = store.get("config", {}) if isinstance(store, Mapping) else {}
+    corpus = config.get("corpus", {}) if isinstance(config, Mapping) else {}
+    decomposition = record.get("decomposition") or {}
+    facts = [
+        ("model", f"{model.get('hf_id', 'n/a')} ({model.get('architecture', 'n/a')})"),
+        ("weights", str(model.get("weights_hash", "n/a"))),
+        ("corpus", f"{corpus.get('spec', 'n/a')} (seed {corpus.get('seed', 'n/a')})"),
+        ("store", str(decomposition.get("source_store", "n/a"))),
+        ("positions", str(decomposition.get("positions", "n/a"))),
+        ("contexts", str(decomposition.get("n_contexts", "n/a"))),
+        ("created", str(store.get("created", "n/a")) if isinstance(store, Mapping) else "n/a"),
+    ]
+    full = html.escape(json.dumps(record, indent=2, sort_keys=True, default=str))
+    return (
+        _table(["", ""], [[k, v] for k, v in facts], name_columns=2)
+        + f"<details><summary>full provenance record</summary><pre>{full}</pre></details>"
+    )
+
+
+def render_html(
+    metrics: xr.Dataset,
+    figures: Mapping[str, tuple[str, str, bytes]],
+    record: Mapping[str, Any],
+) -> str:
+    """The report page: headline table, the paper's values, figures, all measurements, provenance.
+
+    ``figures`` maps a name to ``(title, caption, png bytes)``; each PNG is embedded as a
+    ``data:`` URI, so the page needs no other file. A script marks ``<html>`` with
+    ``data-rendered="complete"`` once every image has decoded.
+
+    Examples
+    --------
+    >>> import posctx
+    >>> from posctx.geometry import measure_geometry, provenance
+    >>> from posctx.testing import planted_hidden
+    >>> ds, _ = planted_hidden(24, 10, 2, 6)
+    >>> dec = posctx.decompose(ds)
+    >>> page = render_html(measure_geometry(dec), {}, provenance(dec))
+    >>> page.startswith("<!DOCTYPE html>"), "data-rendered" in page
+    (True, True)
+    """
+    geometry = geometry_record(metrics)
+    params = geometry["params"]
+    figure_html = "".join(
+        f'<figure id="fig-{html.escape(name)}"><h3>{html.escape(title)}</h3>'
+        f'<img alt="{html.escape(title)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        for name, (title, caption, png) in figures.items()
+    )
+    relative = (
+        "The relative norm needs the spectral norm of the hidden states: "
+        + ("computed from the hidden-state store." if geometry["relative_norm"] == "hidden store" else "")
+        + ("given by the caller." if geometry["relative_norm"] == "given" else "")
+        + (
+            "missing here (n/a): run <code>posctx report ... --hidden HIDDEN_STORE</code>."
+            if geometry["relative_norm"].startswith("missing")
+            else ""
+        )
+    )
+    paper_rows = [list(row) for row in PAPER_VALUES]
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>posctx report: geometry of position and context</title>
+<style>{_STYLE}</style></head>
+<body>
+<h1>Geometry of position and context</h1>
+<p class="note">h[c, t] = mu + pos[t] + ctx[c] + resid[c, t], per layer, over
+{geometry["n_contexts"]} contexts x {geometry["n_positions"]} positions ({geometry["n_dims"]} dims);
+topics: {html.escape(", ".join(geometry["topics"]))}. Pairwise measures use
+{geometry["n_sampled_contexts"]} contexts. Settings: {html.escape(json.dumps(params, sort_keys=True))}.
+Made by posctx {html.escape(_posctx_version())}.</p>
+
+<h2>Per layer</h2>
+{_headline_table(metrics)}
+<p class="note">Stable rank = sum s<sup>2</sup> / s<sub>1</sub><sup>2</sup> of pos; ScreeNOT rank:
+the optimal hard threshold of Donoho, Gavish &amp; Romanov. Low-frequency share: energy of the
+pos Gram matrix in its lowest {params["n_low_frequencies"]} x {params["n_low_frequencies"]}
+DCT-II frequencies (shuffled: positions randomly permuted). Within/between: mean |cos| of ctx pairs
+of the same / different topics. Max |cos| between pos and ctx vectors vs the pos set randomly
+rotated. {relative}</p>
+
+<h2>The paper's values (Song &amp; Zhong 2023, Table 1)</h2>
+{_table(["model", "pos stable rank", "relative norm", "within", "between"], paper_rows, name_columns=1)}
+
+<h2>Figures</h2>
+{figure_html}
+
+<h2>All measurements</h2>
+{_full_table(metrics)}
+
+<h2>Provenance</h2>
+{_provenance_section(record)}
+{_RENDER_CHECK}
+</body></html>
+"""
+
+
+def write_report(
+    dec: xr.Dataset,
+    out: PathLike,
+    *,
+    hidden: xr.Dataset | None = None,
+    hidden_spectral_norm: xr.DataArray | Sequence[float] | None = None,
+    params: GeometryParams | None = None,
+    progress: bool = True,
+) -> ReportResult:
+    """Measure the geometry of a decomposition and write the report to the folder ``out``.
+
+    Computes (this is its job): one dask pass over ``dec`` (and ``hidden``), then the
+    measurements and figures in memory. Files already in ``out`` with the report's names
+    are replaced; others are left alone.
+
+    Parameters
+    ----------
+    dec
+        A decomposition (:func:`posctx.open_decomposition` or :func:`posctx.decompose`).
+    out
+        Folder to write into (created if needed).
+    hidden
+        Optional hidden-state store ``dec`` was made from: adds the relative norm and the
+        residual spectrum at the cost of one read of the store.
+    hidden_spectral_norm
+        Optional spectral norm of the hidden states per layer, if known (see
+        :func:`posctx.geometry.measure_geometry`).
+    params
+        Measurement settings.
+    progress
+        Show progress bars (the dask pass, the layers, the figures).
+
+    Returns
+    -------
+    ReportResult
+    """
+    start = time.perf_counter()
+    directory = Path(os.fspath(out))
+    (directory / "figures").mkdir(parents=True, exist_ok=True)
+    params = params or GeometryParams()
+    inputs = collect_inputs(dec, hidden=hidden, params=params, progress=progress)
+    metrics = measure_geometry(
+        inputs, hidden_spectral_norm=hidden_spectral_norm, params=params, progress=progress
+    )
+    record = provenance(dec)
+
+    from posctx.plots import FIGURES, png_bytes
+
+    names: Any = list(FIGURES)
+    if progress:
+        from tqdm.std import tqdm
+
+        names = tqdm(names, desc="report: figures", unit="figure")
+    rendered: dict[str, tuple[str, str, bytes]] = {}
+    paths = []
+    for name in names:
+        title, caption, draw = FIGURES[name]
+        png = png_bytes(draw(inputs, metrics))
+        path = directory / "figures" / f"{name}.png"
+        path.write_bytes(png)
+        paths.append(path)
+        rendered[name] = (title, caption, png)
+
+    metrics_json = directory / "metrics.json"
+    payload = {"provenance": finite_or_none(record), **metrics_to_dict(metrics)}
+    metrics_json.write_text(json.dumps(payload, indent=1, sort_keys=False, allow_nan=False, default=str))
+    metrics_csv = directory / "metrics.csv"
+    metrics_table(metrics).to_csv(metrics_csv)
+    index = directory / "index.html"
+    index.write_text(render_html(metrics, rendered, record), encoding="utf-8")
+    return ReportResult(
+        directory=directory,
+        index=index,
+        metrics_json=metrics_json,
+        metrics_csv=metrics_csv,
+        figures=tuple(paths),
+        metrics=metrics,
+        seconds=time.perf_counter() - start,
+    )
+
+
+__all__ = ["PAPER_VALUES", "ReportResult", "format_metrics_table", "render_html", "write_report"]
