@@ -6,9 +6,10 @@ Generates a planted store of the requested size in the real store schema (MiniLM
 T=128, 7 layers, 384 dims, about 64 MB chunks), then runs each route in its own process and
 measures wall time and peak memory (max RSS) of that process:
 
-(a) ``read``: every chunk read and decoded through zarr with the same dask threads, no
-    arithmetic: the I/O limit for this store;
-(a') ``raw``: every chunk file's bytes read with ``numpy.fromfile``, bypassing zarr;
+(a) ``read``: every chunk read and decoded through xarray's zarr backend (``xr.open_zarr``)
+    with the same dask threads, no arithmetic: the I/O limit through zarr;
+(a') ``direct``: every chunk read by posctx's direct reader (``posctx.fastread``, what
+    ``posctx.open_hidden`` uses for uncompressed local stores), no arithmetic;
 (b) ``posctx``: ``posctx.write_decomposition(posctx.decompose(open_hidden(store)), out)``;
 (c) ``naive``: the xarray route a user would write: ``.mean`` over each axis and the sum of
     squares, each computed separately;
@@ -37,20 +38,22 @@ BYTES_PER_CONTEXT = LENGTH * LAYERS * DIMS * 4
 
 ROUTE_CODE = {
     "read": """
-import dask, dask.array as da, zarr
-arr = zarr.open_array(STORE + "/hidden", mode="r")
-x = da.from_zarr(arr)
-touched = x.map_blocks(lambda b: b[:1, :1, :1, :1], chunks=(1, 1, 1, 1), dtype=x.dtype)
-dask.compute(touched, scheduler="threads")
+import dask, numpy as np, xarray as xr
+x = xr.open_zarr(STORE).hidden.data
+START()
+dask.compute(x.map_blocks(lambda b: np.zeros((1,) * 4, b.dtype), chunks=(1,) * 4), scheduler="threads")
 """,
-    "raw": """
-import glob, numpy as np
-for path in sorted(glob.glob(STORE + "/hidden/c/*/*/*/*")):
-    np.fromfile(path, dtype="<f4")
+    "direct": """
+import dask, numpy as np, posctx
+x = posctx.open_hidden(STORE).hidden.data
+START()
+dask.compute(x.map_blocks(lambda b: np.zeros((1,) * 4, b.dtype), chunks=(1,) * 4), scheduler="threads")
 """,
     "posctx": """
 import posctx, numpy as np
+START()
 posctx.write_decomposition(posctx.decompose(posctx.open_hidden(STORE)), OUT + "/dec.zarr")
+STOP()
 dec = posctx.open_decomposition(OUT + "/dec.zarr")
 np.savez(OUT + "/result.npz", mu=dec.mu.values, pos=dec.pos.values, ss_total=dec.ss_total.values,
          ss_ctx=dec.ss_ctx.values, ss_resid=dec.ss_resid.values)
@@ -58,6 +61,7 @@ np.savez(OUT + "/result.npz", mu=dec.mu.values, pos=dec.pos.values, ss_total=dec
     "naive": """
 import xarray as xr, numpy as np
 h = xr.open_zarr(STORE).hidden
+START()
 mu = h.mean(("context", "position")).compute()
 pos = (h.mean("context") - mu).compute()
 ctx = (h.mean("position") - mu).compute()
@@ -65,11 +69,13 @@ ss_total = ((h - mu) ** 2).sum(("context", "position", "dim")).compute()
 C, T = h.sizes["context"], h.sizes["position"]
 ss_pos = C * (pos ** 2).sum(("position", "dim"))
 ss_ctx = T * (ctx ** 2).sum(("context", "dim"))
+STOP()
 np.savez(OUT + "/result.npz", mu=mu.values, pos=pos.values, ss_total=ss_total.values,
          ss_ctx=ss_ctx.values, ss_resid=(ss_total - ss_pos - ss_ctx).values)
 """,
     "numpy": """
 import zarr, numpy as np
+START()
 x = zarr.open_array(STORE + "/hidden", mode="r")[:]
 C, T = x.shape[:2]
 mu = x.mean(axis=(0, 1), dtype=np.float64)
@@ -78,23 +84,40 @@ ctx = x.mean(axis=1, dtype=np.float64) - mu
 ss_total = np.einsum("ctld,ctld->l", x, x, dtype=np.float64) - C * T * (mu ** 2).sum(-1)
 ss_pos = C * (pos ** 2).sum((0, 2))
 ss_ctx = T * (ctx ** 2).sum((0, 2))
+STOP()
 np.savez(OUT + "/result.npz", mu=mu, pos=pos, ss_total=ss_total, ss_ctx=ss_ctx,
          ss_resid=ss_total - ss_pos - ss_ctx)
 """,
 }
 
 
+# Timed inside the child, after imports and opening: START() to STOP() (or the end). Peak
+# memory is the child's own VmHWM (ru_maxrss of a forked child would inherit the parent's).
+PRELUDE = """
+import atexit, json, time
+_t = {}
+def START():
+    _t["start"] = time.perf_counter()
+def STOP():
+    _t.setdefault("stop", time.perf_counter())
+def _report():
+    STOP()
+    hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
+    json.dump({"seconds": _t["stop"] - _t["start"], "peak_rss_mb": int(hwm) / 1024},
+              open(OUT + "/timing.json", "w"))
+atexit.register(_report)
+"""
+
+
 def run_route(route: str, store: Path, out: Path) -> dict[str, float]:
-    """Run one route in a fresh process; wall seconds and the child's peak RSS in MB."""
+    """Run one route in a fresh process; its timed seconds, process seconds and peak RSS."""
     out.mkdir(parents=True, exist_ok=True)
-    code = f"STORE = {str(store)!r}\nOUT = {str(out)!r}\n" + ROUTE_CODE[route]
+    code = f"STORE = {str(store)!r}\nOUT = {str(out)!r}\n" + PRELUDE + ROUTE_CODE[route]
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code])
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    if status != 0:
-        raise RuntimeError(f"route {route} failed with status {status}")
-    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024}
+    subprocess.run([sys.executable, "-c", code], check=True)
+    record = json.loads((out / "timing.json").read_text())
+    record["process_seconds"] = time.perf_counter() - start
+    return record
 
 
 def make_store(path: Path, n_contexts: int) -> None:
@@ -131,7 +154,7 @@ def machine() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gb", type=float, default=8.0, help="store size in GB (1e9 bytes)")
-    parser.add_argument("--routes", default="read,raw,posctx,naive,numpy")
+    parser.add_argument("--routes", default="read,direct,posctx,naive,numpy")
     parser.add_argument("--scaling", action="store_true", help="also time posctx at 1/16, 1/4 of the size")
     parser.add_argument("--workdir", default=None, help="where stores go (default: a temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the stores")
@@ -157,7 +180,7 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)
         results[route] = run_route(route, store, out)
         results[route]["gb_per_s"] = size / 1e9 / results[route]["seconds"]
-        if route not in ("read", "raw", "posctx"):
+        if route not in ("read", "direct", "posctx"):
             results[route]["max_rel_diff_vs_posctx"] = compare(work / "out-posctx/result.npz", out / "result.npz")
         print(route, json.dumps(results[route]))
 
@@ -183,7 +206,9 @@ def main() -> None:
         diff = r.get("max_rel_diff_vs_posctx")
         print(f"| {route} | {r['seconds']:.1f} | {r['gb_per_s']:.2f} | {r['peak_rss_mb']:.0f} | {ratio} | {'-' if diff is None else f'{diff:.1e}'} |")
     if "read" in results and base:
-        print(f"\nposctx / decode-only throughput (b/a): {results['read']['seconds'] / base:.2f}")
+        print(f"\nposctx / zarr decode-only throughput (b/a): {results['read']['seconds'] / base:.2f}")
+    if "direct" in results and base:
+        print(f"posctx / direct read-only throughput (b/a'): {results['direct']['seconds'] / base:.2f}")
     if "naive" in results and base:
         print(f"naive xarray / posctx time (c/b): {results['naive']['seconds'] / base:.2f}")
     if "numpy" in results and base:

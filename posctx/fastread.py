@@ -16,12 +16,68 @@ from __future__ import annotations
 import functools
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 _DTYPES = {"float16": "<f2", "float32": "<f4", "float64": "<f8"}
+
+
+@dataclass(frozen=True)
+class DirectSource:
+    """Where and how the chunk files of a directly readable array lie."""
+
+    root: str
+    sep: str
+    shape: tuple[int, ...]
+    chunk_shape: tuple[int, ...]
+    dtype: str
+    fill: Any
+
+    def chunk_path(self, index: tuple[int, ...]) -> str:
+        return os.path.join(self.root, self.sep.join(["c", *map(str, index)]))
+
+
+# dask name -> source of every array made by direct_array, so that the decomposition can
+# recognise one and read its chunk files context by context (see file_block_stats).
+_SOURCES: dict[str, DirectSource] = {}
+
+
+def direct_source(x: Any) -> DirectSource | None:
+    """The chunk files behind ``x`` if it is, unchanged, an array from :func:`direct_array`."""
+    return _SOURCES.get(getattr(x, "name", ""))
+
+
+def file_block_stats(
+    source: DirectSource, index: tuple[int, ...], rows: tuple[int, ...], start: int, stop: int
+) -> dict[str, Any]:
+    """:func:`~posctx.decomposition.kernels.block_stats` of rows ``rows`` of one chunk file,
+    positions ``start:stop``, read one context slab at a time into a reused buffer.
+
+    The chunk never exists in memory as a whole: each context's ``(T, l, d)`` slab is read
+    (``readinto``, no allocation) and folded into the sums while it is still in cache.
+    """
+    from posctx.decomposition.kernels import ContextSums
+
+    slab_shape = source.chunk_shape[1:]
+    n_layers = min(source.chunk_shape[2], source.shape[2] - index[2] * source.chunk_shape[2])
+    sums = ContextSums(len(rows), stop - start, n_layers, source.shape[3])
+    path = source.chunk_path(index)
+    if not os.path.exists(path):
+        slab = np.full(slab_shape, source.fill, dtype=source.dtype)
+        for i in range(len(rows)):
+            sums.add(i, slab[start:stop, :n_layers])
+        return sums.result()
+    raw = np.empty(slab_shape, dtype=source.dtype)
+    with open(path, "rb", buffering=0) as f:
+        for i, row in enumerate(rows):
+            f.seek(row * raw.nbytes)
+            if f.readinto(raw) != raw.nbytes:  # type: ignore[arg-type]  # ndarray is a writable buffer
+                raise OSError(f"{path} is shorter than a chunk of {source.chunk_shape}")
+            sums.add(i, raw[start:stop, :n_layers])
+    return sums.result()
 
 
 def _fill(value: Any, dtype: np.dtype[Any]) -> Any:
@@ -102,11 +158,13 @@ def direct_array(array_dir: str | os.PathLike[str], name: str | None = None) -> 
         _read_block, root=str(root), sep=sep, chunk_shape=chunk_shape, chunks=chunks,
         dtype=dtype, fill=fill,
     )
+    name = name or f"posctx-direct-read-{tokenize(str(root.resolve()), stat.st_mtime_ns, shape)}"
+    _SOURCES[name] = DirectSource(str(root), sep, shape, chunk_shape, dtype, fill)
     return da.map_blocks(
         reader,
         chunks=chunks,
         dtype=np.dtype(dtype).newbyteorder("="),
-        name=name or f"posctx-direct-read-{tokenize(str(root.resolve()), stat.st_mtime_ns, shape)}",
+        name=name,
         meta=np.empty((0,) * len(shape), dtype=np.dtype(dtype).newbyteorder("=")),
     )
 
@@ -126,4 +184,4 @@ def _read_block(
     return read_chunk(os.path.join(root, key), chunk_shape, bounds, dtype, fill)
 
 
-__all__ = ["direct_array", "read_chunk"]
+__all__ = ["DirectSource", "direct_array", "direct_source", "file_block_stats", "read_chunk"]

@@ -42,3 +42,49 @@ def test_open_hidden_reads_directly_and_identically(tmp_path: Path) -> None:
     np.testing.assert_array_equal(ds.hidden.values, zarr.open_array(path + "/hidden")[:])
     via_zarr = posctx.open_hidden(path, chunks={"position": -1})
     assert not via_zarr.hidden.data.name.startswith("posctx-direct-read")
+
+
+def _layer_chunked_store(path: str) -> np.ndarray:
+    from posctx.store import BlockWriter, build_dataset, create_store, plan_blocks
+
+    rng = np.random.default_rng(3)
+    values = (rng.normal(size=(11, 6, 5, 4)) + 3).astype(np.float32)
+    ds, enc = build_dataset(
+        token_ids=np.zeros((11, 6), np.int32), topic=np.array(["a", "b"] * 5 + ["a"]),
+        source=np.array(["s"] * 11), offset=np.zeros(11), layers=tuple(range(5)),
+        layer_names=tuple(f"l{i}" for i in range(5)), hidden_size=4, storage_dtype="float32",
+        chunk_contexts=4, chunk_layers=2, attrs={"posctx_kind": "hidden", "posctx": {}},
+    )
+    create_store(path, ds, enc)
+    writer = BlockWriter(path)
+    for block in plan_blocks(11, 4):
+        writer.write(block, values[block.start : block.stop])
+    return values
+
+
+@pytest.mark.parametrize(
+    ("positions", "contexts"),
+    [(None, None), (slice(1, None), None), (slice(2, 4), [9, 1, 2, 3, 10, 0]), (slice(1, None), slice(3, 8))],
+)
+def test_statistics_from_files_equal_the_general_path(
+    tmp_path: Path, positions: slice | None, contexts: object
+) -> None:
+    from posctx.decomposition.kernels import decompose_numpy
+
+    path = str(tmp_path / "h.zarr")
+    values = _layer_chunked_store(path)
+    ds = posctx.open_hidden(path)
+    dec = posctx.decompose(ds, positions=positions, contexts=contexts)
+    assert any(name.startswith("posctx-file-stats") for name in dec.ctx_sum.data.dask.layers)
+    got = dec.compute()
+    ref = decompose_numpy(ds.hidden.sel(position=positions or slice(None), context=contexts if contexts is not None else slice(None)).values)
+    for name in ("mu", "pos", "ctx", "ss_total", "ss_pos", "ss_ctx", "ss_resid"):
+        np.testing.assert_allclose(got[name].values, ref[name], rtol=1e-12, atol=1e-12)
+    assert values.shape == (11, 6, 5, 4)
+
+
+def test_position_lists_use_the_general_path(tmp_path: Path) -> None:
+    path = str(tmp_path / "h.zarr")
+    _layer_chunked_store(path)
+    dec = posctx.decompose(posctx.open_hidden(path), positions=[0, 2, 3])
+    assert not any(name.startswith("posctx-file-stats") for name in dec.ctx_sum.data.dask.layers)

@@ -89,17 +89,69 @@ def statistics_arrays(h: da.Array, moments: bool = False) -> dict[str, da.Array]
         h = h.rechunk({3: -1})
     if h.shape[0] == 0 or h.shape[1] == 0:
         raise ValueError(f"cannot decompose an empty table of shape {h.shape}")
-    c_chunks, t_chunks, l_chunks, d_chunks = h.chunks
-    n_cb, n_tb, n_lb = len(c_chunks), len(t_chunks), len(l_chunks)
+    c_chunks, t_chunks, l_chunks, _ = h.chunks
     token = tokenize(h.name, moments)
-    blocks = [(i, j, k) for i in range(n_cb) for j in range(n_tb) for k in range(n_lb)]
-
     # Chunk: one block_stats task per input chunk -- the only tasks that touch `h`.
     stats_name = f"posctx-block-stats-{token}"
     stats_layer = {
-        (stats_name, i, j, k): (block_stats, (h.name, i, j, k, 0), moments) for i, j, k in blocks
+        (stats_name, i, j, k): (block_stats, (h.name, i, j, k, 0), moments)
+        for i in range(len(c_chunks))
+        for j in range(len(t_chunks))
+        for k in range(len(l_chunks))
     }
     graph = _add_layer(h.dask, stats_name, stats_layer, {h.name})
+    return assemble_statistics(graph, stats_name, h.chunks, moments, token)
+
+
+def statistics_from_files(
+    source: Any,
+    groups: list[tuple[int, tuple[int, ...]]],
+    start: int,
+    stop: int,
+) -> dict[str, da.Array]:
+    """Sufficient statistics read straight from the chunk files of ``source``.
+
+    ``groups`` lists, in output order, ``(chunk index along context, rows of that chunk)``;
+    positions ``start:stop`` are used and every layer. One task per (group, layer chunk)
+    reads its rows slab by slab (:func:`posctx.fastread.file_block_stats`), so no chunk is
+    ever materialised: the same statistics as :func:`statistics_arrays`, with less memory
+    traffic.
+    """
+    from posctx.fastread import file_block_stats
+
+    n_layers, n_dims = source.shape[2], source.shape[3]
+    lc = source.chunk_shape[2]
+    l_chunks = tuple(min(lc, n_layers - s) for s in range(0, n_layers, lc))
+    token = tokenize(source, groups, start, stop)
+    stats_name = f"posctx-file-stats-{token}"
+    layer = {
+        (stats_name, g, 0, k): (file_block_stats, source, (i, 0, k, 0), rows, start, stop)
+        for g, (i, rows) in enumerate(groups)
+        for k in range(len(l_chunks))
+    }
+    graph = HighLevelGraph({stats_name: MaterializedLayer(layer)}, {stats_name: set()})
+    chunks = (tuple(len(rows) for _, rows in groups), (stop - start,), l_chunks, (n_dims,))
+    return assemble_statistics(graph, stats_name, chunks, False, token)
+
+
+def assemble_statistics(
+    graph: HighLevelGraph,
+    stats_name: str,
+    chunks: tuple[tuple[int, ...], ...],
+    moments: bool,
+    token: str,
+) -> dict[str, da.Array]:
+    """Sufficient statistics from a layer of per-block :func:`block_stats`-like results.
+
+    ``graph`` holds a task ``(stats_name, i, j, k)`` for every block ``(i, j, k)`` of a
+    ``(context, position, layer, dim)`` table chunked as ``chunks`` (``dim`` in one chunk);
+    each returns the dict of :func:`~posctx.decomposition.kernels.block_stats`. Whatever
+    produces those dicts (a dask array's chunks, or chunk files read directly), the
+    combining and reducing is this one function.
+    """
+    c_chunks, t_chunks, l_chunks, d_chunks = chunks
+    n_cb, n_tb, n_lb = len(c_chunks), len(t_chunks), len(l_chunks)
+    blocks = [(i, j, k) for i in range(n_cb) for j in range(n_tb) for k in range(n_lb)]
 
     def partials(stat: str, lead: int, chunks: tuple[tuple[int, ...], ...]) -> da.Array:
         """Per-chunk results of ``stat`` with ``lead`` new leading axes indexing the chunk.
@@ -140,7 +192,7 @@ def statistics_arrays(h: da.Array, moments: bool = False) -> dict[str, da.Array]
         m2_within = partials("m2", 2, (*ones, l_chunks, d_chunks, d_chunks)).sum(axis=(0, 1))
         means = partials("mean", 2, (*ones, l_chunks, d_chunks))
         counts = np.outer(c_chunks, t_chunks).astype(np.float64)
-        mu = out["pos_sum"].sum(axis=0) / (h.shape[0] * h.shape[1])
+        mu = out["pos_sum"].sum(axis=0) / (sum(c_chunks) * sum(t_chunks))
         # Between-chunk part of the parallel-axis theorem: sum_b n_b (mean_b - mu)(mean_b - mu)^T.
         dev = (means - mu) * np.sqrt(counts)[:, :, None, None]
         out["m2_hidden"] = m2_within + da.einsum("ijld,ijle->lde", dev, dev)
@@ -233,6 +285,8 @@ def decompose_arrays(h: da.Array, moments: bool = False) -> dict[str, da.Array]:
 
 __all__ = [
     "MOMENT_OUTPUT_NAMES",
+    "assemble_statistics",
+    "statistics_from_files",
     "OUTPUT_NAMES",
     "STATISTIC_NAMES",
     "decompose_arrays",

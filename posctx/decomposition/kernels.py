@@ -83,21 +83,40 @@ def block_stats(block: npt.ArrayLike, moments: bool = False) -> dict[str, Float6
     if x.ndim != 4:
         raise ValueError(f"expected a (context, position, layer, dim) block, got shape {x.shape}")
     c, t, n_layers, d = x.shape
-    pos_sum = np.zeros((t, n_layers, d))
-    ctx_sum = np.empty((c, n_layers, d))
-    sumsq = np.zeros(n_layers)
-    # One reused float64 buffer: a fresh 1.4 MB array per context would be mmap-allocated
-    # and page-faulted every time (measured 1.3x slower).
-    buf = np.empty((t, n_layers, d))
+    sums = ContextSums(c, t, n_layers, d)
     for i in range(c):
-        np.copyto(buf, x[i])
-        np.sum(buf, axis=0, out=ctx_sum[i])
-        pos_sum += buf
-        sumsq += np.einsum("tld,tld->l", buf, buf)
-    out = {"pos_sum": pos_sum, "ctx_sum": ctx_sum, "sumsq": sumsq}
+        sums.add(i, x[i])
+    out = sums.result()
     if moments:
-        out.update(centred_moments(x, pos_sum.sum(axis=0) / max(c * t, 1)))
+        out.update(centred_moments(x, out["pos_sum"].sum(axis=0) / max(c * t, 1)))
     return out
+
+
+class ContextSums:
+    """Accumulates the sums of :func:`block_stats` one context slab ``(t, l, d)`` at a time.
+
+    Lets a caller that reads slabs itself (straight from a chunk file, see
+    :mod:`posctx.fastread`) take the same sums without ever holding the whole chunk.
+    """
+
+    def __init__(self, n_contexts: int, length: int, n_layers: int, n_dims: int) -> None:
+        self.pos_sum = np.zeros((length, n_layers, n_dims))
+        self.ctx_sum = np.empty((n_contexts, n_layers, n_dims))
+        self.sumsq = np.zeros(n_layers)
+        # One reused float64 buffer: a fresh 1.4 MB array per context would be mmap-allocated
+        # and page-faulted every time (measured 1.3x slower).
+        self._buf = np.empty((length, n_layers, n_dims))
+
+    def add(self, i: int, slab: npt.NDArray[Any]) -> None:
+        """Add context ``i``'s hidden states ``(t, l, d)``, of any real dtype."""
+        buf = self._buf
+        np.copyto(buf, slab)
+        np.sum(buf, axis=0, out=self.ctx_sum[i])
+        self.pos_sum += buf
+        self.sumsq += np.einsum("tld,tld->l", buf, buf)
+
+    def result(self) -> dict[str, Float64Array]:
+        return {"pos_sum": self.pos_sum, "ctx_sum": self.ctx_sum, "sumsq": self.sumsq}
 
 
 def centred_moments(x: npt.NDArray[Any], mean: Float64Array) -> dict[str, Float64Array]:
@@ -268,6 +287,7 @@ def decompose_numpy(h: npt.ArrayLike) -> dict[str, Any]:
 
 __all__ = [
     "STAT_NAMES",
+    "ContextSums",
     "block_stats",
     "centred_moments",
     "combine_sum",
