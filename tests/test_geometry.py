@@ -185,11 +185,16 @@ def test_curve_measures_tell_a_spiral_from_scattered_points() -> None:
     assert step_cos == pytest.approx(-0.43, abs=0.03) and rough == pytest.approx(1.0, abs=0.05)
 
 
-def test_random_rotation_is_seeded_and_orthogonal() -> None:
-    q1 = kernels.random_rotation(6, np.random.default_rng(3))
-    q2 = kernels.random_rotation(6, np.random.default_rng(3))
-    np.testing.assert_array_equal(q1, q2)
-    np.testing.assert_allclose(q1.T @ q1, np.eye(6), atol=1e-12)
+def test_random_orthonormal_is_seeded_and_uniform() -> None:
+    w1 = kernels.random_orthonormal(6, 6, np.random.default_rng(3))
+    np.testing.assert_array_equal(w1, kernels.random_orthonormal(6, 6, np.random.default_rng(3)))
+    np.testing.assert_allclose(w1.T @ w1, np.eye(6), atol=1e-12)
+    # Haar: a fixed unit vector's squared projection on a random 2-dim subspace of R^8
+    # has mean 2/8; E|cos|^2 between a fixed and a random direction is 1/8.
+    rng = np.random.default_rng(0)
+    draws = np.array([kernels.random_orthonormal(8, 2, rng)[0] for _ in range(4000)])
+    assert (draws**2).sum(axis=1).mean() == pytest.approx(2 / 8, abs=0.01)
+    assert (draws[:, 0] ** 2).mean() == pytest.approx(1 / 8, abs=0.01)
 
 
 def test_params_validate_and_round_trip() -> None:

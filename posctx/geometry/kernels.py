@@ -365,12 +365,17 @@ def pca_scores(x: npt.ArrayLike, n: int) -> FloatArray:
     """
     a = np.asarray(x, dtype=np.float64)
     u, s, _ = np.linalg.svd(a, full_matrices=False)
+    return _scores(u, s, n)
+
+
+def _scores(u: FloatArray, s: FloatArray, n: int) -> FloatArray:
+    """:func:`pca_scores` from a thin SVD ``u, s`` (computed once per matrix and layer)."""
     scores = u[:, :n] * s[:n]
     # Fix the arbitrary sign: the largest-magnitude coordinate of each component is positive.
     signs = np.sign(scores[np.argmax(np.abs(scores), axis=0), np.arange(scores.shape[1])])
     scores = scores * np.where(signs == 0, 1.0, signs)
     if scores.shape[1] < n:
-        scores = np.hstack([scores, np.zeros((a.shape[0], n - scores.shape[1]))])
+        scores = np.hstack([scores, np.zeros((u.shape[0], n - scores.shape[1]))])
     out: FloatArray = scores
     return out
 
@@ -547,7 +552,12 @@ def top_subspace(x: npt.ArrayLike, k: int) -> FloatArray:
     """
     a = np.asarray(x, dtype=np.float64)
     _, s, vt = np.linalg.svd(a, full_matrices=False)
-    r = min(k, numerical_rank(s, (a.shape[0], a.shape[1])))
+    return _basis(s, vt, a.shape[0], k)
+
+
+def _basis(s: FloatArray, vt: FloatArray, n_rows: int, k: int) -> FloatArray:
+    """:func:`top_subspace` from a thin SVD ``s, vt`` of a matrix with ``n_rows`` rows."""
+    r = min(k, numerical_rank(s, (n_rows, vt.shape[1])))
     basis: FloatArray = vt[:r].T
     return basis
 
@@ -571,19 +581,23 @@ def principal_cosines(a: FloatArray, b: FloatArray) -> FloatArray:
     return out
 
 
-def random_rotation(d: int, rng: np.random.Generator) -> FloatArray:
-    """A Haar-distributed random orthogonal ``(d, d)`` matrix.
+def random_orthonormal(d: int, r: int, rng: np.random.Generator) -> FloatArray:
+    """``(d, r)`` orthonormal columns spanning a uniformly random ``r``-dim subspace (Haar).
+
+    For ``r = d`` a Haar random rotation. A matrix ``X = U S V^T`` turned by a random
+    rotation ``Q`` is ``U S (Q^T V)^T``, and ``Q^T V`` is distributed as this with
+    ``r = rank``: the cost is a ``d x r`` QR, not ``d x d``.
 
     Examples
     --------
     >>> import numpy as np
-    >>> q = random_rotation(4, np.random.default_rng(0))
-    >>> bool(np.allclose(q @ q.T, np.eye(4)))
-    True
+    >>> w = random_orthonormal(5, 2, np.random.default_rng(0))
+    >>> w.shape, bool(np.allclose(w.T @ w, np.eye(2)))
+    ((5, 2), True)
     """
-    q, r = np.linalg.qr(rng.normal(size=(d, d)))
-    # Sign fix of R's diagonal makes Q exactly Haar (Mezzadri 2007).
-    out: FloatArray = q * np.sign(np.diag(r))
+    q, upper = np.linalg.qr(rng.normal(size=(d, r)))
+    # Fixing the signs of R's diagonal makes Q exactly Haar (Mezzadri 2007).
+    out: FloatArray = q * np.sign(np.diag(upper))
     return out
 
 
@@ -681,9 +695,11 @@ def layer_geometry(
     n_positions, n_dims = pos.shape
     labels = np.asarray(topics)
     out: dict[str, Any] = {}
+    # One thin SVD per matrix, reused by every measure below.
+    u_pos, s, vt_pos = np.linalg.svd(pos, full_matrices=False)
+    u_ctx, s_ctx, vt_ctx = np.linalg.svd(ctx, full_matrices=False)
 
     # pos is low-rank.
-    s = singular_values(pos)
     out["pos_sv"] = s
     out["pos_norm"] = float(s[0]) if s.size else float("nan")
     out["pos_stable_rank"] = stable_rank(s)
@@ -702,7 +718,7 @@ def layer_geometry(
     out["smooth_low_share"], out["smooth_low_share_shuffled"] = share, shuffled
 
     # pos traces a curve (a spiral in many layers) in its top principal components.
-    scores = pca_scores(pos, 3)
+    scores = _scores(u_pos, s, 3)
     energy = float(np.sum(s**2))
     out["spiral_pc_share"] = float(np.sum(s[:3] ** 2) / energy) if energy > 0 else float("nan")
     out["spiral_step_cos"], out["spiral_roughness"] = curve_smoothness(scores)
@@ -711,7 +727,7 @@ def layer_geometry(
     # ctx clusters by topic, in full and in its top principal components.
     out["ctx_within"], out["ctx_between"] = topic_similarity(ctx, labels)
     out["ctx_within_pc"], out["ctx_between_pc"] = topic_similarity(
-        pca_scores(ctx, params.n_pcs), labels
+        _scores(u_ctx, s_ctx, params.n_pcs), labels
     )
     out["ctx_ari"], out["ctx_nmi"], out["ctx_silhouette"] = cluster_scores(
         ctx, labels, params.seed
@@ -720,16 +736,18 @@ def layer_geometry(
     # pos and ctx are nearly orthogonal; the baseline turns the pos set by a random rotation,
     # which keeps the shape of each set and makes the pos span a random subspace.
     out["orth_max_cos"], out["orth_mean_cos"] = cross_cosines(pos, ctx)
-    pos_basis = top_subspace(pos, params.subspace_dim)
-    ctx_basis = top_subspace(ctx, params.subspace_dim)
+    pos_basis = _basis(s, vt_pos, n_positions, params.subspace_dim)
+    ctx_basis = _basis(s_ctx, vt_ctx, ctx.shape[0], params.subspace_dim)
     principal = principal_cosines(pos_basis, ctx_basis)
     random_max, random_mean, random_principal = [], [], []
     for _ in range(params.n_random):
-        q = random_rotation(n_dims, rng)
-        m, mean = cross_cosines(pos @ q, ctx)
+        # pos Q = U S (Q^T V)^T; Q^T V is a Haar random orthonormal (d, min(T, d)) matrix W,
+        # and Q^T turns pos's top right singular vectors into W's first columns.
+        w = random_orthonormal(n_dims, s.size, rng)
+        m, mean = cross_cosines((u_pos * s) @ w.T, ctx)
         random_max.append(m)
         random_mean.append(mean)
-        random_principal.append(principal_cosines(q.T @ pos_basis, ctx_basis))
+        random_principal.append(principal_cosines(w[:, : pos_basis.shape[1]], ctx_basis))
     out["orth_max_cos_random"] = float(np.mean(random_max))
     out["orth_mean_cos_random"] = float(np.mean(random_mean))
     out["orth_principal_cos"] = _pad(principal, params.subspace_dim)
@@ -806,7 +824,7 @@ __all__ = [
     "numerical_rank",
     "pca_scores",
     "principal_cosines",
-    "random_rotation",
+    "random_orthonormal",
     "resid_gram",
     "sample_indices",
     "screenot_threshold",
