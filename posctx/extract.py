@@ -19,7 +19,7 @@ import numpy as np
 
 from posctx.config import ExtractConfig
 from posctx.errors import StoreError
-from posctx.types import SCHEMA_VERSION
+from posctx.types import SCHEMA_VERSION, TOKEN_ID
 from posctx.store import (
     Block,
     BlockWriter,
@@ -76,8 +76,13 @@ def config_differences(stored: Mapping[str, Any], requested: Mapping[str, Any]) 
     return out
 
 
-def _refuse_mismatch(path: str, stored: Mapping[str, Any], config: ExtractConfig) -> None:
+def _refuse_mismatch(
+    path: str, stored: Mapping[str, Any], config: ExtractConfig, allow_more_contexts: bool = False
+) -> None:
     diffs = config_differences(stored.get("config", {}), config.to_dict())
+    old = stored.get("config", {}).get("store", {}).get("contexts", 0)
+    if allow_more_contexts and config.store.contexts > old:
+        diffs = [d for d in diffs if d != "store.contexts"]  # growing a store is allowed
     if diffs:
         details = ", ".join(
             f"{d}: store has {_lookup(stored['config'], d)!r}, asked {_lookup(config.to_dict(), d)!r}"
@@ -92,6 +97,69 @@ def _refuse_mismatch(path: str, stored: Mapping[str, Any], config: ExtractConfig
 def _lookup(tree: Mapping[str, Any], dotted: str) -> Any:
     section, key = dotted.split(".", 1)
     return tree.get(section, {}).get(key)
+
+
+def _title(config: ExtractConfig) -> str:
+    return (
+        f"posctx hidden states of {config.model.name} on {config.corpus.spec} "
+        f"(C={config.store.contexts}, T={config.store.length})"
+    )
+
+
+def _extend(
+    config: ExtractConfig,
+    path: str,
+    loaded: LoadedModel,
+    stored: Mapping[str, Any],
+    storage_options: Mapping[str, Any] | None,
+    progress: bool,
+) -> None:
+    """Grow a store to ``config.store.contexts`` contexts, keeping every existing one.
+
+    Plans are prefix-stable (see :func:`posctx.corpus.contexts.interleave_order`), so the
+    plan for the larger C starts with the store's contexts; that is checked token by token.
+    """
+    from posctx.corpus import open_corpus, sample_contexts
+    from posctx.store import grow_store
+
+    special = loaded.special
+    plan = sample_contexts(
+        open_corpus(config.corpus),
+        loaded.encode,
+        n_contexts=config.store.contexts,
+        length=config.store.length,
+        prefix_ids=special.prefix_ids,
+        suffix_ids=special.suffix_ids,
+        separator_ids=special.separator_ids,
+        seed=config.corpus.seed,
+        balance=config.corpus.balance,
+        progress=progress,
+    )
+    old = int(stored["config"]["store"]["contexts"])
+    writer = BlockWriter(path, storage_options)
+    if not np.array_equal(writer.token_ids(Block(0, 0, old)), plan.token_ids[:old]):
+        raise StoreError(
+            f"{path}: the corpus no longer yields the store's {old} contexts (it changed since "
+            "the store was made), so the store cannot be extended: extract into a new --out"
+        )
+    record = dict(stored)
+    record["config"] = config.to_dict()
+    record["extensions"] = [
+        *stored.get("extensions", []),
+        {"from": old, "to": config.store.contexts, "posctx_version": stored.get("posctx_version")},
+    ]
+    grow_store(
+        path,
+        old_contexts=old,
+        token_ids=plan.token_ids,
+        topic=plan.topic,
+        source=plan.source,
+        offset=plan.offset,
+        chunk_contexts=int(stored["chunk_contexts"]),
+        record=record,
+        title=_title(config),
+        storage_options=storage_options,
+    )
 
 
 def prepare_store(
@@ -111,13 +179,15 @@ def prepare_store(
 
     stored = read_provenance(path, storage_options)
     if stored is not None:
-        _refuse_mismatch(path, stored, config)
+        _refuse_mismatch(path, stored, config, allow_more_contexts=True)
         if stored.get("model", {}).get("weights_hash") != loaded.weights_hash:
             raise StoreError(
                 f"{path} was made with different weights for model {config.model.name!r} "
                 f"(hash {stored['model'].get('weights_hash')} vs {loaded.weights_hash}): "
                 "use the same weights to resume, or choose another --out"
             )
+        if config.store.contexts > stored["config"]["store"]["contexts"]:
+            _extend(config, path, loaded, stored, storage_options, progress)
         return True
     check_length(loaded, config.store.length)
     corpus = open_corpus(config.corpus)
@@ -146,10 +216,7 @@ def prepare_store(
         chunk_contexts=chunk,
     )
     attrs = {
-        "title": (
-            f"posctx hidden states of {config.model.name} on {config.corpus.spec} "
-            f"(C={config.store.contexts}, T={config.store.length})"
-        ),
+        "title": _title(config),
         "posctx_kind": "hidden",
         "posctx_schema": SCHEMA_VERSION,
         "posctx": record,
@@ -169,6 +236,22 @@ def prepare_store(
     )
     create_store(path, ds, encoding, storage_options)
     return False
+
+
+def _refuse_interrupted_extension(
+    path: str,
+    stored: Mapping[str, Any],
+    config: ExtractConfig,
+    storage_options: Mapping[str, Any] | None,
+) -> None:
+    from posctx.store import _open_group
+
+    size = int(_open_group(path, "r", storage_options)[TOKEN_ID].shape[0])
+    if size != stored["config"]["store"]["contexts"] and config.store.contexts != size:
+        raise StoreError(
+            f"{path}: an extension to {size} contexts was interrupted: re-run with "
+            f"--contexts {size} to finish it"
+        )
 
 
 def pending_blocks(blocks: Iterable[Block], done: np.ndarray) -> list[Block]:
@@ -318,7 +401,8 @@ def extract(
         check_writable(path)
         open_corpus(config.corpus)  # an unknown corpus fails before the model loads
     else:
-        _refuse_mismatch(path, stored, config)
+        _refuse_mismatch(path, stored, config, allow_more_contexts=True)
+        _refuse_interrupted_extension(path, stored, config, storage_options)
     if loaded is None:
         loaded = load_model(config.model)
     resumed = prepare_store(config, path, loaded, storage_options=storage_options, progress=progress)

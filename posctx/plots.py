@@ -23,7 +23,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -36,6 +36,7 @@ from posctx.types import CONTEXT, LAYER, LAYER_NAME, TOPIC
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+    from mpl_toolkits.mplot3d import Axes3D
 
 #: Panels per row of the per-layer grids.
 MAX_COLUMNS = 7
@@ -117,7 +118,8 @@ def pos_curves_3d(inputs: xr.Dataset) -> Figure:
     """
     positions = inputs["position"].values
     fig, axes = _figure(inputs.sizes[LAYER], panel=2.9, projection="3d")
-    for i, (ax, title) in enumerate(zip(axes, _layer_titles(inputs))):
+    for i, (panel, title) in enumerate(zip(axes, _layer_titles(inputs))):
+        ax = cast("Axes3D", panel)
         z = kernels.pca_scores(_pos(inputs, i), 3)
         ax.plot(z[:, 0], z[:, 1], z[:, 2], color="0.7", linewidth=0.7)
         ax.scatter(z[:, 0], z[:, 1], z[:, 2], c=positions, cmap="viridis", s=6, depthshade=False)
@@ -218,7 +220,8 @@ def spectra(metrics: xr.Dataset) -> Figure:
 
     pos is scaled by ``sqrt(C)`` and ctx by ``sqrt(T)`` (each repeated over the other index),
     so that the squared values of each curve add up to ``ss_pos``, ``ss_ctx`` and
-    ``ss_resid``: the three are on one scale. resid is drawn only when the measurements
+    ``ss_resid``: the three are on one scale. Values below 1e-6 of a panel's largest are
+    left out (zero up to rounding). resid is drawn only when the measurements
     had the hidden-state store; the title says so otherwise.
 
     Examples
@@ -237,9 +240,12 @@ def spectra(metrics: xr.Dataset) -> Figure:
     k = np.arange(1, metrics.sizes["component"] + 1)
     parts = [("pos", np.sqrt(c), "tab:blue"), ("ctx", np.sqrt(t), "tab:orange"), ("resid", 1.0, "tab:gray")]
     for i, (ax, title) in enumerate(zip(axes, _layer_titles(metrics))):
-        for name, scale, colour in parts:
-            s = np.asarray(metrics[f"{name}_sv"].isel({LAYER: i}).values) * scale
-            keep = np.isfinite(s) & (s > 0)
+        spectra_i = [np.asarray(metrics[f"{n}_sv"].isel({LAYER: i}).values) * sc for n, sc, _ in parts]
+        top = max((float(np.nanmax(v)) for v in spectra_i if np.isfinite(v).any()), default=0.0)
+        for (name, _, colour), s in zip(parts, spectra_i):
+            # Values below 1e-6 of the largest are zeros up to rounding (rank limits and
+            # spectra from Gram matrices); drawn, they would only stretch the axis.
+            keep = np.isfinite(s) & (s > 1e-6 * top)
             if keep.any():
                 ax.semilogy(k[keep], s[keep], color=colour, linewidth=1.2, label=name)
         ax.set_title(title, fontsize=9)

@@ -278,9 +278,13 @@ def create_store(
 def _open_group(path: str, mode: str, storage_options: Mapping[str, Any] | None) -> Any:
     import zarr
 
+    # Never the consolidated copy: writers and completeness checks must see the arrays' own
+    # metadata, which an extension resizes before it re-consolidates.
     if is_remote(path):
-        return zarr.open_group(path, mode=mode, storage_options=dict(storage_options or {}))
-    return zarr.open_group(str(_local(path)), mode=mode)
+        return zarr.open_group(
+            path, mode=mode, storage_options=dict(storage_options or {}), use_consolidated=False
+        )
+    return zarr.open_group(str(_local(path)), mode=mode, use_consolidated=False)
 
 
 class BlockWriter:
@@ -303,6 +307,58 @@ class BlockWriter:
     def write(self, block: Block, data: np.ndarray) -> None:
         self._hidden[block.start : block.stop] = data
         self._marker[block.index] = 1
+
+
+def grow_store(
+    path: str,
+    *,
+    old_contexts: int,
+    token_ids: np.ndarray,
+    topic: np.ndarray,
+    source: np.ndarray,
+    offset: np.ndarray,
+    chunk_contexts: int,
+    record: Mapping[str, Any],
+    title: str,
+    storage_options: Mapping[str, Any] | None = None,
+) -> None:
+    """Extend a store to ``len(token_ids)`` contexts; the first contexts must be unchanged.
+
+    Every step can be repeated after a crash: the last, partial block (if any) is unmarked
+    first, since it will grow; then the arrays are resized and the new contexts' token ids and
+    labels written; the provenance record (with the new number of contexts) is written last,
+    so until then the store still describes, and opens as, its old self.
+    """
+    import zarr
+
+    group = _open_group(path, "r+", storage_options)
+    old = old_contexts
+    new = int(token_ids.shape[0])
+    if old % chunk_contexts:
+        group[BLOCK_COMPLETE][old // chunk_contexts] = 0
+    blocks = plan_blocks(new, chunk_contexts)
+    for name in (HIDDEN, TOKEN_ID, CONTEXT, TOPIC, SOURCE, OFFSET):
+        arr = group[name]
+        arr.resize((new, *arr.shape[1:]))
+    for name in (BLOCK_COMPLETE, BLOCK_START):
+        group[name].resize((len(blocks),))
+    group[TOKEN_ID][old:] = np.asarray(token_ids[old:], dtype=np.int32)
+    group[CONTEXT][old:] = np.arange(old, new, dtype=np.int64)
+    group[TOPIC][old:] = np.asarray(topic[old:], dtype=object)
+    group[SOURCE][old:] = np.asarray(source[old:], dtype=object)
+    group[OFFSET][old:] = np.asarray(offset[old:], dtype=np.int64)
+    group[BLOCK_START][:] = np.array([b.start for b in blocks], dtype=np.int64)
+
+    def consolidate() -> None:
+        with writing_consolidated():
+            if is_remote(path):
+                zarr.consolidate_metadata(path, storage_options=dict(storage_options or {}))
+            else:
+                zarr.consolidate_metadata(str(_local(path)))
+
+    consolidate()  # new shapes visible to readers of the consolidated copy
+    group.attrs.update({PROVENANCE_ATTR: dict(record), "title": title})
+    consolidate()  # an attrs write drops the consolidated copy: put it back
 
 
 def completed_blocks(
@@ -399,7 +455,11 @@ def open_labelled(
     kwargs: dict[str, Any] = {"consolidated": True, "zarr_format": 3}
     if storage_options:
         kwargs["storage_options"] = dict(storage_options)
-    ds = xr.open_zarr(path, chunks=chunks if chunks is not None else {}, **kwargs)
+    try:
+        ds = xr.open_zarr(path, chunks=chunks if chunks is not None else {}, **kwargs)
+    except ValueError:  # no consolidated copy (a crash between an attrs write and its refresh)
+        kwargs["consolidated"] = False
+        ds = xr.open_zarr(path, chunks=chunks if chunks is not None else {}, **kwargs)
     labels = [name for name in ds.coords if name not in ds.indexes]
     if labels:
         raw = xr.open_zarr(path, chunks=None, **kwargs)
@@ -488,6 +548,7 @@ __all__ = [
     "BlockWriter",
     "check_writable",
     "completed_blocks",
+    "grow_store",
     "create_store",
     "default_chunk_contexts",
     "open_hidden",

@@ -154,3 +154,55 @@ def test_overflow_is_refused_and_finished_blocks_kept(tiny_models: dict[str, Pat
         extract(config, str(hot), progress=False, loaded=loaded)
     assert not xr.open_zarr(hot).block_complete.values.any()  # nothing bad was marked done
     np.testing.assert_array_equal(xr.open_zarr(out).hidden.values, finished)
+
+
+def test_extend_store_equals_fresh_extraction(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    import posctx
+
+    small, grown, fresh = tmp_path / "s.zarr", tmp_path / "g.zarr", tmp_path / "f.zarr"
+    extract(_config(tiny_models["bert"], contexts=10), str(grown), progress=False)
+    posctx.write_decomposition(posctx.decompose(posctx.open_hidden(str(grown))), small)
+    before = xr.open_zarr(grown).hidden.values[:8].copy()
+    result = extract(_config(tiny_models["bert"], contexts=19), str(grown), progress=False)
+    # blocks 0-1 kept; the partial block 2 (contexts 8-9) grows and is redone; 3-4 are new
+    assert (result.resumed, result.blocks_already_done, result.blocks_written) == (True, 2, 3)
+    extract(_config(tiny_models["bert"], contexts=19), str(fresh), progress=False)
+    a, b = xr.open_zarr(grown), xr.open_zarr(fresh)
+    for name in ("hidden", "token_id", "topic", "source", "offset", "context", "block_start"):
+        np.testing.assert_array_equal(a[name].values, b[name].values)
+    np.testing.assert_array_equal(a.hidden.values[:8], before)
+    assert a.attrs["posctx"]["config"]["store"]["contexts"] == 19
+    assert a.attrs["posctx"]["extensions"][0]["from"] == 10
+    # The decomposition of the first 10 contexts updates by reading only the 9 new ones.
+    n_new = posctx.update_decomposition(small, posctx.open_hidden(str(grown)), tmp_path / "u.zarr")
+    assert n_new == 9
+    updated = posctx.open_decomposition(tmp_path / "u.zarr")
+    scratch = posctx.decompose(posctx.open_hidden(str(fresh))).compute()
+    np.testing.assert_allclose(updated.ctx.values, scratch.ctx.values, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(updated.ss_resid.values, scratch.ss_resid.values, rtol=1e-9)
+
+
+def test_fewer_contexts_and_interrupted_extension_are_refused(
+    tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import posctx.store
+
+    out = tmp_path / "h.zarr"
+    extract(_config(tiny_models["gpt2"], contexts=8), str(out), progress=False)
+    with pytest.raises(StoreError, match="store.contexts: store has 8, asked 6"):
+        extract(_config(tiny_models["gpt2"], contexts=6), str(out), progress=False)
+
+    real_consolidate = posctx.store.writing_consolidated
+
+    def crash() -> object:
+        raise KeyboardInterrupt  # killed after the arrays grew, before the record was written
+
+    monkeypatch.setattr(posctx.store, "writing_consolidated", crash)
+    with pytest.raises(KeyboardInterrupt):
+        extract(_config(tiny_models["gpt2"], contexts=13), str(out), progress=False)
+    monkeypatch.setattr(posctx.store, "writing_consolidated", real_consolidate)
+    assert posctx.open_hidden(str(out)).sizes["context"] == 8  # still opens as its old self
+    with pytest.raises(StoreError, match="extension to 13 contexts was interrupted.*--contexts 13"):
+        extract(_config(tiny_models["gpt2"], contexts=8), str(out), progress=False)
+    done = extract(_config(tiny_models["gpt2"], contexts=13), str(out), progress=False)
+    assert done.blocks_written == 2 and posctx.open_hidden(str(out)).sizes["context"] == 13

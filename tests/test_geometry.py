@@ -149,7 +149,8 @@ def test_screenot_finds_the_spikes_and_the_optimal_white_noise_threshold(n: int,
 def test_topic_similarity_matches_a_double_loop() -> None:
     rng = np.random.default_rng(0)
     x, topics = rng.normal(size=(25, 6)), rng.integers(0, 3, size=25)
-    within, between = [], []
+    within: list[float] = []
+    between: list[float] = []
     for i in range(25):
         for j in range(25):
             if i == j:
@@ -413,15 +414,34 @@ def minilm_metrics(tmp_path_factory: pytest.TempPathFactory) -> xr.Dataset:
 def test_minilm_shows_the_papers_findings(minilm_metrics: xr.Dataset) -> None:
     """MiniLM on the built-in corpus (96 contexts x 64 tokens, positions 1..63).
 
-    What it shows (the values of the demo scale, 512 x 128, are in docs/geometry.md):
-    ctx is more similar within a topic than between topics at every layer; pos has a
-    small stable rank; the largest pos-ctx cosine is well below that of the same vectors
-    with pos randomly rotated; pos is smooth (far more low-frequency DCT energy than with
-    positions shuffled).
+    Shown, as in the paper: ctx is more similar within a topic than between topics at every
+    layer (here 0.20-0.26 vs 0.13-0.20), also in its top 20 PCs; pos has a small stable rank
+    (4.1-5.4 of a possible 63); pos is smooth (0.53-0.84 of the DCT energy of its Gram
+    matrix in the lowest 8 x 8 frequencies, 0.02-0.04 with positions shuffled).
     """
     m = minilm_metrics
     assert (m.ctx_within > m.ctx_between).all()
-    assert (m.pos_stable_rank < 10).all()
-    assert (m.orth_max_cos < 0.5 * m.orth_max_cos_random).all()
-    assert (m.smooth_low_share > 2 * m.smooth_low_share_shuffled).all()
+    assert (m.ctx_within_pc > m.ctx_between_pc).all()
+    assert (m.pos_stable_rank < 8).all()
+    assert (m.smooth_low_share > 10 * m.smooth_low_share_shuffled).all()
     assert np.isfinite(m.relative_norm).all() and (m.relative_norm < 1).all()
+
+
+@pytest.mark.slow
+def test_minilm_pos_and_ctx_are_nearly_orthogonal_but_not_below_random(minilm_metrics: xr.Dataset) -> None:
+    """What MiniLM shows about orthogonality, which is not the paper's "far below random".
+
+    pos and ctx are nearly orthogonal in absolute terms: mean |cos| 0.03-0.07, max |cos|
+    0.20-0.44. But random orientations in 384 dims are nearly orthogonal too: with the pos
+    set randomly rotated the max |cos| is about 0.19 and the mean 0.04. MiniLM's pos-ctx
+    max |cos| is at or above that level at every layer (1.0-2.3x), and in block_5 its top
+    pos and ctx subspaces share a direction more than random subspaces do (smallest
+    principal angle's cosine 0.68 vs 0.30). The demo scale (512 x 128) agrees except that
+    block_1 and block_2 fall slightly below random (0.17 vs 0.22, 0.19 vs 0.21); see
+    docs/geometry.md.
+    """
+    m = minilm_metrics
+    assert (m.orth_mean_cos < 0.1).all() and (m.orth_max_cos < 0.6).all()
+    assert (m.orth_max_cos > 0.8 * m.orth_max_cos_random).all()
+    block_5 = m.sel(layer=5)
+    assert float(block_5.orth_top_principal_cos) > 1.5 * float(block_5.orth_top_principal_cos_random)

@@ -406,7 +406,28 @@ def sample_contexts(
             )
     else:
         quotas = allocate_quotas(available, n_contexts, priority)
-    return _assemble(streams, quotas, prefix, suffix, seed)
+    return _assemble(streams, quotas, prefix, suffix, priority)
+
+
+def interleave_order(quotas: Sequence[int], priority: Sequence[int]) -> list[tuple[int, int]]:
+    """Context order: ``(topic index, window index)``, topics taking turns in ``priority``.
+
+    Round robin keeps every chunk of the store mixed across topics, and it makes plans
+    prefix-stable: the first C contexts of a plan for N >= C contexts are the plan for C
+    (windows come from each topic's stream in order and quotas fill evenly in the same
+    priority order), which is what lets ``posctx extract`` extend a store with more contexts.
+
+    >>> interleave_order([2, 1, 2], [2, 0, 1])
+    [(2, 0), (0, 0), (1, 0), (2, 1), (0, 1)]
+    """
+    taken = [0] * len(quotas)
+    order: list[tuple[int, int]] = []
+    while len(order) < sum(quotas):
+        for t in priority:
+            if taken[t] < quotas[t]:
+                order.append((t, taken[t]))
+                taken[t] += 1
+    return order
 
 
 def _assemble(
@@ -414,18 +435,12 @@ def _assemble(
     quotas: Sequence[int],
     prefix: IntArray,
     suffix: IntArray,
-    seed: int,
+    priority: Sequence[int],
 ) -> ContextPlan:
-    windows: list[IntArray] = []
-    topic: list[str] = []
-    source: list[str] = []
-    offset: list[int] = []
-    for (name, stream), quota in zip(streams.items(), quotas):
-        windows.extend(stream.windows[:quota])
-        topic.extend([name] * quota)
-        source.extend(stream.sources[:quota])
-        offset.extend(stream.offsets[:quota])
-    n = len(windows)
+    names = list(streams)
+    order = interleave_order(quotas, priority)
+    n = len(order)
+    windows = [streams[names[t]].windows[w] for t, w in order]
     token_ids = np.concatenate(
         [
             np.broadcast_to(prefix.astype(np.int32), (n, len(prefix))),
@@ -434,14 +449,13 @@ def _assemble(
         ],
         axis=1,
     )
-    order = _rng(seed, "order:contexts").permutation(n)
     return ContextPlan(
-        token_ids=np.ascontiguousarray(token_ids[order], dtype=np.int32),
-        topic=np.array(topic, dtype=str)[order],
-        source=np.array(source, dtype=str)[order],
-        offset=np.array(offset, dtype=np.int64)[order],
+        token_ids=np.ascontiguousarray(token_ids, dtype=np.int32),
+        topic=np.array([names[t] for t, _ in order], dtype=str),
+        source=np.array([streams[names[t]].sources[w] for t, w in order], dtype=str),
+        offset=np.array([streams[names[t]].offsets[w] for t, w in order], dtype=np.int64),
         n_special=(len(prefix), len(suffix)),
     )
 
 
-__all__ = ["ContextPlan", "allocate_quotas", "sample_contexts"]
+__all__ = ["ContextPlan", "allocate_quotas", "interleave_order", "sample_contexts"]

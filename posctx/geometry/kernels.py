@@ -497,8 +497,13 @@ def cluster_scores(
     >>> ari > 0.9, nmi > 0.9, sil > 0.5
     (True, True, True)
     """
-    from sklearn.cluster import KMeans
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
+    # scikit-learn ships no type information (no py.typed).
+    from sklearn.cluster import KMeans  # type: ignore[import-untyped]
+    from sklearn.metrics import (  # type: ignore[import-untyped]
+        adjusted_rand_score,
+        normalized_mutual_info_score,
+        silhouette_score,
+    )
 
     xn = normalise_rows(x)
     labels = label_codes(topics)
