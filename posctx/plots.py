@@ -60,7 +60,7 @@ def _figure(n_panels: int, *, panel: float = 2.6, projection: str | None = None)
 def _layer_titles(data: xr.Dataset) -> list[str]:
     layers = data[LAYER].values
     names = data[LAYER_NAME].values if LAYER_NAME in data.coords else layers
-    return [f"{int(layer)}: {name}" for layer, name in zip(layers, names)]
+    return [f"{int(layer)}: {name}" for layer, name in zip(layers, names, strict=True)]
 
 
 def _pos(inputs: xr.Dataset, i: int) -> npt.NDArray[np.float64]:
@@ -91,7 +91,7 @@ def pos_curves_2d(inputs: xr.Dataset) -> Figure:
     """
     positions = inputs["position"].values
     fig, axes = _figure(inputs.sizes[LAYER])
-    for i, (ax, title) in enumerate(zip(axes, _layer_titles(inputs))):
+    for i, (ax, title) in enumerate(zip(axes, _layer_titles(inputs), strict=True)):
         z = kernels.pca_scores(_pos(inputs, i), 2)
         ax.plot(z[:, 0], z[:, 1], color="0.75", linewidth=0.8, zorder=1)
         points = ax.scatter(z[:, 0], z[:, 1], c=positions, cmap="viridis", s=9, zorder=2)
@@ -118,7 +118,7 @@ def pos_curves_3d(inputs: xr.Dataset) -> Figure:
     """
     positions = inputs["position"].values
     fig, axes = _figure(inputs.sizes[LAYER], panel=2.9, projection="3d")
-    for i, (panel, title) in enumerate(zip(axes, _layer_titles(inputs))):
+    for i, (panel, title) in enumerate(zip(axes, _layer_titles(inputs), strict=True)):
         ax = cast("Axes3D", panel)
         z = kernels.pca_scores(_pos(inputs, i), 3)
         ax.plot(z[:, 0], z[:, 1], z[:, 2], color="0.7", linewidth=0.7)
@@ -162,7 +162,7 @@ def gram_heatmaps(inputs: xr.Dataset, *, seed: int = 0) -> Figure:
     order = _gram_context_order(topics, GRAM_CONTEXTS, seed)
     n_pos = inputs.sizes["position"]
     fig, axes = _figure(inputs.sizes[LAYER])
-    for i, (ax, title) in enumerate(zip(axes, _layer_titles(inputs))):
+    for i, (ax, title) in enumerate(zip(axes, _layer_titles(inputs), strict=True)):
         both = kernels.normalise_rows(np.vstack([_pos(inputs, i), _ctx(inputs, i)[order]]))
         image = ax.imshow(both @ both.T, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
         ax.axhline(n_pos - 0.5, color="k", linewidth=0.6)
@@ -196,7 +196,7 @@ def dct_heatmaps(inputs: xr.Dataset, *, n_frequencies: int = 32) -> Figure:
     from matplotlib.colors import LogNorm
 
     fig, axes = _figure(inputs.sizes[LAYER])
-    for i, (ax, title) in enumerate(zip(axes, _layer_titles(inputs))):
+    for i, (ax, title) in enumerate(zip(axes, _layer_titles(inputs), strict=True)):
         p = kernels.normalise_rows(_pos(inputs, i))
         spectrum = np.abs(kernels.dct_spectrum(p @ p.T))[:n_frequencies, :n_frequencies]
         top = float(spectrum.max()) if spectrum.size else 1.0
@@ -239,10 +239,10 @@ def spectra(metrics: xr.Dataset) -> Figure:
     fig, axes = _figure(metrics.sizes[LAYER])
     k = np.arange(1, metrics.sizes["component"] + 1)
     parts = [("pos", np.sqrt(c), "tab:blue"), ("ctx", np.sqrt(t), "tab:orange"), ("resid", 1.0, "tab:gray")]
-    for i, (ax, title) in enumerate(zip(axes, _layer_titles(metrics))):
+    for i, (ax, title) in enumerate(zip(axes, _layer_titles(metrics), strict=True)):
         spectra_i = [np.asarray(metrics[f"{n}_sv"].isel({LAYER: i}).values) * sc for n, sc, _ in parts]
         top = max((float(np.nanmax(v)) for v in spectra_i if np.isfinite(v).any()), default=0.0)
-        for (name, _, colour), s in zip(parts, spectra_i):
+        for (name, _, colour), s in zip(parts, spectra_i, strict=True):
             # Values below 1e-6 of the largest are zeros up to rounding (rank limits and
             # spectra from Gram matrices); drawn, they would only stretch the axis.
             keep = np.isfinite(s) & (s > 1e-6 * top)
@@ -273,7 +273,7 @@ def ctx_pcs(inputs: xr.Dataset, *, seed: int = 0) -> Figure:
     names = np.unique(topics)
     shown = kernels.sample_indices(topics.size, SCATTER_CONTEXTS, seed)
     fig, axes = _figure(inputs.sizes[LAYER])
-    for i, (ax, title) in enumerate(zip(axes, _layer_titles(inputs))):
+    for i, (ax, title) in enumerate(zip(axes, _layer_titles(inputs), strict=True)):
         z = kernels.pca_scores(_ctx(inputs, i), 2)[shown]
         for j, name in enumerate(names):
             mask = topics[shown] == name
@@ -310,7 +310,7 @@ def layer_summary(metrics: xr.Dataset) -> Figure:
         ("ctx mean |cos|", [("ctx_within", "within topic", "-"), ("ctx_between", "between topics", "-")]),
         ("pos-ctx max |cos|", [("orth_max_cos", "pos vs ctx", "-"), ("orth_max_cos_random", "random rotation", "--")]),
     ]
-    for ax, (title, lines) in zip(axes, panels):
+    for ax, (title, lines) in zip(axes, panels, strict=True):
         for name, label, style in lines:
             ax.plot(layers, metrics[name].values, style, marker="o", markersize=3, label=label)
         ax.set_title(title, fontsize=10)

@@ -171,7 +171,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], name_columns: i
 
 def _layer_labels(metrics: xr.Dataset) -> list[str]:
     names = metrics[LAYER_NAME].values if LAYER_NAME in metrics.coords else metrics[LAYER].values
-    return [f"{int(layer)} {name}" for layer, name in zip(metrics[LAYER].values, names)]
+    return [f"{int(layer)} {name}" for layer, name in zip(metrics[LAYER].values, names, strict=True)]
 
 
 def _headline_table(metrics: xr.Dataset) -> str:

@@ -20,7 +20,6 @@ from collections.abc import Hashable, Mapping, Sequence
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
-import dask
 import dask.array as da
 import numpy as np
 import numpy.typing as npt
@@ -247,7 +246,8 @@ def collect_inputs(
     lazy = lazy.assign_coords({DIM2: dec[DIM].values})
     with _progress_bar(progress, "geometry: reading"):
         # Dataset.compute is one dask.compute; dask.compute(dataset) itself loses tasks that
-        # variables share (dask 2026.8 with xarray 2026.9: "Missing dependency").
+        # variables share (dask 2026.8, xarray 2026.9: "Missing dependency"; compare
+        # pydata/xarray#11329).
         computed = lazy.compute()
     attrs = dict(dec.attrs)
     attrs[INPUTS_ATTR] = json.dumps(
