@@ -18,7 +18,7 @@ import tempfile
 import time
 
 from posctx.config import CorpusConfig, ExtractConfig, ModelConfig, StoreConfig
-from posctx.extract import compute_block, extract, prepare_store
+from posctx.extraction import compute_block, extract, prepare_store
 from posctx.model import load_model
 from posctx.store import BlockWriter, plan_blocks, read_provenance, size_on_disk
 

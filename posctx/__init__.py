@@ -38,7 +38,7 @@ from posctx.errors import (
     PosctxError,
     StoreError,
 )
-from posctx.extract import ExtractResult, extract
+from posctx.extraction import ExtractResult, extract
 from posctx.geometry import GeometryParams, measure_geometry
 from posctx.report import write_report
 from posctx.store import open_hidden, store_info

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import click
 
@@ -49,6 +50,28 @@ def _storage_options(pairs: tuple[str, ...]) -> dict[str, Any] | None:
     return out
 
 
+@contextlib.contextmanager
+def _client(address: str | None, workers: int) -> Iterator[Any]:
+    """A ``distributed.Client`` for ``--scheduler``/``--workers``, or ``None`` for in-process."""
+    if address and workers:
+        raise click.BadParameter("give --scheduler or --workers, not both")
+    if not address and not workers:
+        yield None
+        return
+    from distributed import Client, LocalCluster
+
+    if address:
+        with Client(address) as client:
+            yield client
+        return
+    # One thread per worker process: torch already uses the cores it is given.
+    with LocalCluster(
+        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
+    ) as cluster:
+        with Client(cluster) as client:
+            yield client
+
+
 _storage_option = click.option(
     "--storage-option",
     "storage_option",
@@ -84,10 +107,12 @@ def cli() -> None:
 @click.option("--text-column", default="text", show_default=True)
 @click.option("--topic-column", default="topic", show_default=True)
 @_storage_option
+@click.option("--scheduler", default=None, metavar="ADDRESS", help="Run blocks on this dask.distributed scheduler (tcp://host:8786).")
+@click.option("--workers", default=0, show_default=True, help="Start a local cluster of N worker processes and run blocks there.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def extract(**kw: Any) -> None:
     """Extract hidden states of every layer into a labelled Zarr store (resumable)."""
-    from posctx.extract import extract as run
+    from posctx.extraction import extract as run
 
     config = ExtractConfig(
         corpus=CorpusConfig(
@@ -114,12 +139,14 @@ def extract(**kw: Any) -> None:
             chunk_layers=kw["chunk_layers"],
         ),
     )
-    result = run(
-        config,
-        kw["out"],
-        storage_options=_storage_options(kw["storage_option"]),
-        progress=not kw["quiet"],
-    )
+    with _client(kw["scheduler"], kw["workers"]) as client:
+        result = run(
+            config,
+            kw["out"],
+            storage_options=_storage_options(kw["storage_option"]),
+            progress=not kw["quiet"],
+            client=client,
+        )
     verb = "resumed" if result.resumed else "created"
     click.echo(
         f"{verb} {result.path}: {result.blocks_written} blocks written, "

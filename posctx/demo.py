@@ -25,7 +25,7 @@ def run_demo(
     (:func:`posctx.write_report`). Returns timings in seconds.
     """
     from posctx.decomposition import decompose, open_decomposition, write_decomposition
-    from posctx.extract import extract
+    from posctx.extraction import extract
     from posctx.report import format_metrics_table, write_report
     from posctx.store import open_hidden, store_info
     from posctx.summary import format_variance_table, variance_shares

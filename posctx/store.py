@@ -88,13 +88,40 @@ def _local(path: str) -> Path:
     return Path(str(path).removeprefix("file://"))
 
 
+def zarr_location(
+    path: str, storage_options: Mapping[str, Any] | None
+) -> tuple[str, dict[str, Any]]:
+    """Where zarr and xarray should open ``path``, and the keyword arguments they need.
+
+    ``file://`` URLs become plain paths: zarr's fsspec route creates no folders for them, and
+    the direct reads of :mod:`posctx.fastread` need a path. Storage options go to URLs only:
+    zarr refuses them for local paths, and one set of options (the CLI's) may serve a local
+    and a remote store in the same command.
+    """
+    if is_remote(path):
+        return str(path), {"storage_options": dict(storage_options or {})}
+    return str(_local(path)), {}
+
+
+def _remote_fs(path: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
+    """The fsspec filesystem of a URL and the store's root in it, with no stale listings.
+
+    fsspec reuses filesystem instances and caches their listings, while zarr writes through
+    instances of its own (and other processes through theirs): a cached listing can predate
+    the latest blocks, so it is dropped before every look.
+    """
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
+    fs.invalidate_cache()
+    return fs, root.rstrip("/")
+
+
 def _zarr_json(path: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """The root ``zarr.json`` of ``path`` if there is one, else ``None``."""
     if is_remote(path):
-        import fsspec
-
-        fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
-        meta = root.rstrip("/") + "/zarr.json"
+        fs, root = _remote_fs(path, storage_options)
+        meta = root + "/zarr.json"
         if not fs.exists(meta):
             return None
         with fs.open(meta, "rb") as f:
@@ -109,9 +136,7 @@ def _zarr_json(path: str, storage_options: Mapping[str, Any] | None) -> dict[str
 
 def _exists(path: str, storage_options: Mapping[str, Any] | None) -> bool:
     if is_remote(path):
-        import fsspec
-
-        fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
+        fs, root = _remote_fs(path, storage_options)
         return bool(fs.exists(root))
     p = _local(path)
     return p.exists() and not (p.is_dir() and not any(p.iterdir()))
@@ -131,6 +156,12 @@ def read_provenance(
         return None
     meta = _zarr_json(path, storage_options)
     attrs = (meta or {}).get("attributes", {})
+    if attrs.get("posctx_kind") == "hidden" and PROVENANCE_ATTR not in attrs:
+        # create_store writes the record last on object storage: this one never finished.
+        raise StoreError(
+            f"{path}: the creation of this store was interrupted before it was usable: "
+            "delete it and re-run the same command"
+        )
     if PROVENANCE_ATTR not in attrs or attrs.get("posctx_kind") != "hidden":
         raise StoreError(
             f"{path} exists and is not a posctx hidden-state store: choose another --out, "
@@ -250,7 +281,8 @@ def create_store(
     """Write the schema and coordinates of a new store; ``hidden`` stays unwritten.
 
     Locally the store is built in a hidden sibling folder and renamed into place, so a crash
-    during creation never leaves a half-made store behind.
+    during creation never leaves a half-made store behind. Object storage cannot rename a
+    prefix: there the provenance record, which makes a store resumable, is written last.
     """
     kwargs: dict[str, Any] = {
         "mode": "w-",
@@ -261,7 +293,21 @@ def create_store(
     }
     with writing_consolidated():
         if is_remote(path):
-            ds.to_zarr(path, storage_options=dict(storage_options or {}), **kwargs)
+            # Without the record a half-written store (token ids missing, say) is refused by
+            # read_provenance instead of being resumed.
+            record = {PROVENANCE_ATTR: ds.attrs[PROVENANCE_ATTR]}
+            ds = ds.copy()
+            del ds.attrs[PROVENANCE_ATTR]
+            location, options = zarr_location(path, storage_options)
+            try:
+                ds.to_zarr(location, **options, **kwargs)
+                _open_group(path, "r+", storage_options).attrs.update(record)
+                _consolidate(path, storage_options)  # an attrs write drops the consolidated copy
+            except OSError as exc:  # fsspec's translation of a missing bucket, a denied write...
+                raise StoreError(
+                    f"cannot write a store at {path} ({exc}): choose a writable --out location "
+                    "or fix the storage options"
+                ) from exc
             return
         target = _local(path)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -280,11 +326,18 @@ def _open_group(path: str, mode: str, storage_options: Mapping[str, Any] | None)
 
     # Never the consolidated copy: writers and completeness checks must see the arrays' own
     # metadata, which an extension resizes before it re-consolidates.
-    if is_remote(path):
-        return zarr.open_group(
-            path, mode=mode, storage_options=dict(storage_options or {}), use_consolidated=False
-        )
-    return zarr.open_group(str(_local(path)), mode=mode, use_consolidated=False)
+    location, options = zarr_location(path, storage_options)
+    return zarr.open_group(location, mode=mode, use_consolidated=False, **options)
+
+
+def _consolidate(path: str, storage_options: Mapping[str, Any] | None) -> None:
+    """Rewrite the consolidated metadata from the arrays' and group's own metadata."""
+    import zarr
+
+    # Through an opened group's store: consolidate_metadata takes no storage options.
+    store = _open_group(path, "r+", storage_options).store
+    with writing_consolidated():
+        zarr.consolidate_metadata(store)
 
 
 class BlockWriter:
@@ -329,8 +382,6 @@ def grow_store(
     labels written; the provenance record (with the new number of contexts) is written last,
     so until then the store still describes, and opens as, its old self.
     """
-    import zarr
-
     group = _open_group(path, "r+", storage_options)
     old = old_contexts
     new = int(token_ids.shape[0])
@@ -348,17 +399,9 @@ def grow_store(
     group[SOURCE][old:] = np.asarray(source[old:], dtype=object)
     group[OFFSET][old:] = np.asarray(offset[old:], dtype=np.int64)
     group[BLOCK_START][:] = np.array([b.start for b in blocks], dtype=np.int64)
-
-    def consolidate() -> None:
-        with writing_consolidated():
-            if is_remote(path):
-                zarr.consolidate_metadata(path, storage_options=dict(storage_options or {}))
-            else:
-                zarr.consolidate_metadata(str(_local(path)))
-
-    consolidate()  # new shapes visible to readers of the consolidated copy
+    _consolidate(path, storage_options)  # new shapes visible to readers of the consolidated copy
     group.attrs.update({PROVENANCE_ATTR: dict(record), "title": title})
-    consolidate()  # an attrs write drops the consolidated copy: put it back
+    _consolidate(path, storage_options)  # an attrs write drops the consolidated copy: put it back
 
 
 def completed_blocks(
@@ -452,17 +495,16 @@ def open_labelled(
     """
     import xarray as xr
 
-    kwargs: dict[str, Any] = {"consolidated": True, "zarr_format": 3}
-    if storage_options:
-        kwargs["storage_options"] = dict(storage_options)
+    location, kwargs = zarr_location(path, storage_options)
+    kwargs.update(consolidated=True, zarr_format=3)
     try:
-        ds = xr.open_zarr(path, chunks=chunks if chunks is not None else {}, **kwargs)
+        ds = xr.open_zarr(location, chunks=chunks if chunks is not None else {}, **kwargs)
     except ValueError:  # no consolidated copy (a crash between an attrs write and its refresh)
         kwargs["consolidated"] = False
-        ds = xr.open_zarr(path, chunks=chunks if chunks is not None else {}, **kwargs)
+        ds = xr.open_zarr(location, chunks=chunks if chunks is not None else {}, **kwargs)
     labels = [name for name in ds.coords if name not in ds.indexes]
     if labels:
-        raw = xr.open_zarr(path, chunks=None, **kwargs)
+        raw = xr.open_zarr(location, chunks=None, **kwargs)
         ds = ds.assign_coords({name: raw[name].variable.load() for name in labels})
     return ds
 
@@ -470,9 +512,7 @@ def open_labelled(
 def size_on_disk(path: str, storage_options: Mapping[str, Any] | None = None) -> int:
     """Bytes the store occupies (unwritten chunks take none)."""
     if is_remote(path):
-        import fsspec
-
-        fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
+        fs, root = _remote_fs(path, storage_options)
         return int(fs.du(root))
     total = 0
     for dirpath, _, files in os.walk(_local(path)):
@@ -558,4 +598,5 @@ __all__ = [
     "size_on_disk",
     "store_info",
     "writing_consolidated",
+    "zarr_location",
 ]

@@ -330,7 +330,7 @@ def test_schedulers_agree() -> None:
     synchronous = dec.compute(scheduler="sync")
     with (
         LocalCluster(
-            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0"
         ) as cluster,
         Client(cluster),
     ):

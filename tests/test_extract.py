@@ -12,7 +12,7 @@ import xarray as xr
 
 from posctx.config import CorpusConfig, ExtractConfig, ModelConfig, StoreConfig
 from posctx.errors import CorpusError, ModelError, NonFiniteError, StoreError
-from posctx.extract import config_differences, extract
+from posctx.extraction import config_differences, extract
 from posctx.model import forward_hidden, load_model
 
 

@@ -44,7 +44,7 @@ def test_spectra_match_numpy_on_every_scheduler(scheduler: str) -> None:
     if scheduler == "distributed":
         from distributed import Client, LocalCluster
 
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=False) as cluster, Client(cluster):
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, Client(cluster):
             got = dec.compute()
     else:
         got = dec.compute(scheduler=scheduler)

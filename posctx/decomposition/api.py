@@ -28,7 +28,7 @@ from posctx.decomposition.graph import (
 )
 from posctx.fastread import direct_source
 from posctx.errors import PosctxError, StoreError
-from posctx.store import open_labelled, writing_consolidated
+from posctx.store import open_labelled, writing_consolidated, zarr_location
 from posctx.types import (
     COMPONENT,
     CONTEXT,
@@ -408,17 +408,13 @@ def _uniform_chunks(dec: xr.Dataset) -> dict[Hashable, int]:
     return sizes
 
 
-def _storage_kwargs(storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
-    # Local paths must not receive storage_options (zarr refuses them without fsspec).
-    return {"storage_options": dict(storage_options)} if storage_options else {}
-
-
 def _refuse_overwriting_hidden(target: str, storage_options: Mapping[str, Any] | None) -> None:
     """Raise if ``target`` holds a hidden-state store: ``mode='w'`` would delete it."""
     import zarr
 
+    location, options = zarr_location(target, storage_options)
     try:
-        group = zarr.open_group(target, mode="r", **_storage_kwargs(storage_options))
+        group = zarr.open_group(location, mode="r", **options)
     except (FileNotFoundError, ValueError):
         return  # nothing there, or not a Zarr group: nothing of ours to lose
     if group.attrs.get(KIND_ATTR) == HIDDEN_KIND:
@@ -509,10 +505,11 @@ def _to_zarr(
         # arrays that xarray must load to choose a Zarr dtype.
         if isinstance(var.data, da.Array):
             ds[name] = var.copy(data=var.data.rechunk({i: sizes[d] for i, d in enumerate(var.dims)}))
+    location, options = zarr_location(target, storage_options)
     try:
         with writing_consolidated():
             ds.to_zarr(
-                target, mode=mode, zarr_format=3, consolidated=True, **_storage_kwargs(storage_options)  # type: ignore[call-overload]  # mode is one of xarray's literals
+                location, mode=mode, zarr_format=3, consolidated=True, **options  # type: ignore[call-overload]  # mode is one of xarray's literals
             )
     except FileExistsError as exc:
         raise StoreError(

@@ -9,6 +9,7 @@ Re-running the same command resumes: finished blocks are skipped, unfinished one
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
@@ -361,6 +362,104 @@ def run_blocks(
     return tokens
 
 
+_MODELS: dict[str, LoadedModel] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def cached_model(model: Mapping[str, Any]) -> LoadedModel:
+    """The model for ``model`` (a ``ModelConfig.to_dict()``), loaded once per process.
+
+    Distributed extraction calls this inside every task: a worker process loads its model on
+    its first block and reuses it for all later ones (one model per worker, so one per GPU
+    when each worker owns one, e.g. with dask-cuda's ``LocalCUDACluster``).
+    """
+    from posctx.config import ModelConfig
+    from posctx.model import load_model
+
+    key = json.dumps(dict(model), sort_keys=True)
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            _MODELS[key] = load_model(ModelConfig.from_dict(model))
+        return _MODELS[key]
+
+
+def extract_block(
+    path: str,
+    block: Block,
+    model: Mapping[str, Any],
+    storage_dtype: str,
+    weights_hash: str,
+    storage_options: Mapping[str, Any] | None = None,
+) -> int:
+    """Compute and write one block wherever this runs (a dask worker); returns its size.
+
+    Idempotent: the block's data is written before its marker, and rewriting a block writes
+    the same values, so a task that a dying worker left half done is simply run again.
+    """
+    loaded = cached_model(model)
+    if loaded.weights_hash != weights_hash:
+        raise StoreError(
+            f"a worker loaded different weights for {model.get('name')!r} than the store "
+            f"records ({loaded.weights_hash} vs {weights_hash}): give every worker the same model"
+        )
+    writer = BlockWriter(path, storage_options)
+    writer.write(block, compute_block(loaded, writer.token_ids(block), storage_dtype))
+    return block.size
+
+
+def run_blocks_distributed(
+    client: Any,
+    loaded: LoadedModel,
+    path: str,
+    blocks: list[Block],
+    *,
+    storage_dtype: str,
+    storage_options: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    n_total: int | None = None,
+    n_done: int = 0,
+    length: int,
+) -> int:
+    """Run ``blocks`` as tasks on a ``distributed.Client``; returns the tokens written.
+
+    Each block is one task writing one chunk-aligned region and then its own marker chunk, so
+    workers never share a chunk. A task lost with its worker is retried elsewhere by the
+    scheduler; it rewrites the same values.
+    """
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    from dask.base import tokenize
+
+    token = tokenize(path, loaded.weights_hash, storage_dtype)
+    futures = [
+        client.submit(
+            extract_block,
+            path,
+            block,
+            loaded.config.to_dict(),
+            storage_dtype,
+            loaded.weights_hash,
+            dict(storage_options) if storage_options else None,
+            key=f"posctx-extract-block-{block.index}-{token}",
+            retries=3,
+        )
+        for block in blocks
+    ]
+    bar = tqdm(total=n_total, initial=n_done, unit="ctx", desc="extract", disable=not progress)
+    tokens = 0
+    start = time.perf_counter()
+    try:
+        for future in as_completed(futures):
+            size = future.result()
+            tokens += size * length
+            bar.update(size)
+            bar.set_postfix(tok_s=f"{tokens / max(time.perf_counter() - start, 1e-9):,.0f}")
+    finally:
+        bar.close()
+    return tokens
+
+
 def extract(
     config: ExtractConfig,
     path: str,
@@ -368,6 +467,7 @@ def extract(
     storage_options: Mapping[str, Any] | None = None,
     progress: bool = True,
     loaded: LoadedModel | None = None,
+    client: Any = None,
 ) -> ExtractResult:
     """Extract every requested layer's hidden states for a corpus into a Zarr store.
 
@@ -387,6 +487,10 @@ def extract(
     loaded
         An already loaded model (from :func:`posctx.model.load_model` with ``config.model``),
         to avoid loading it again.
+    client
+        A ``distributed.Client``: blocks then run as tasks on its workers, each loading the
+        model once (see :func:`extract_block`). The calling process still plans the store
+        (it loads the model to tokenise and to record the weights' hash).
 
     Returns
     -------
@@ -412,16 +516,19 @@ def extract(
     todo = pending_blocks(blocks, done)
     n_done = sum(b.size for b in blocks if done[b.index])
     start = time.perf_counter()
-    tokens = run_blocks(
-        loaded,
-        path,
-        todo,
-        storage_dtype=config.store.storage_dtype,
-        storage_options=storage_options,
-        progress=progress,
-        n_total=config.store.contexts,
-        n_done=n_done,
-    )
+    common = {
+        "storage_dtype": config.store.storage_dtype,
+        "storage_options": storage_options,
+        "progress": progress,
+        "n_total": config.store.contexts,
+        "n_done": n_done,
+    }
+    if client is not None:
+        tokens = run_blocks_distributed(
+            client, loaded, path, todo, length=config.store.length, **common
+        )
+    else:
+        tokens = run_blocks(loaded, path, todo, **common)
     return ExtractResult(
         path=str(path),
         n_contexts=config.store.contexts,
@@ -436,6 +543,9 @@ def extract(
 
 __all__ = [
     "ExtractResult",
+    "cached_model",
+    "extract_block",
+    "run_blocks_distributed",
     "compute_block",
     "config_differences",
     "extract",
