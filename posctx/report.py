@@ -246,10 +246,10 @@ def render_html(
     )
     relative = (
         "The relative norm needs the spectral norm of the hidden states: "
-        + ("computed from the hidden-state store." if geometry["relative_norm"] == "hidden store" else "")
+        + ("computed from the hidden states (their second moment from a moments=True decomposition, or a read of the hidden-state store)." if geometry["relative_norm"] == "hidden store" else "")
         + ("given by the caller." if geometry["relative_norm"] == "given" else "")
         + (
-            "missing here (n/a): run <code>posctx report ... --hidden HIDDEN_STORE</code>."
+            "missing here (n/a): decompose with --moments, or run <code>posctx report ... --hidden HIDDEN_STORE</code>."
             if geometry["relative_norm"].startswith("missing")
             else ""
         )

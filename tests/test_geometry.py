@@ -446,3 +446,14 @@ def test_minilm_pos_and_ctx_are_nearly_orthogonal_but_not_below_random(minilm_me
     assert (m.orth_max_cos > 0.8 * m.orth_max_cos_random).all()
     block_5 = m.sel(layer=5)
     assert float(block_5.orth_top_principal_cos) > 1.5 * float(block_5.orth_top_principal_cos_random)
+
+
+def test_moments_decomposition_gives_the_relative_norm_without_the_store() -> None:
+    from posctx.geometry.api import collect_inputs
+
+    ds, _ = planted_hidden(30, 9, 2, 5, chunks_context=7, noise=0.4)
+    with_store = collect_inputs(posctx.decompose(ds, positions=slice(1, None)), hidden=ds)
+    with_moments = collect_inputs(posctx.decompose(ds, positions=slice(1, None), moments=True))
+    np.testing.assert_allclose(
+        with_moments.hidden_gram.values, with_store.hidden_gram.values, rtol=1e-5
+    )

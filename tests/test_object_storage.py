@@ -1,5 +1,6 @@
-"""Stores on object storage: extraction, resume, decomposition and refusals against a real S3
-API (moto's server on localhost), each equal bit for bit to the same work done locally."""
+"""Stores on object storage: extraction, resume, extension, decomposition and refusals against
+a real S3 API (moto's server on localhost), each equal bit for bit to the same work done
+on a local disk."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import numpy as np
 import pytest
+import s3fs
 import xarray as xr
 from click.testing import CliRunner
+from moto.server import ThreadedMotoServer
 
 import posctx
 import posctx.store
@@ -21,43 +25,36 @@ from posctx.cli import cli
 from posctx.config import CorpusConfig, ExtractConfig, ModelConfig, StoreConfig
 from posctx.errors import StoreError
 
-pytest.importorskip("s3fs", reason="object storage needs the s3 extra")
-moto_server = pytest.importorskip("moto.server", reason="the S3 tests need moto[server]")
+S3 = tuple[str, dict[str, Any]]  # a bucket's URL and the storage options that reach it
 
 
-def _config(model: Path) -> ExtractConfig:
+def _config(model: Path, contexts: int = 10) -> ExtractConfig:
     return ExtractConfig(
         corpus=CorpusConfig(spec="stdlib"),
         model=ModelConfig(name=str(model), batch_size=3),
-        store=StoreConfig(contexts=10, length=12, chunk_contexts=4),
+        store=StoreConfig(contexts=contexts, length=12, chunk_contexts=4),
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
     """A moto S3 server on a free localhost port, for this module's tests."""
-    port = _free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     yield f"http://127.0.0.1:{port}"
     server.stop()
 
 
 @pytest.fixture
-def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> tuple[str, dict[str, Any]]:
+def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> S3:
     """A fresh, empty bucket on the moto server: its URL and the fsspec storage options.
 
-    Credentials are fake and the environment says so, so that nothing reaches for a real
-    AWS account, a config file or an instance-metadata endpoint.
+    The credentials are fake and the environment holds nothing else, so that nothing reaches
+    for a real AWS account, a config file or an instance-metadata endpoint.
     """
-    import boto3
-
     for name, value in {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
@@ -67,41 +64,40 @@ def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> tuple[str, dict[str
         "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
     }.items():
         monkeypatch.setenv(name, value)
-    opts: dict[str, Any] = {
+    bucket = f"posctx-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(
+        Bucket=bucket
+    )
+    opts = {
         "key": "testing",
         "secret": "testing",
         "client_kwargs": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"},
     }
-    bucket = f"posctx-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
     return f"s3://{bucket}", opts
 
 
 @pytest.fixture(scope="module")
-def local_reference(
+def reference(
     tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[ExtractConfig, Path]:
-    """The same extraction into a local store, the reference every S3 result must equal."""
+    """The extraction every S3 store must equal, and its store on a local disk."""
     config = _config(tiny_models["gpt2"])
     path = tmp_path_factory.mktemp("local") / "h.zarr"
     posctx.extract(config, str(path), progress=False)
     return config, path
 
 
-def _assert_same_hidden(url: str, opts: dict[str, Any], local: Path) -> None:
-    remote = posctx.open_hidden(url, storage_options=opts)
-    reference = posctx.open_hidden(str(local))
-    np.testing.assert_array_equal(remote.hidden.values, reference.hidden.values)
-    np.testing.assert_array_equal(remote.token_id.values, reference.token_id.values)
-    for name in ("topic", "source", "offset", "layer_name"):
-        np.testing.assert_array_equal(remote[name].values, reference[name].values)
+def _assert_same_store(url: str, opts: dict[str, Any], local: Path) -> None:
+    remote = posctx.open_hidden(url, storage_options=opts).compute()
+    expected = posctx.open_hidden(str(local)).compute()
+    xr.testing.assert_equal(remote, expected)  # exact: every value and label
+    for key in ("config", "model", "special_tokens", "corpus"):  # the record, but its times
+        assert remote.attrs["posctx"][key] == expected.attrs["posctx"][key]
 
 
-def test_extract_to_s3_equals_local(
-    s3: tuple[str, dict[str, Any]], local_reference: tuple[ExtractConfig, Path]
-) -> None:
+def test_extract_to_s3_equals_local(s3: S3, reference: tuple[ExtractConfig, Path]) -> None:
     bucket, opts = s3
-    config, local = local_reference
+    config, local = reference
     url = f"{bucket}/h.zarr"
     result = posctx.extract(config, url, storage_options=opts, progress=False)
     assert (result.blocks_written, result.blocks_already_done) == (3, 0)
@@ -111,16 +107,14 @@ def test_extract_to_s3_equals_local(
     assert list(plain.layer_name.values) == ["embeddings", "block_1", "block_2"]
     assert set(plain.topic.values) == {"reference", "docstrings", "code"}
     assert plain.attrs["posctx"]["config"] == config.to_dict()
-    _assert_same_hidden(url, opts, local)
+    _assert_same_store(url, opts, local)
 
 
-def test_resume_on_s3(
-    s3: tuple[str, dict[str, Any]],
-    local_reference: tuple[ExtractConfig, Path],
-    monkeypatch: pytest.MonkeyPatch,
+def test_resume_and_extend_on_s3(
+    s3: S3, reference: tuple[ExtractConfig, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bucket, opts = s3
-    config, local = local_reference
+    config, local = reference
     url = f"{bucket}/h.zarr"
     real_write = posctx.store.BlockWriter.write
     calls = []
@@ -142,54 +136,97 @@ def test_resume_on_s3(
     assert result.resumed and (result.blocks_written, result.blocks_already_done) == (2, 1)
     info = posctx.store.store_info(url, opts)
     assert info["complete"] and info["blocks_complete"] == info["blocks_total"] == 3
-    assert info["size_on_disk"] >= 10 * 12 * 3 * 32 * 4  # every hidden state is stored
-    _assert_same_hidden(url, opts, local)
+    assert info["size_on_disk"] >= 10 * 12 * 3 * 32 * 4  # every hidden state is there
+    _assert_same_store(url, opts, local)
+
+    # Extending on S3 (resize, re-consolidate, record last) equals the fresh extraction.
+    grown = f"{bucket}/grown.zarr"
+    posctx.extract(_config(Path(config.model.name), 6), grown, storage_options=opts, progress=False)
+    result = posctx.extract(config, grown, storage_options=opts, progress=False)
+    assert (result.blocks_written, result.blocks_already_done) == (2, 1)  # partial block 1 grew
+    _assert_same_store(grown, opts, local)
+
+
+def test_interrupted_creation_on_s3_is_refused_not_resumed(
+    s3: S3, reference: tuple[ExtractConfig, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bucket, opts = s3
+    config, local = reference
+    url = f"{bucket}/h.zarr"
+    real_to_zarr = xr.Dataset.to_zarr
+
+    def killed_after_arrays(self: xr.Dataset, *args: Any, **kwargs: Any) -> Any:
+        real_to_zarr(self, *args, **kwargs)
+        raise KeyboardInterrupt  # before the provenance record is written
+
+    monkeypatch.setattr(xr.Dataset, "to_zarr", killed_after_arrays)
+    with pytest.raises(KeyboardInterrupt):
+        posctx.extract(config, url, storage_options=opts, progress=False)
+    monkeypatch.setattr(xr.Dataset, "to_zarr", real_to_zarr)
+    with pytest.raises(StoreError, match="creation of this store was interrupted.*delete it"):
+        posctx.extract(config, url, storage_options=opts, progress=False)
+
+    s3fs.S3FileSystem(**opts).rm(url, recursive=True)  # what the message asks for
+    posctx.extract(config, url, storage_options=opts, progress=False)
+    _assert_same_store(url, opts, local)
 
 
 def test_decompose_on_s3_equals_local(
-    s3: tuple[str, dict[str, Any]], local_reference: tuple[ExtractConfig, Path], tmp_path: Path
+    s3: S3, reference: tuple[ExtractConfig, Path], tmp_path: Path
 ) -> None:
     bucket, opts = s3
-    config, local = local_reference
+    config, local = reference
     url, dec_url = f"{bucket}/h.zarr", f"{bucket}/d.zarr"
     posctx.extract(config, url, storage_options=opts, progress=False)
-    posctx.write_decomposition(
-        posctx.decompose(posctx.open_hidden(url, storage_options=opts)),
-        dec_url,
-        storage_options=opts,
-    )
+    ds = posctx.open_hidden(url, storage_options=opts)
+    posctx.write_decomposition(posctx.decompose(ds), dec_url, storage_options=opts)
     posctx.write_decomposition(posctx.decompose(posctx.open_hidden(str(local))), tmp_path / "d.zarr")
     remote = posctx.open_decomposition(dec_url, storage_options=opts).compute()
-    reference = posctx.open_decomposition(tmp_path / "d.zarr").compute()
-    xr.testing.assert_equal(remote, reference)  # exact; attrs differ (source, time)
+    expected = posctx.open_decomposition(tmp_path / "d.zarr").compute()
+    xr.testing.assert_equal(remote, expected)  # exact; attrs name the source and the time
     assert json.loads(remote.attrs["posctx_decomposition"])["source_store"] == url
 
-    # The command line, with the options given as KEY=VALUE (JSON values).
-    cli_url = f"{bucket}/d-cli.zarr"
+    with pytest.raises(StoreError, match="already holds data"):
+        posctx.write_decomposition(posctx.decompose(ds), dec_url, storage_options=opts)
+    with pytest.raises(StoreError, match="is a hidden-state store"):
+        posctx.write_decomposition(posctx.decompose(ds), url, mode="w", storage_options=opts)
+    _assert_same_store(url, opts, local)  # intact
+
+    # The command line: options as KEY=VALUE with JSON values; one set serves a remote and a
+    # local store in the same command.
     options = [
         "--storage-option", "key=testing",
         "--storage-option", "secret=testing",
         "--storage-option", f"client_kwargs={json.dumps(opts['client_kwargs'])}",
     ]  # fmt: skip
-    run = CliRunner().invoke(cli, ["decompose", url, "--out", cli_url, "--positions", "all", *options])
+    for out in (f"{bucket}/d-cli.zarr", str(tmp_path / "d-cli.zarr")):
+        run = CliRunner().invoke(cli, ["decompose", url, "--out", out, "--positions", "all", *options])
+        assert run.exit_code == 0, run.output
+        assert "embeddings" in run.output
+        xr.testing.assert_equal(
+            posctx.open_decomposition(out, storage_options=opts).compute(), expected
+        )
+    run = CliRunner().invoke(cli, ["info", url, *options])
     assert run.exit_code == 0, run.output
-    assert "embeddings" in run.output
-    from_cli = posctx.open_decomposition(cli_url, storage_options=opts).compute()
-    xr.testing.assert_equal(from_cli, reference)
+    assert "3/3 written (complete)" in run.output
 
 
-def test_foreign_prefix_is_refused_and_kept(
-    s3: tuple[str, dict[str, Any]], local_reference: tuple[ExtractConfig, Path]
-) -> None:
-    import s3fs
-
+def test_foreign_prefix_is_refused_and_kept(s3: S3, reference: tuple[ExtractConfig, Path]) -> None:
     bucket, opts = s3
-    config, _ = local_reference
+    config, _ = reference
     fs = s3fs.S3FileSystem(**opts)
     foreign = f"{bucket}/foreign"
     fs.pipe(f"{foreign}/keep.txt", b"x")
     with pytest.raises(StoreError, match="is not a posctx hidden-state store"):
         posctx.extract(config, foreign, storage_options=opts, progress=False)
     fs.invalidate_cache()
-    assert fs.ls(foreign) == [f"{foreign.removeprefix('s3://')}/keep.txt"]
+    assert fs.find(foreign) == [f"{foreign.removeprefix('s3://')}/keep.txt"]
     assert fs.cat(f"{foreign}/keep.txt") == b"x"
+
+
+def test_missing_bucket_is_a_store_error(s3: S3, reference: tuple[ExtractConfig, Path]) -> None:
+    _, opts = s3
+    config, _ = reference
+    url = f"s3://posctx-missing-{uuid.uuid4().hex[:8]}/h.zarr"
+    with pytest.raises(StoreError, match="cannot write a store at .*bucket does not exist"):
+        posctx.extract(config, url, storage_options=opts, progress=False)

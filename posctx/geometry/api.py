@@ -193,7 +193,9 @@ def collect_inputs(
         Optional: the hidden-state store ``dec`` was made from (:func:`posctx.open_hidden`).
         With it, ``hidden_gram`` = ``H^T H`` is accumulated over the chunks of the selected
         hidden states (one read of each chunk, float64 sums); it gives the spectral norm of
-        the hidden states (the relative norm's denominator) and the residual spectrum.
+        the hidden states (the relative norm's denominator) and the residual spectrum. Not
+        needed when ``dec`` was made with ``moments=True``: ``H^T H`` then follows from its
+        ``m2_hidden`` and ``mu`` with no further read.
     params
         Only ``max_contexts`` and ``seed`` are used here (the ctx sample).
     progress
@@ -243,6 +245,13 @@ def collect_inputs(
     )
     if hidden is not None:
         lazy["hidden_gram"] = _hidden_gram(hidden, dec)
+    elif "m2_hidden" in dec:
+        # A decomposition made with moments=True already holds sum (h - mu)(h - mu)^T; adding
+        # N mu mu^T gives H^T H without reading the hidden states again.
+        mu = dec["mu"].transpose(LAYER, DIM)
+        outer = mu * mu.rename({DIM: DIM2}).drop_vars(DIM2, errors="ignore")
+        m2 = dec["m2_hidden"].drop_vars([DIM2], errors="ignore")
+        lazy["hidden_gram"] = (m2 + n_contexts * n_positions * outer).transpose(LAYER, DIM, DIM2)
     lazy = lazy.assign_coords({DIM2: dec[DIM].values})
     with _progress_bar(progress, "geometry: reading"):
         # Dataset.compute is one dask.compute; dask.compute(dataset) itself loses tasks that
@@ -255,7 +264,7 @@ def collect_inputs(
             "n_contexts": int(n_contexts),
             "n_positions": int(n_positions),
             "n_sampled_contexts": int(sample.size),
-            "hidden_gram": hidden is not None,
+            "hidden_gram": hidden is not None or "m2_hidden" in dec,
             "params": json.loads(params.to_json()),
         },
         sort_keys=True,
