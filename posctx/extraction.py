@@ -309,14 +309,9 @@ class _Writer:
 
 def compute_block(loaded: LoadedModel, token_ids: np.ndarray, storage_dtype: str) -> np.ndarray:
     """Hidden states of one block, computed in batches of the configured size."""
-    from posctx.model import forward_hidden
+    from posctx.model import forward_block
 
-    size = loaded.config.batch_size
-    parts = [
-        forward_hidden(loaded, token_ids[i : i + size], storage_dtype)
-        for i in range(0, len(token_ids), size)
-    ]
-    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+    return forward_block(loaded, token_ids, storage_dtype, batch_size=loaded.config.batch_size)
 
 
 def run_blocks(
