@@ -107,6 +107,25 @@ def _title(config: ExtractConfig) -> str:
     )
 
 
+def plan_contexts(config: ExtractConfig, loaded: LoadedModel, corpus: Any, progress: bool) -> Any:
+    """The contexts of ``config`` framed with ``loaded``'s special tokens (a ContextPlan)."""
+    from posctx.corpus import sample_contexts
+
+    special = loaded.special
+    return sample_contexts(
+        corpus,
+        loaded.encode,
+        n_contexts=config.store.contexts,
+        length=config.store.length,
+        prefix_ids=special.prefix_ids,
+        suffix_ids=special.suffix_ids,
+        separator_ids=special.separator_ids,
+        seed=config.corpus.seed,
+        balance=config.corpus.balance,
+        progress=progress,
+    )
+
+
 def _extend(
     config: ExtractConfig,
     path: str,
@@ -120,22 +139,10 @@ def _extend(
     Plans are prefix-stable (see :func:`posctx.corpus.contexts.interleave_order`), so the
     plan for the larger C starts with the store's contexts; that is checked token by token.
     """
-    from posctx.corpus import open_corpus, sample_contexts
+    from posctx.corpus import open_corpus
     from posctx.store import grow_store
 
-    special = loaded.special
-    plan = sample_contexts(
-        open_corpus(config.corpus),
-        loaded.encode,
-        n_contexts=config.store.contexts,
-        length=config.store.length,
-        prefix_ids=special.prefix_ids,
-        suffix_ids=special.suffix_ids,
-        separator_ids=special.separator_ids,
-        seed=config.corpus.seed,
-        balance=config.corpus.balance,
-        progress=progress,
-    )
+    plan = plan_contexts(config, loaded, open_corpus(config.corpus), progress)
     old = int(stored["config"]["store"]["contexts"])
     writer = BlockWriter(path, storage_options)
     if not np.array_equal(writer.token_ids(Block(0, 0, old)), plan.token_ids[:old]):
@@ -175,7 +182,7 @@ def prepare_store(
 
     Returns ``True`` when an existing, matching store is resumed.
     """
-    from posctx.corpus import open_corpus, sample_contexts
+    from posctx.corpus import open_corpus
     from posctx.model import check_length
 
     stored = read_provenance(path, storage_options)
@@ -193,18 +200,7 @@ def prepare_store(
     check_length(loaded, config.store.length)
     corpus = open_corpus(config.corpus)
     special = loaded.special
-    plan = sample_contexts(
-        corpus,
-        loaded.encode,
-        n_contexts=config.store.contexts,
-        length=config.store.length,
-        prefix_ids=special.prefix_ids,
-        suffix_ids=special.suffix_ids,
-        separator_ids=special.separator_ids,
-        seed=config.corpus.seed,
-        balance=config.corpus.balance,
-        progress=progress,
-    )
+    plan = plan_contexts(config, loaded, corpus, progress)
     itemsize = np.dtype(config.store.storage_dtype).itemsize
     chunk = config.store.chunk_contexts or default_chunk_contexts(
         config.store.length, len(loaded.layers), loaded.hidden_size, itemsize

@@ -46,6 +46,15 @@ GRAM_CONTEXTS = 96
 SCATTER_CONTEXTS = 1500
 
 
+
+def _label(ax: Any, title: str, xlabel: str, ylabel: str | None = None) -> None:
+    """The one style of every panel: small title, axis labels and ticks."""
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel, fontsize=8)
+    if ylabel is not None:
+        ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+
 def _figure(n_panels: int, *, panel: float = 2.6, projection: str | None = None) -> tuple[Figure, list[Axes]]:
     """A figure with a grid of ``n_panels`` axes (at most :data:`MAX_COLUMNS` per row)."""
     from matplotlib.figure import Figure
@@ -95,10 +104,7 @@ def pos_curves_2d(inputs: xr.Dataset) -> Figure:
         z = kernels.pca_scores(_pos(inputs, i), 2)
         ax.plot(z[:, 0], z[:, 1], color="0.75", linewidth=0.8, zorder=1)
         points = ax.scatter(z[:, 0], z[:, 1], c=positions, cmap="viridis", s=9, zorder=2)
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("PC1", fontsize=8)
-        ax.set_ylabel("PC2", fontsize=8)
-        ax.tick_params(labelsize=7)
+        _label(ax, title, "PC1", "PC2")
     fig.colorbar(points, ax=axes, label="position", shrink=0.8)
     fig.suptitle("pos in its top two principal components (coloured by position)", fontsize=11)
     return fig
@@ -206,10 +212,7 @@ def dct_heatmaps(inputs: xr.Dataset, *, n_frequencies: int = 32) -> Figure:
             norm=LogNorm(vmin=top * 1e-4, vmax=top),
             interpolation="nearest",
         )
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("frequency", fontsize=8)
-        ax.set_ylabel("frequency", fontsize=8)
-        ax.tick_params(labelsize=7)
+        _label(ax, title, "frequency", "frequency")
     fig.colorbar(image, ax=axes, label="|coefficient|", shrink=0.8)
     fig.suptitle("pos Gram matrix in the DCT-II basis (lowest frequencies, log scale)", fontsize=11)
     return fig
@@ -248,9 +251,7 @@ def spectra(metrics: xr.Dataset) -> Figure:
             keep = np.isfinite(s) & (s > 1e-6 * top)
             if keep.any():
                 ax.semilogy(k[keep], s[keep], color=colour, linewidth=1.2, label=name)
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("component", fontsize=8)
-        ax.tick_params(labelsize=7)
+        _label(ax, title, "component")
     axes[0].legend(fontsize=7)
     note = "" if record["resid_spectrum"] else " (resid omitted: measured without the hidden-state store)"
     fig.suptitle(f"singular values of pos (x sqrt C), ctx (x sqrt T) and resid{note}", fontsize=11)
@@ -278,10 +279,7 @@ def ctx_pcs(inputs: xr.Dataset, *, seed: int = 0) -> Figure:
         for j, name in enumerate(names):
             mask = topics[shown] == name
             ax.scatter(z[mask, 0], z[mask, 1], s=5, alpha=0.6, color=f"C{j % 10}", label=name)
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("PC1", fontsize=8)
-        ax.set_ylabel("PC2", fontsize=8)
-        ax.tick_params(labelsize=7)
+        _label(ax, title, "PC1", "PC2")
     axes[0].legend(fontsize=7, markerscale=2)
     fig.suptitle("ctx in its top two principal components (coloured by topic)", fontsize=11)
     return fig

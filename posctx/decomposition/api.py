@@ -19,7 +19,6 @@ import xarray as xr
 
 from posctx._version import version as _posctx_version
 from posctx.decomposition.graph import (
-    MOMENT_OUTPUT_NAMES,
     OUTPUT_NAMES,
     STATISTIC_NAMES,
     finalize_arrays,
