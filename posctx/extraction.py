@@ -493,7 +493,7 @@ def extract(
 
     stored = read_provenance(path, storage_options)  # refuses a foreign store before any work
     if stored is None:
-        check_writable(path)
+        check_writable(path, storage_options)
         open_corpus(config.corpus)  # an unknown corpus fails before the model loads
     else:
         _refuse_mismatch(path, stored, config, allow_more_contexts=True)

@@ -171,10 +171,21 @@ def read_provenance(
     return record
 
 
-def check_writable(path: str) -> None:
+def check_writable(path: str, storage_options: Mapping[str, Any] | None = None) -> None:
     """Fail early, before any model work, when the output location cannot be written."""
     if is_remote(path):
-        return  # object stores report permissions on first write; errors surface there
+        # Object stores have no permissions to ask about: write and delete a probe object.
+        fs, root = _remote_fs(path, storage_options)
+        probe = root.rstrip("/") + "/.posctx-write-probe"
+        try:
+            fs.pipe(probe, b"")
+            fs.rm(probe)
+        except (OSError, PermissionError, ValueError) as exc:
+            raise StoreError(
+                f"cannot write a store at {path} ({type(exc).__name__}: {exc}): check the bucket, "
+                "credentials and --storage-option settings, or choose another --out"
+            ) from exc
+        return
     target = _local(path).absolute()
     parent = target.parent
     probe_dir = parent
@@ -448,8 +459,6 @@ def open_hidden(
     >>> ds.hidden.dims
     ('context', 'position', 'layer', 'dim')
     """
-    import xarray as xr
-
     if read_provenance(path, storage_options) is None:
         raise StoreError(f"no posctx store at {path}: run `posctx extract ... --out {path}` first")
     ds = open_labelled(path, storage_options=storage_options, chunks=chunks)

@@ -5,7 +5,6 @@ on a local disk."""
 from __future__ import annotations
 
 import json
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,13 +37,11 @@ def _config(model: Path, contexts: int = 10) -> ExtractConfig:
 
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
-    """A moto S3 server on a free localhost port, for this module's tests."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    """A moto S3 server on localhost, for this module's tests (port 0: the OS picks a free one)."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
-    yield f"http://127.0.0.1:{port}"
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
     server.stop()
 
 
@@ -228,5 +225,13 @@ def test_missing_bucket_is_a_store_error(s3: S3, reference: tuple[ExtractConfig,
     _, opts = s3
     config, _ = reference
     url = f"s3://posctx-missing-{uuid.uuid4().hex[:8]}/h.zarr"
-    with pytest.raises(StoreError, match="cannot write a store at .*bucket does not exist"):
+    with pytest.raises(StoreError, match="cannot write a store at .*check the bucket"):
+        posctx.extract(config, url, storage_options=opts, progress=False)
+
+
+def test_unwritable_bucket_is_reported_before_the_model_loads(s3: S3) -> None:
+    _, opts = s3
+    config = ExtractConfig(model=ModelConfig(name="no/such-model-anywhere"))
+    url = f"s3://posctx-missing-{uuid.uuid4().hex[:8]}/h.zarr"
+    with pytest.raises(StoreError, match="cannot write a store at"):  # not a ModelError
         posctx.extract(config, url, storage_options=opts, progress=False)
