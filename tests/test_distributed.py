@@ -99,3 +99,25 @@ def test_cluster_decomposition_equals_threaded(tmp_path: Path, cluster_client: o
     on_cluster = posctx.open_decomposition(tmp_path / "d.zarr").compute()
     for name in threaded.data_vars:
         np.testing.assert_allclose(on_cluster[name].values, threaded[name].values, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_cli_workers_flag(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    def run(*extra: str, out: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "posctx", "extract", "--model", str(tiny_models["gpt2"]),
+             "--contexts", "12", "--length", "16", "--chunk-contexts", "4", "--quiet",
+             "--out", str(out), *extra],
+            capture_output=True, text=True,
+        )
+
+    assert run(out=tmp_path / "local.zarr").returncode == 0
+    cluster = run("--workers", "2", out=tmp_path / "cluster.zarr")
+    assert cluster.returncode == 0, cluster.stderr[-2000:]
+    assert "3 blocks written" in cluster.stdout
+    _assert_same_store(tmp_path / "local.zarr", tmp_path / "cluster.zarr")
+    both = run("--workers", "2", "--scheduler", "tcp://127.0.0.1:1", out=tmp_path / "x.zarr")
+    assert both.returncode == 2 and "not both" in both.stderr
