@@ -158,7 +158,7 @@ def extract(**kw: Any) -> None:
 @cli.command()
 @click.argument("store")
 @click.option("--out", required=True, help="Output decomposition store (path or URL).")
-@click.option("--positions", default="1:", show_default=True, help="Position labels to use, START:STOP or 'all'. The paper drops position 0 ([CLS]/BOS).")
+@click.option("--positions", default="auto", show_default=True, help="Position labels to use: START:STOP (stop included), 'all', or 'auto': drop position 0 ([CLS]/BOS, as the paper does) and a trailing [SEP].")
 @click.option("--contexts", default="all", show_default=True, help="Context labels to use, START:STOP or 'all'.")
 @click.option("--topic", default=None, help="Use only the contexts of this topic.")
 @click.option("--moments", is_flag=True, help="Also accumulate dim x dim second moments: spectra of hidden states and residual.")
@@ -178,7 +178,12 @@ def decompose(
 ) -> None:
     """Compute mu, pos, ctx and the sums of squares in one pass and write them to Zarr."""
     from posctx.decomposition import decompose as dec_fn
-    from posctx.decomposition import open_decomposition, update_decomposition, write_decomposition
+    from posctx.decomposition import (
+        open_decomposition,
+        paper_positions,
+        update_decomposition,
+        write_decomposition,
+    )
     from posctx.store import open_hidden
     from posctx.summary import format_variance_table, variance_shares
 
@@ -194,7 +199,12 @@ def decompose(
         if topic is not None:
             selected = ds.context.values[ds.topic.values == topic]
         write_decomposition(
-            dec_fn(ds, positions=_parse_positions(positions), contexts=selected, moments=moments),
+            dec_fn(
+                ds,
+                positions=paper_positions(ds) if positions == "auto" else _parse_positions(positions),
+                contexts=selected,
+                moments=moments,
+            ),
             out,
             mode=mode,
             storage_options=opts,

@@ -24,7 +24,12 @@ def run_demo(
     ``out/decomposition.zarr`` (replaced on every run) and the report ``out/report/``
     (:func:`posctx.write_report`). Returns timings in seconds.
     """
-    from posctx.decomposition import decompose, open_decomposition, write_decomposition
+    from posctx.decomposition import (
+        decompose,
+        open_decomposition,
+        paper_positions,
+        write_decomposition,
+    )
     from posctx.extraction import extract
     from posctx.report import format_metrics_table, write_report
     from posctx.store import open_hidden, store_info
@@ -50,13 +55,14 @@ def run_demo(
         shutil.rmtree(dec_path)  # derived data: always recomputed from the hidden store
     # moments=True: the spectra of hidden states and residual come from the same single pass,
     # so the report needs no second read of the hidden states.
+    hidden = open_hidden(hidden_path)
     write_decomposition(
-        decompose(open_hidden(hidden_path), positions=slice(1, None), moments=True), str(dec_path)
+        decompose(hidden, positions=paper_positions(hidden), moments=True), str(dec_path)
     )
     t2 = time.perf_counter()
     info = store_info(hidden_path)
     echo(f"decompose: {t2 - t1:.1f} s -> {dec_path}")
-    echo("variance shares (positions 1..T-1, as in the paper):")
+    echo("variance shares (positions 1..T-2: [CLS] and [SEP] dropped):")
     echo(format_variance_table(variance_shares(open_decomposition(str(dec_path)))))
     echo(
         f"store {hidden_path}: {info['size_on_disk'] / 1e6:,.0f} MB on disk, "

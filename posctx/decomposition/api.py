@@ -122,6 +122,31 @@ def _as_dask(h: xr.DataArray) -> xr.DataArray:
     return h.copy(data=da.from_array(np.asarray(h.data), chunks=("auto", -1, -1, -1)))
 
 
+def paper_positions(ds: xr.Dataset) -> slice:
+    """Positions to decompose by default: all but position 0 and any trailing special tokens.
+
+    The paper drops position 0 ([CLS]/BOS, an attention sink); a BERT-style [SEP] at T-1 is
+    just as anomalous, so it is dropped too. Read from the store's special-token record;
+    without one, only position 0 is dropped.
+
+    Examples
+    --------
+    >>> from posctx.testing import planted_hidden
+    >>> ds, _ = planted_hidden(4, 6, 1, 2)
+    >>> paper_positions(ds)
+    slice(1, None, None)
+    >>> ds.attrs["posctx"] = {"special_tokens": {"suffix_ids": [102]}}
+    >>> paper_positions(ds)
+    slice(1, 4, None)
+    """
+    record = ds.attrs.get("posctx") or {}
+    n_suffix = len((record.get("special_tokens") or {}).get("suffix_ids") or ())
+    if not n_suffix:
+        return slice(1, None)
+    last = int(ds[POSITION].values[-1]) - n_suffix  # label slices include their stop
+    return slice(1, last)
+
+
 def statistics(
     ds: xr.Dataset,
     *,
@@ -674,6 +699,7 @@ __all__ = [
     "combine",
     "finalize",
     "norms",
+    "paper_positions",
     "statistics",
     "update_decomposition",
     "DECOMPOSITION_ATTR",
