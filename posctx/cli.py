@@ -7,7 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import click
 
@@ -188,7 +188,7 @@ def decompose(
     from posctx.summary import format_variance_table, variance_shares
 
     opts = _storage_options(storage_option)
-    mode = "w" if overwrite else "w-"
+    mode: Literal["w", "w-"] = "w" if overwrite else "w-"
     ds = open_hidden(store, storage_options=opts)
     start = time.perf_counter()
     if previous:

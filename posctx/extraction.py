@@ -507,7 +507,7 @@ def extract(
     todo = pending_blocks(blocks, done)
     n_done = sum(b.size for b in blocks if done[b.index])
     start = time.perf_counter()
-    common = {
+    common: dict[str, Any] = {
         "storage_dtype": config.store.storage_dtype,
         "storage_options": storage_options,
         "progress": progress,

@@ -220,7 +220,7 @@ def build_dataset(
     chunk_contexts: int,
     chunk_layers: int,
     attrs: Mapping[str, Any],
-) -> tuple[Any, dict[str, dict[str, Any]]]:
+) -> tuple[Any, dict[str, Any]]:
     """The store's schema as a lazy ``xarray.Dataset`` plus the Zarr encoding to write it.
 
     ``hidden`` and ``block_complete`` are lazy zeros: writing the dataset with
@@ -338,7 +338,7 @@ def _open_group(path: str, mode: str, storage_options: Mapping[str, Any] | None)
     # Never the consolidated copy: writers and completeness checks must see the arrays' own
     # metadata, which an extension resizes before it re-consolidates.
     location, options = zarr_location(path, storage_options)
-    return zarr.open_group(location, mode=mode, use_consolidated=False, **options)
+    return zarr.open_group(location, mode=mode, use_consolidated=False, **options)  # type: ignore[arg-type]  # mode is "r" or "r+" from our callers
 
 
 def _consolidate(path: str, storage_options: Mapping[str, Any] | None) -> None:
@@ -506,11 +506,12 @@ def open_labelled(
 
     location, kwargs = zarr_location(path, storage_options)
     kwargs.update(consolidated=True, zarr_format=3)
+    dask_chunks: Any = dict(chunks) if isinstance(chunks, Mapping) else (chunks or {})
     try:
-        ds = xr.open_zarr(location, chunks=chunks if chunks is not None else {}, **kwargs)
+        ds = xr.open_zarr(location, chunks=dask_chunks, **kwargs)
     except ValueError:  # no consolidated copy (a crash between an attrs write and its refresh)
         kwargs["consolidated"] = False
-        ds = xr.open_zarr(location, chunks=chunks if chunks is not None else {}, **kwargs)
+        ds = xr.open_zarr(location, chunks=dask_chunks, **kwargs)
     labels = [name for name in ds.coords if name not in ds.indexes]
     if labels:
         raw = xr.open_zarr(location, chunks=None, **kwargs)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -30,7 +30,7 @@ def variance_shares(dec: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def format_variance_table(rows: list[Mapping[str, Any]]) -> str:
+def format_variance_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """Render :func:`variance_shares` as a fixed-width text table."""
     lines = [f"{'layer':>5}  {'name':<12} {'pos':>7} {'ctx':>7} {'resid':>7}"]
     for r in rows:

@@ -500,6 +500,7 @@ def test_public_api() -> None:
         "finalize",
         "norms",
         "open_decomposition",
+        "paper_positions",
         "residual",
         "statistics",
         "update_decomposition",
