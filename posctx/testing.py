@@ -38,7 +38,7 @@ import xarray as xr
 from dask.array.utils import meta_from_array
 from dask.local import get_sync
 
-from posctx.store import writing_consolidated
+from posctx.store import writing_consolidated, zarr_location
 from posctx.types import (
     BLOCK,
     BLOCK_COMPLETE,
@@ -331,13 +331,17 @@ def hidden_dataset(
 
 
 def write_planted_store(
-    path: str, *, consolidated: bool = True, **kwargs: Any
+    path: str,
+    *,
+    consolidated: bool = True,
+    storage_options: dict[str, Any] | None = None,
+    **kwargs: Any,
 ) -> dict[str, npt.NDArray[Any]]:
     """Write :func:`planted_hidden` to a Zarr v3 store at ``path``; return the truth.
 
     ``kwargs`` go to :func:`planted_hidden` (use regular chunk sizes: Zarr needs them). With
     ``consolidated=True`` (the default) the store opens without warnings via a plain
-    ``xr.open_zarr(path)``.
+    ``xr.open_zarr(path)``. ``path`` may be an fsspec URL (with ``storage_options``).
 
     Examples
     --------
@@ -349,8 +353,9 @@ def write_planted_store(
     (8, 4, 2, 3)
     """
     ds, truth = planted_hidden(**kwargs)
+    location, options = zarr_location(path, storage_options)
     with writing_consolidated():
-        ds.to_zarr(path, mode="w-", zarr_format=3, consolidated=consolidated)
+        ds.to_zarr(location, mode="w-", zarr_format=3, consolidated=consolidated, **options)
     return truth
 
 

@@ -140,3 +140,12 @@ def test_track_chunk_reads() -> None:
     assert reads.counts == {(0,): 1, (1,): 1, (2,): 1, (3,): 1}
     x[:2].compute(scheduler="sync")
     assert reads.counts[(0,)] == 2 and reads.total == 5
+
+
+def test_write_planted_store_takes_file_urls(tmp_path: Path) -> None:
+    import posctx
+
+    url = f"file://{tmp_path}/nested/h.zarr"
+    truth = write_planted_store(url, n_contexts=6, length=4, n_layers=2, n_dims=3)
+    dec = posctx.decompose(posctx.open_hidden(url)).compute()
+    np.testing.assert_allclose(dec.mu.values, truth["mu"], atol=1e-4)
