@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 import numpy as np
 
 from posctx.config import ExtractConfig
-from posctx.errors import StoreError
+from posctx.errors import PosctxError, StoreError
 from posctx.types import SCHEMA_VERSION, TOKEN_ID
 from posctx.store import (
     Block,
     BlockWriter,
+    StoreCreatedConcurrently,
     build_dataset,
     check_writable,
     completed_blocks,
@@ -31,7 +32,9 @@ from posctx.store import (
     default_chunk_contexts,
     plan_blocks,
     provenance_record,
+    is_remote,
     read_provenance,
+    remove_partial_files,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -54,6 +57,8 @@ class ExtractResult:
     tokens_written: int
     seconds: float
     resumed: bool
+    #: blocks of the store still unwritten when this call ended (other shards' work, if any).
+    blocks_missing: int = 0
 
     @property
     def tokens_per_second(self) -> float:
@@ -187,13 +192,7 @@ def prepare_store(
 
     stored = read_provenance(path, storage_options)
     if stored is not None:
-        _refuse_mismatch(path, stored, config, allow_more_contexts=True)
-        if stored.get("model", {}).get("weights_hash") != loaded.weights_hash:
-            raise StoreError(
-                f"{path} was made with different weights for model {config.model.name!r} "
-                f"(hash {stored['model'].get('weights_hash')} vs {loaded.weights_hash}): "
-                "use the same weights to resume, or choose another --out"
-            )
+        _refuse_other_weights(path, stored, config, loaded)
         if config.store.contexts > stored["config"]["store"]["contexts"]:
             _extend(config, path, loaded, stored, storage_options, progress)
         return True
@@ -231,8 +230,34 @@ def prepare_store(
         chunk_layers=config.store.chunk_layers,
         attrs=attrs,
     )
-    create_store(path, ds, encoding, storage_options)
+    try:
+        create_store(path, ds, encoding, storage_options)
+    except StoreCreatedConcurrently:
+        # Shards started together all plan the store; the first rename wins and the others
+        # join it once it is shown to be the very store they would have made.
+        stored = read_provenance(path, storage_options) or {}
+        _refuse_other_weights(path, stored, config, loaded)
+        if not np.array_equal(BlockWriter(path, storage_options).token_ids(
+            Block(0, 0, config.store.contexts)), plan.token_ids
+        ):
+            raise StoreError(
+                f"{path} was created meanwhile by another process from a different corpus: "
+                "make every process read the same corpus, or choose another --out"
+            ) from None
+        return True
     return False
+
+
+def _refuse_other_weights(
+    path: str, stored: Mapping[str, Any], config: ExtractConfig, loaded: LoadedModel
+) -> None:
+    _refuse_mismatch(path, stored, config, allow_more_contexts=True)
+    if stored.get("model", {}).get("weights_hash") != loaded.weights_hash:
+        raise StoreError(
+            f"{path} was made with different weights for model {config.model.name!r} "
+            f"(hash {stored['model'].get('weights_hash')} vs {loaded.weights_hash}): "
+            "use the same weights to resume, or choose another --out"
+        )
 
 
 def _refuse_interrupted_extension(
@@ -251,13 +276,28 @@ def _refuse_interrupted_extension(
         )
 
 
-def pending_blocks(blocks: Iterable[Block], done: np.ndarray) -> list[Block]:
-    """The blocks whose completion marker is not set, in order.
+def pending_blocks(
+    blocks: Iterable[Block], done: np.ndarray, shard: tuple[int, int] | None = None
+) -> list[Block]:
+    """The blocks whose completion marker is not set, in order; only shard ``i`` of ``n``
+    (the blocks whose index is ``i`` modulo ``n``) when ``shard=(i, n)``.
 
     >>> pending_blocks(plan_blocks(10, 4), np.array([True, False, True]))
     [Block(index=1, start=4, stop=8)]
+    >>> pending_blocks(plan_blocks(10, 2), np.zeros(5, bool), shard=(1, 2))
+    [Block(index=1, start=2, stop=4), Block(index=3, start=6, stop=8)]
     """
-    return [b for b in blocks if not bool(done[b.index])]
+    i, n = shard or (0, 1)
+    return [b for b in blocks if not bool(done[b.index]) and b.index % n == i]
+
+
+def check_shard(shard: tuple[int, int] | None) -> None:
+    """Refuse a shard that names no blocks: ``(i, n)`` needs ``0 <= i < n``."""
+    if shard is not None and not (shard[1] >= 1 and 0 <= shard[0] < shard[1]):
+        raise PosctxError(
+            f"shard {shard[0]}/{shard[1]} does not exist: give I/N with 0 <= I < N, e.g. 0/4 "
+            "... 3/4 for four processes"
+        )
 
 
 class _Writer:
@@ -459,6 +499,8 @@ def extract(
     progress: bool = True,
     loaded: LoadedModel | None = None,
     client: Any = None,
+    shard: tuple[int, int] | None = None,
+    plan_only: bool = False,
 ) -> ExtractResult:
     """Extract every requested layer's hidden states for a corpus into a Zarr store.
 
@@ -482,6 +524,15 @@ def extract(
         A ``distributed.Client``: blocks then run as tasks on its workers, each loading the
         model once (see :func:`extract_block`). The calling process still plans the store
         (it loads the model to tokenise and to record the weights' hash).
+    shard
+        ``(i, n)``: compute only the blocks whose index is ``i`` modulo ``n``. Run ``n``
+        processes (``i = 0 ... n-1``, e.g. one per GPU or a Slurm array job) on the same
+        ``path`` at once: they create the store once between them, write disjoint blocks,
+        and each can be killed and re-run on its own. The store is complete when all are.
+        Extending a store, and creating one on object storage, is one process's job: do it
+        with ``plan_only`` first.
+    plan_only
+        Create (or extend) the store, with its token ids and labels, and compute nothing.
 
     Returns
     -------
@@ -491,6 +542,7 @@ def extract(
     from posctx.corpus import open_corpus
     from posctx.model import load_model
 
+    check_shard(shard)
     stored = read_provenance(path, storage_options)  # refuses a foreign store before any work
     if stored is None:
         check_writable(path, storage_options)
@@ -500,21 +552,38 @@ def extract(
         _refuse_interrupted_extension(path, stored, config, storage_options)
     if loaded is None:
         loaded = load_model(config.model)
+    if shard is not None and stored is None and is_remote(path):
+        raise StoreError(
+            f"{path} does not exist yet: on object storage, create it with one process first "
+            "(the same command without --shard, with --plan-only), then start the shards"
+        )
+    if shard is not None and stored is not None and config.store.contexts > stored["config"]["store"]["contexts"]:
+        raise StoreError(
+            f"{path} holds {stored['config']['store']['contexts']} contexts: extend it to "
+            f"{config.store.contexts} with one process first (the same command without --shard, "
+            "with --plan-only), then start the shards"
+        )
     resumed = prepare_store(config, path, loaded, storage_options=storage_options, progress=progress)
+    if shard is None:
+        # The only writer: what killed processes left half-written is garbage now.
+        remove_partial_files(path)
     prov = read_provenance(path, storage_options) or {}
     blocks = plan_blocks(config.store.contexts, int(prov["chunk_contexts"]))
     done = completed_blocks(path, storage_options)
-    todo = pending_blocks(blocks, done)
-    n_done = sum(b.size for b in blocks if done[b.index])
+    mine = pending_blocks(blocks, np.zeros(len(blocks), bool), shard)
+    todo = [] if plan_only else pending_blocks(blocks, done, shard)
+    n_done = sum(b.size for b in mine if done[b.index])
     start = time.perf_counter()
     common: dict[str, Any] = {
         "storage_dtype": config.store.storage_dtype,
         "storage_options": storage_options,
         "progress": progress,
-        "n_total": config.store.contexts,
+        "n_total": sum(b.size for b in mine),
         "n_done": n_done,
     }
-    if client is not None:
+    if not todo:
+        tokens = 0
+    elif client is not None:
         tokens = run_blocks_distributed(
             client, loaded, path, todo, length=config.store.length, **common
         )
@@ -525,16 +594,18 @@ def extract(
         n_contexts=config.store.contexts,
         n_blocks=len(blocks),
         blocks_written=len(todo),
-        blocks_already_done=len(blocks) - len(todo),
+        blocks_already_done=len(mine) - len(todo),
         tokens_written=tokens,
         seconds=time.perf_counter() - start,
         resumed=resumed,
+        blocks_missing=int((~completed_blocks(path, storage_options)).sum()),
     )
 
 
 __all__ = [
     "ExtractResult",
     "cached_model",
+    "check_shard",
     "extract_block",
     "run_blocks_distributed",
     "compute_block",

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import json
 import os
 import shutil
+import socket
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -41,6 +43,9 @@ from posctx.types import (
     TOKEN_ID,
     TOPIC,
 )
+
+#: attrs key that :func:`open_hidden` sets when it left unfinished blocks out.
+COMPLETE_ONLY_ATTR = "posctx_complete_only"
 
 #: target bytes per ``hidden`` chunk when the user does not choose a chunk size.
 DEFAULT_CHUNK_BYTES = 64 * 2**20
@@ -312,7 +317,7 @@ def create_store(
             location, options = zarr_location(path, storage_options)
             try:
                 ds.to_zarr(location, **options, **kwargs)
-                _open_group(path, "r+", storage_options).attrs.update(record)
+                _open_group(path, "r+", storage_options).update_attributes(record)
                 _consolidate(path, storage_options)  # an attrs write drops the consolidated copy
             except OSError as exc:  # fsspec's translation of a missing bucket, a denied write...
                 raise StoreError(
@@ -322,14 +327,53 @@ def create_store(
             return
         target = _local(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.creating-", dir=target.parent))
+        _remove_dead_creations(target)
+        tmp = Path(tempfile.mkdtemp(prefix=_creating_prefix(target), dir=target.parent))
         try:
             ds.to_zarr(str(tmp / "store.zarr"), **kwargs)
-            if target.is_dir():
-                target.rmdir()  # an empty folder only: _exists() refuses anything else
-            os.replace(tmp / "store.zarr", target)
+            try:
+                # rename(2) replaces an empty folder atomically and fails on a non-empty one:
+                # exactly one of several processes creating the same store at once wins.
+                os.replace(tmp / "store.zarr", target)
+            except OSError as exc:
+                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise StoreCreatedConcurrently(
+                        f"{path} was created by another process meanwhile"
+                    ) from exc
+                raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+class StoreCreatedConcurrently(StoreError):
+    """Another process created the store while this one was creating it too."""
+
+
+def _creating_prefix(target: Path, pid: int | None = None) -> str:
+    """Name prefix of the folder a store is built in before it is renamed to ``target``.
+
+    Host and process id in the name let a later run remove the folders of creators that died
+    (SIGKILL leaves them behind) without touching one that another live process is filling.
+    """
+    return f".{target.name}.creating-{socket.gethostname()}-{os.getpid() if pid is None else pid}-"
+
+
+def _remove_dead_creations(target: Path) -> None:
+    host_prefix = f".{target.name}.creating-{socket.gethostname()}-"
+    for folder in target.parent.glob(host_prefix + "*"):
+        pid_text = folder.name[len(host_prefix) :].split("-", 1)[0]
+        if pid_text.isdigit() and not _alive(int(pid_text)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 def _open_group(path: str, mode: str, storage_options: Mapping[str, Any] | None) -> Any:
@@ -360,6 +404,8 @@ class BlockWriter:
 
     def __init__(self, path: str, storage_options: Mapping[str, Any] | None = None) -> None:
         group = _open_group(path, "r+", storage_options)
+        self.path = str(path)
+        self._local_root = None if is_remote(path) else _local(path)
         self._hidden = group[HIDDEN]
         self._marker = group[BLOCK_COMPLETE]
         self._token_id = group[TOKEN_ID]
@@ -369,8 +415,62 @@ class BlockWriter:
         return np.asarray(self._token_id[block.start : block.stop])
 
     def write(self, block: Block, data: np.ndarray) -> None:
-        self._hidden[block.start : block.stop] = data
-        self._marker[block.index] = 1
+        try:
+            self._remove_partials(block)
+            self._hidden[block.start : block.stop] = data
+            self._marker[block.index] = 1
+        except OSError as exc:
+            raise StoreError(_write_failure(self.path, block, exc)) from exc
+
+    def _remove_partials(self, block: Block) -> None:
+        """Delete the temporary files a killed writer of this block left behind.
+
+        zarr writes a local chunk to ``<chunk>.<uuid>.partial`` and renames it into place, so
+        a SIGKILL mid-write leaves up to a chunk (64 MB) of garbage that nothing reads. Only
+        this block's files are touched: blocks are disjoint between writers, and a duplicate
+        writer of the same block that loses its file just fails and leaves the block unmarked.
+        """
+        if self._local_root is None:
+            return
+        for folder in (self._local_root / HIDDEN / "c" / str(block.index),):
+            for partial in folder.rglob("*.partial"):
+                partial.unlink(missing_ok=True)
+        for partial in (self._local_root / BLOCK_COMPLETE / "c").glob(f"{block.index}.*.partial"):
+            partial.unlink(missing_ok=True)
+
+
+def remove_partial_files(path: str) -> tuple[int, int]:
+    """Delete every temporary ``*.partial`` file in a local store; returns (files, bytes).
+
+    A killed process leaves the chunk or metadata file it was writing behind as
+    ``<name>.<uuid>.partial`` (zarr renames it into place only when complete). Nothing reads
+    them, but a data chunk's can be 64 MB. Only call this while no other process writes the
+    store: a live writer's temporary file would vanish under it (it would fail, not corrupt).
+    """
+    if is_remote(path):
+        return 0, 0
+    count = size = 0
+    for partial in _local(path).rglob("*.partial"):
+        with contextlib.suppress(FileNotFoundError):
+            size += partial.stat().st_size
+            partial.unlink()
+            count += 1
+    return count, size
+
+
+def _write_failure(path: str, block: Block, exc: OSError) -> str:
+    """One line for a failed block write: the cause, and that nothing finished is lost."""
+    cause = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno == errno.ENOSPC:
+        fix = "free space (or choose another --out) and re-run the same command to resume"
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        fix = "make the location writable again and re-run the same command to resume"
+    else:
+        fix = "fix the storage problem and re-run the same command to resume"
+    return (
+        f"writing block {block.index} (contexts {block.start}:{block.stop}) of {path} failed "
+        f"({cause}): {fix}; the blocks already finished are kept"
+    )
 
 
 def grow_store(
@@ -411,7 +511,9 @@ def grow_store(
     group[OFFSET][old:] = np.asarray(offset[old:], dtype=np.int64)
     group[BLOCK_START][:] = np.array([b.start for b in blocks], dtype=np.int64)
     _consolidate(path, storage_options)  # new shapes visible to readers of the consolidated copy
-    group.attrs.update({PROVENANCE_ATTR: dict(record), "title": title})
+    # One metadata write: zarr's attrs.update writes once per key, and a kill between the two
+    # would leave the new record under the old title.
+    group.update_attributes({PROVENANCE_ATTR: dict(record), "title": title})
     _consolidate(path, storage_options)  # an attrs write drops the consolidated copy: put it back
 
 
@@ -486,7 +588,14 @@ def open_hidden(
     keep = np.concatenate(
         [np.arange(a, b) for a, b, ok in zip(starts, stops, done) if ok] or [np.array([], int)]
     )
-    return ds.isel({CONTEXT: keep})
+    ds = ds.isel({CONTEXT: keep})
+    # Whatever is computed from this dataset carries the record of what it left out.
+    ds.attrs[COMPLETE_ONLY_ATTR] = {
+        "blocks_used": int(done.sum()),
+        "blocks_total": int(done.size),
+        "contexts_total": int(stops[-1]) if stops.size else 0,
+    }
+    return ds
 
 
 def open_labelled(
@@ -594,6 +703,7 @@ def provenance_record(
 
 
 __all__ = [
+    "COMPLETE_ONLY_ATTR",
     "Block",
     "BlockWriter",
     "check_writable",
@@ -605,6 +715,7 @@ __all__ = [
     "open_labelled",
     "plan_blocks",
     "read_provenance",
+    "remove_partial_files",
     "size_on_disk",
     "store_info",
     "writing_consolidated",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import dask.array as da
@@ -27,7 +28,7 @@ from posctx.decomposition.graph import (
 )
 from posctx.fastread import direct_source
 from posctx.errors import PosctxError, StoreError
-from posctx.store import open_labelled, writing_consolidated, zarr_location
+from posctx.store import COMPLETE_ONLY_ATTR, open_labelled, writing_consolidated, zarr_location
 from posctx.types import (
     COMPONENT,
     CONTEXT,
@@ -108,7 +109,16 @@ def _select(h: xr.DataArray, dim: str, selection: Selection) -> xr.DataArray:
     if out.sizes[dim] == 0:
         labels = h[dim].values
         held = f"{labels[0]}..{labels[-1]}" if labels.size else "none"
-        raise PosctxError(f"{dim} selection {selection!r} is empty (the store's {dim}s: {held})")
+        shown = (
+            f"{'' if selection.start is None else selection.start}:"
+            f"{'' if selection.stop is None else selection.stop}"
+            if isinstance(selection, slice)
+            else repr(selection)
+        )
+        raise PosctxError(
+            f"{dim} selection {shown} is empty (the store's {dim}s: {held}): choose {dim} labels "
+            f"within {held} (--{dim}s START:STOP in the CLI, stop included)"
+        )
     if not out.indexes[dim].is_unique:
         raise PosctxError(f"{dim} selection repeats labels; each {dim} may be used once")
     return out
@@ -145,6 +155,19 @@ def paper_positions(ds: xr.Dataset) -> slice:
         return slice(1, None)
     last = int(ds[POSITION].values[-1]) - n_suffix  # label slices include their stop
     return slice(1, last)
+
+
+def context_ranges(labels: npt.ArrayLike) -> list[list[int]]:
+    """Context labels as ``[start, stop)`` runs: a compact record of which contexts were used.
+
+    >>> context_ranges([0, 1, 2, 5, 6, 9])
+    [[0, 3], [5, 7], [9, 10]]
+    """
+    values = np.asarray(labels, dtype=np.int64)
+    if values.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(values) != 1) + 1
+    return [[int(run[0]), int(run[-1]) + 1] for run in np.split(values, breaks)]
 
 
 def statistics(
@@ -184,9 +207,12 @@ def statistics(
         "n_contexts": int(h.sizes[CONTEXT]),
         "moments": bool(moments),
         "source_store": None if source is None else str(source),
+        "contexts_used": context_ranges(h[CONTEXT].values),
         "posctx_version": _posctx_version(),
     }
-    attrs = dict(ds.attrs)
+    if COMPLETE_ONLY_ATTR in ds.attrs:  # an interrupted store, opened with complete_only
+        record["complete_only"] = ds.attrs[COMPLETE_ONLY_ATTR]
+    attrs = {k: v for k, v in ds.attrs.items() if k != COMPLETE_ONLY_ATTR}
     # The input's attrs are kept as the record of where the states came from, but this is no
     # longer a hidden-state store: say so, or store readers would take it for one.
     attrs[KIND_ATTR] = DECOMPOSITION_KIND
@@ -433,18 +459,40 @@ def _uniform_chunks(dec: xr.Dataset) -> dict[Hashable, int]:
 
 
 def _refuse_overwriting_hidden(target: str, storage_options: Mapping[str, Any] | None) -> None:
-    """Raise if ``target`` holds a hidden-state store: ``mode='w'`` would delete it."""
+    """Raise if ``target`` holds anything but a decomposition: ``mode='w'`` would delete it."""
     import zarr
 
     location, options = zarr_location(target, storage_options)
     try:
         group = zarr.open_group(location, mode="r", **options)
     except (FileNotFoundError, ValueError):
-        return  # nothing there, or not a Zarr group: nothing of ours to lose
+        if _holds_data(target, storage_options):  # files of the user's: never ours to delete
+            raise StoreError(
+                f"{target} exists and is not a posctx decomposition store: choose another --out "
+                "(--overwrite replaces decomposition stores only), or delete it yourself"
+            ) from None
+        return  # nothing there
     if group.attrs.get(KIND_ATTR) == HIDDEN_KIND:
         raise StoreError(
             f"{target} is a hidden-state store; write the decomposition somewhere else"
         )
+    if group.attrs.get(KIND_ATTR) != DECOMPOSITION_KIND and DECOMPOSITION_ATTR not in group.attrs:
+        raise StoreError(
+            f"{target} is a Zarr store but not a posctx decomposition: choose another --out "
+            "(--overwrite replaces decomposition stores only), or delete it yourself"
+        )
+
+
+def _holds_data(target: str, storage_options: Mapping[str, Any] | None) -> bool:
+    """Whether anything is at ``target``: a file, a non-empty folder or an object prefix."""
+    location, options = zarr_location(target, storage_options)
+    if "storage_options" in options:
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(location, **options["storage_options"])
+        return bool(fs.exists(root))
+    local = Path(location)
+    return local.is_file() or (local.is_dir() and any(local.iterdir()))
 
 
 def write_decomposition(
@@ -470,16 +518,17 @@ def write_decomposition(
     path
         Local path or fsspec URL of the new store.
     mode
-        ``"w-"`` refuses an existing store; ``"w"`` overwrites it (never a hidden-state
-        store).
+        ``"w-"`` refuses an existing store; ``"w"`` overwrites a decomposition store (and
+        nothing else: never a hidden-state store or a folder of other files).
     storage_options
         Passed to fsspec for URLs (credentials, endpoint).
 
     Raises
     ------
     StoreError
-        If a store exists at ``path`` and ``mode="w-"``, or ``path`` holds a hidden-state
-        store.
+        If a store exists at ``path`` and ``mode="w-"``, or ``path`` holds anything but a
+        decomposition store (a hidden-state store, another Zarr store, a user's files), or
+        cannot be written.
 
     Examples
     --------
@@ -540,6 +589,11 @@ def _to_zarr(
             f"{target} already holds data: remove it, or overwrite it with --overwrite "
             "(mode='w' in Python)"
         ) from exc
+    except OSError as exc:  # a read-only or full disk, a denied bucket...
+        raise StoreError(
+            f"cannot write {target} ({type(exc).__name__}: {exc}): choose a writable --out "
+            "location, or fix the storage options"
+        ) from exc
 
 
 def combine(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
@@ -590,6 +644,7 @@ def combine(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
         out["m2_hidden"] = (a.m2_hidden + b.m2_hidden + cross).transpose(*OUTPUT_DIMS["m2_hidden"])
     record = json.loads(a.attrs.get(DECOMPOSITION_ATTR, "{}"))
     record["n_contexts"] = int(out.sizes[CONTEXT])
+    record["contexts_used"] = context_ranges(out[CONTEXT].values)
     record["moments"] = "m2_hidden" in out
     out.attrs[DECOMPOSITION_ATTR] = json.dumps(record, sort_keys=True)
     return out
@@ -685,12 +740,22 @@ def open_decomposition(
     try:
         dec: xr.Dataset = open_labelled(target, storage_options=storage_options)
     except FileNotFoundError as exc:
-        raise StoreError(f"no decomposition store at {target}: {exc}") from exc
+        raise StoreError(
+            f"no decomposition store at {target} ({exc}): check the path, or make one with "
+            f"`posctx decompose STORE --out {target}`"
+        ) from exc
+    if dec.attrs.get(KIND_ATTR) == HIDDEN_KIND:
+        raise StoreError(
+            f"{target} is a hidden-state store, not a posctx decomposition store: run "
+            f"`posctx decompose {target} --out DECOMPOSITION` (write_decomposition in Python) "
+            "and pass DECOMPOSITION"
+        )
     missing = [name for name in OUTPUT_NAMES if name not in dec.data_vars]
     if missing or DECOMPOSITION_ATTR not in dec.attrs:
         raise StoreError(
             f"{target} is not a posctx decomposition store (missing: "
-            f"{missing or [DECOMPOSITION_ATTR]}); write one with write_decomposition"
+            f"{missing or [DECOMPOSITION_ATTR]}): pass a store written by `posctx decompose` "
+            "(write_decomposition in Python)"
         )
     return dec
 
