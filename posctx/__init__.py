@@ -42,6 +42,7 @@ from posctx.extraction import ExtractResult, extract
 from posctx.geometry import GeometryParams, measure_geometry
 from posctx.report import write_report
 from posctx.store import open_hidden, store_info
+from posctx.validate import ValidationReport, validate_store
 
 __version__ = _version()
 
@@ -58,6 +59,7 @@ __all__ = [
     "PosctxError",
     "StoreConfig",
     "StoreError",
+    "ValidationReport",
     "__version__",
     "decompose",
     "extract",
@@ -68,6 +70,7 @@ __all__ = [
     "residual",
     "store_info",
     "update_decomposition",
+    "validate_store",
     "write_decomposition",
     "write_report",
 ]

@@ -109,6 +109,8 @@ def cli() -> None:
 @_storage_option
 @click.option("--scheduler", default=None, metavar="ADDRESS", help="Run blocks on this dask.distributed scheduler (tcp://host:8786).")
 @click.option("--workers", default=0, show_default=True, help="Start a local cluster of N worker processes and run blocks there.")
+@click.option("--shard", default=None, metavar="I/N", help="Compute only blocks I, I+N, I+2N...: run N such processes (one per GPU, a Slurm array...) on the same --out at once.")
+@click.option("--plan-only", is_flag=True, help="Create or extend the store (token ids, labels) and compute nothing: run once before starting shards.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def extract(**kw: Any) -> None:
     """Extract hidden states of every layer into a labelled Zarr store (resumable)."""
@@ -139,6 +141,11 @@ def extract(**kw: Any) -> None:
             chunk_layers=kw["chunk_layers"],
         ),
     )
+    ctx = click.get_current_context()
+    if ctx.get_parameter_source("topic_column") is click.core.ParameterSource.COMMANDLINE:
+        from posctx.corpus.sources import check_topic_column
+
+        check_topic_column(config.corpus)  # a column named on purpose must exist
     with _client(kw["scheduler"], kw["workers"]) as client:
         result = run(
             config,
@@ -146,6 +153,8 @@ def extract(**kw: Any) -> None:
             storage_options=_storage_options(kw["storage_option"]),
             progress=not kw["quiet"],
             client=client,
+            shard=_parse_shard(kw["shard"]),
+            plan_only=kw["plan_only"],
         )
     verb = "resumed" if result.resumed else "created"
     click.echo(
@@ -153,6 +162,17 @@ def extract(**kw: Any) -> None:
         f"{result.blocks_already_done} already done, {result.tokens_written:,} tokens in "
         f"{result.seconds:.1f} s ({result.tokens_per_second:,.0f} tokens/s)"
     )
+    if result.blocks_missing:
+        click.echo(f"{result.blocks_missing} blocks are not written yet")
+
+
+def _parse_shard(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    index, sep, count = value.partition("/")
+    if not (sep and index.isdigit() and count.isdigit()):
+        raise click.BadParameter(f"{value!r}: use I/N, e.g. 0/4 for the first of four processes")
+    return int(index), int(count)
 
 
 @cli.command()
@@ -164,6 +184,7 @@ def extract(**kw: Any) -> None:
 @click.option("--moments", is_flag=True, help="Also accumulate dim x dim second moments: spectra of hidden states and residual.")
 @click.option("--from", "previous", default=None, metavar="DECOMPOSITION", help="Reuse this decomposition's sums and read only the contexts it lacks.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing decomposition at --out.")
+@click.option("--complete-only", is_flag=True, help="Use only the finished blocks of an interrupted store (recorded in the output) instead of refusing it.")
 @_storage_option
 def decompose(
     store: str,
@@ -174,6 +195,7 @@ def decompose(
     moments: bool,
     previous: str | None,
     overwrite: bool,
+    complete_only: bool,
     storage_option: tuple[str, ...],
 ) -> None:
     """Compute mu, pos, ctx and the sums of squares in one pass and write them to Zarr."""
@@ -189,7 +211,7 @@ def decompose(
 
     opts = _storage_options(storage_option)
     mode: Literal["w", "w-"] = "w" if overwrite else "w-"
-    ds = open_hidden(store, storage_options=opts)
+    ds = open_hidden(store, storage_options=opts, complete_only=complete_only)
     start = time.perf_counter()
     if previous:
         n_new = update_decomposition(previous, ds, out, mode=mode, storage_options=opts)
@@ -197,6 +219,12 @@ def decompose(
     else:
         selected = _parse_positions(contexts)
         if topic is not None:
+            topics = sorted(set(map(str, ds.topic.values)))
+            if topic not in topics:
+                raise PosctxError(
+                    f"topic {topic!r} is not in {store}: its topics are "
+                    f"{', '.join(map(repr, topics))}; pass one of them to --topic"
+                )
             selected = ds.context.values[ds.topic.values == topic]
         write_decomposition(
             dec_fn(
@@ -228,10 +256,46 @@ def info(store: str, as_json: bool, storage_option: tuple[str, ...]) -> None:
 
 
 @cli.command()
+@click.argument("store")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--no-scan", is_flag=True, help="Skip the NaN/inf scan of the hidden states (it reads the whole store).")
+@click.option("--rerun", default=0, show_default=True, type=click.IntRange(min=0), metavar="N", help="Recompute N random contexts with the recorded model and compare them with the stored values.")
+@click.option("--seed", default=0, show_default=True, help="Seeds the choice of contexts for --rerun.")
+@click.option("--clean-partial", is_flag=True, help="Delete .partial chunk files left by a killed writer (local stores; only while no extraction runs).")
+@_storage_option
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def validate(
+    store: str,
+    as_json: bool,
+    no_scan: bool,
+    rerun: int,
+    seed: int,
+    clean_partial: bool,
+    storage_option: tuple[str, ...],
+    quiet: bool,
+) -> None:
+    """Check a store's schema, labels, provenance, completeness and values (exit 1 on failure)."""
+    from posctx.validate import validate_store
+
+    report = validate_store(
+        store,
+        storage_options=_storage_options(storage_option),
+        scan=not no_scan,
+        rerun=rerun,
+        seed=seed,
+        progress=not quiet and not as_json,
+        clean_partial=clean_partial,
+    )
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format())
+    if not report.ok:
+        sys.exit(1)  # not ctx.exit: main() runs click with standalone_mode=False, which drops it
+
+
+@cli.command()
 @click.argument("decomposition")
 @click.option("--out", required=True, help="Folder for index.html, metrics.json, metrics.csv and figures/.")
 @click.option("--hidden", default=None, help="The hidden-state store the decomposition was made from: adds the relative norm and the residual spectrum (one read of the store).")
-@click.option("--max-contexts", default=2048, show_default=True, help="Contexts sampled for pairwise measures.")
+@click.option("--max-contexts", default=2048, show_default=True, type=click.IntRange(min=1), help="Contexts sampled for pairwise measures.")
 @click.option("--seed", default=0, show_default=True, help="Seeds the context sample, k-means and random baselines.")
 @_storage_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")

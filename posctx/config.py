@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, TypeVar
 
@@ -18,6 +19,8 @@ _T = TypeVar("_T", bound="_Record")
 MODEL_DTYPES = ("float32", "bfloat16", "float16")
 STORAGE_DTYPES = ("float32", "float16")
 SPECIAL_TOKEN_POLICIES = ("model", "none")
+#: the form of a torch device string; whether torch knows the type is checked when loading.
+_DEVICE = re.compile(r"[a-z][a-z0-9_]*(:[0-9]+)?")
 
 
 class _Record:
@@ -53,7 +56,9 @@ class CorpusConfig(_Record):
         ``"hf:NAME[/CONFIG][:SPLIT]"`` for a HuggingFace dataset (streamed).
     text_column, topic_column
         Column names for tables and datasets. A missing topic column puts every document in
-        one topic named after the source.
+        one topic named after the source (``posctx extract`` refuses a ``--topic-column``
+        given explicitly that the table lacks; see
+        :func:`posctx.corpus.sources.check_topic_column`). Text files must be UTF-8.
     seed
         Seeds document order, window placement and the context order.
     balance
@@ -71,7 +76,9 @@ class CorpusConfig(_Record):
         if not self.spec:
             raise PosctxError("corpus spec is empty: pass --corpus stdlib, a path, or hf:NAME")
         if self.seed < 0:
-            raise PosctxError(f"seed must be >= 0, got {self.seed}")
+            raise PosctxError(
+                f"--seed must be >= 0, got {self.seed}: pass --seed 0 or another non-negative integer"
+            )
 
 
 @dataclass(frozen=True)
@@ -110,16 +117,30 @@ class ModelConfig(_Record):
 
     def __post_init__(self) -> None:
         if self.dtype not in MODEL_DTYPES:
-            raise PosctxError(f"model dtype {self.dtype!r} is not one of {', '.join(MODEL_DTYPES)}")
+            raise PosctxError(
+                f"model dtype {self.dtype!r} is not one of {', '.join(MODEL_DTYPES)}: "
+                "pass --dtype float32 (or bfloat16/float16 on a GPU)"
+            )
+        if not _DEVICE.fullmatch(self.device):
+            raise PosctxError(
+                f"device {self.device!r} is not of the form cpu, cuda, cuda:N (or another torch "
+                "device type, optionally with :N): use --device cpu, cuda or cuda:0"
+            )
         if self.special_tokens not in SPECIAL_TOKEN_POLICIES:
             raise PosctxError(
                 f"special-token policy {self.special_tokens!r} is not one of "
                 f"{', '.join(SPECIAL_TOKEN_POLICIES)}"
             )
         if self.batch_size < 1:
-            raise PosctxError(f"batch size must be >= 1, got {self.batch_size}")
+            raise PosctxError(
+                f"--batch-size must be >= 1, got {self.batch_size}: pass --batch-size 1 or more "
+                "(default 32)"
+            )
         if any(layer < 0 for layer in self.layers):
-            raise PosctxError(f"layer indices must be >= 0, got {list(self.layers)}")
+            raise PosctxError(
+                f"layer indices must be >= 0, got {list(self.layers)}: pass --layers as hidden-state "
+                "indices (0 is the embedding output, k the output of block k), e.g. --layers 0,6"
+            )
 
 
 @dataclass(frozen=True)
@@ -146,15 +167,26 @@ class StoreConfig(_Record):
 
     def __post_init__(self) -> None:
         if self.contexts < 1:
-            raise PosctxError(f"--contexts must be >= 1, got {self.contexts}")
+            raise PosctxError(
+                f"--contexts must be >= 1, got {self.contexts}: pass the number of contexts to "
+                "extract, e.g. --contexts 512"
+            )
         if self.length < 2:
-            raise PosctxError(f"--length must be >= 2, got {self.length}")
+            raise PosctxError(
+                f"--length must be >= 2, got {self.length}: pass the tokens per context, special "
+                "tokens included, e.g. --length 128"
+            )
         if self.storage_dtype not in STORAGE_DTYPES:
             raise PosctxError(
-                f"storage dtype {self.storage_dtype!r} is not one of {', '.join(STORAGE_DTYPES)}"
+                f"storage dtype {self.storage_dtype!r} is not one of {', '.join(STORAGE_DTYPES)}: "
+                "pass --storage-dtype float32 (or float16 for half the bytes)"
             )
-        if self.chunk_contexts < 0 or self.chunk_layers < 0:
-            raise PosctxError("chunk sizes must be >= 0 (0 picks a default)")
+        for name, value in (("chunk-contexts", self.chunk_contexts), ("chunk-layers", self.chunk_layers)):
+            if value < 0:
+                raise PosctxError(
+                    f"--{name} must be >= 0, got {value}: pass a positive number, or 0 for the "
+                    "default (--chunk-contexts 0 picks about 64 MB chunks, --chunk-layers 0 all layers)"
+                )
 
 
 @dataclass(frozen=True)

@@ -190,7 +190,7 @@ def prepare_store(
     from posctx.corpus import open_corpus
     from posctx.model import check_length
 
-    stored = read_provenance(path, storage_options)
+    stored = read_provenance(path, storage_options, output=True)
     if stored is not None:
         _refuse_other_weights(path, stored, config, loaded)
         if config.store.contexts > stored["config"]["store"]["contexts"]:
@@ -543,7 +543,7 @@ def extract(
     from posctx.model import load_model
 
     check_shard(shard)
-    stored = read_provenance(path, storage_options)  # refuses a foreign store before any work
+    stored = read_provenance(path, storage_options, output=True)  # a foreign store: refused now
     if stored is None:
         check_writable(path, storage_options)
         open_corpus(config.corpus)  # an unknown corpus fails before the model loads

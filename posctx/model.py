@@ -229,6 +229,75 @@ def special_tokens(tokenizer: Any, policy: str) -> SpecialTokens:
     )
 
 
+def check_device(name: str) -> torch.device:
+    """The torch device ``name``; refused before any loading if torch or this machine lacks it.
+
+    Raises
+    ------
+    ModelError
+        torch knows no such device type, or the CUDA/MPS device is not present here.
+    """
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"device {name!r} is not a device torch knows ({first}): use --device cpu, cuda or cuda:N"
+        ) from exc
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            if count == 0:
+                have = "no usable CUDA GPU"
+            elif count == 1:
+                have = "1 CUDA device (cuda:0)"
+            else:
+                have = f"{count} CUDA devices (cuda:0..cuda:{count - 1})"
+            also = " or --device cuda:0" if count else ""
+            raise ModelError(
+                f"device {name!r} is not available: this machine has {have}: use --device cpu{also}"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelError(
+            f"device {name!r} is not available (no Apple GPU, or torch built without MPS): "
+            "use --device cpu"
+        )
+    return device
+
+
+def _check_local_model(name: str, path: str) -> None:
+    """Refuse a local path that cannot be a model folder, before transformers guesses why."""
+    local = Path(path).expanduser()
+    if local.is_file():
+        raise ModelError(
+            f"model {name!r} is a file, not a model folder: pass the folder that holds it "
+            "(config.json, the weights and the tokenizer files)"
+        )
+    if local.is_dir() and not (local / "config.json").is_file():
+        raise ModelError(
+            f"model {name!r} is not a model folder (no config.json in {local}): pass a folder "
+            "saved with save_pretrained (config.json, weights, tokenizer files), 'minilm', or a "
+            "HuggingFace id"
+        )
+
+
+def _damaged_weights_errors() -> tuple[type[BaseException], ...]:
+    """The exception types that reading a truncated or corrupt weights file raises."""
+    try:
+        from safetensors import SafetensorError
+    except ImportError:  # pragma: no cover - transformers requires safetensors
+        return ()
+    return (SafetensorError,)
+
+
+def _hub_offline() -> bool:
+    """Whether hub downloads are switched off (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``)."""
+    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
+    return any(flag.strip().upper() in {"1", "ON", "YES", "TRUE"} for flag in flags)
+
+
 def load_model(config: ModelConfig) -> LoadedModel:
     """Load tokenizer and model for hidden-state extraction.
 
@@ -240,24 +309,46 @@ def load_model(config: ModelConfig) -> LoadedModel:
     Raises
     ------
     ModelError
-        The name is neither a local directory nor reachable on the hub, the architecture has
-        no hidden states to return, or the requested layers do not exist.
+        The name is neither a local model folder nor reachable on the hub (checked after the
+        device, which :func:`check_device` refuses before any weights load), the architecture
+        has no hidden states to return, or the requested layers do not exist.
     """
-    import torch
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # "weights not initialised" chatter is not for our users
     hf_logging.disable_progress_bar()
+    device = check_device(config.device)  # before the weights load, not after
     path = resolve_model(config.name)
+    _check_local_model(config.name, path)
+    damaged_weights = _damaged_weights_errors()
     kwargs: dict[str, Any] = {"dtype": _torch_dtype(config.dtype)}
     if config.attn_implementation:
         kwargs["attn_implementation"] = config.attn_implementation
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModel.from_pretrained(path, **kwargs)
+    except damaged_weights as exc:  # a truncated download or copy of the weights file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"cannot load model {config.name!r}: a weights file is damaged or incomplete ({first}), "
+            "as an interrupted download or copy leaves it: download or copy the model again"
+        ) from exc
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if config.attn_implementation and "attn_implementation" in str(exc):
+            raise ModelError(
+                f"attention implementation {config.attn_implementation!r} is not available for "
+                f"model {config.name!r} ({first[:200]}): use --attn-implementation eager or sdpa, "
+                "or leave the option out"
+            ) from exc
+        if not Path(path).exists() and _hub_offline():
+            raise ModelError(
+                f"cannot load model {config.name!r}: it is not available locally and downloads "
+                "are off (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set): run "
+                f"`hf download {config.name}` where the hub is reachable and use that HF_HOME "
+                "cache here, unset the variable, or pass 'minilm' or a local model folder"
+            ) from exc
         raise ModelError(
             f"cannot load model {config.name!r} ({first}): pass 'minilm', a local model "
             "directory, or a HuggingFace id on a machine that can reach the hub"
@@ -268,7 +359,7 @@ def load_model(config: ModelConfig) -> LoadedModel:
             "decoder-only models"
         )
     try:
-        model.to(torch.device(config.device))
+        model.to(device)
     except (RuntimeError, AssertionError) as exc:
         raise ModelError(f"device {config.device!r} is not usable here ({exc}): use --device cpu") from exc
     model.eval()
@@ -278,7 +369,7 @@ def load_model(config: ModelConfig) -> LoadedModel:
     if bad:
         raise ModelError(
             f"layers {bad} do not exist: {config.name!r} has hidden states 0..{n_hidden - 1} "
-            "(0 = embedding output)"
+            f"(0 = embedding output): pick --layers from 0..{n_hidden - 1}, or leave it out for all"
         )
     names = tuple("embeddings" if i == 0 else f"block_{i}" for i in layers)
     hidden_size = int(getattr(model.config, "hidden_size", 0) or getattr(model.config, "n_embd", 0))
@@ -416,6 +507,7 @@ __all__ = [
     "LoadedModel",
     "SpecialTokens",
     "cache_dir",
+    "check_device",
     "check_length",
     "forward_block",
     "forward_hidden",

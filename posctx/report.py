@@ -36,6 +36,7 @@ import numpy as np
 import xarray as xr
 
 from posctx._version import version as _posctx_version
+from posctx.errors import PosctxError
 from posctx.geometry import (
     GeometryParams,
     collect_inputs,
@@ -330,7 +331,13 @@ def write_report(
     """
     start = time.perf_counter()
     directory = Path(os.fspath(out))
-    (directory / "figures").mkdir(parents=True, exist_ok=True)
+    try:
+        (directory / "figures").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # --out is a file, or lies below one, or is read-only
+        raise PosctxError(
+            f"cannot write the report to {directory} ({exc.strerror or exc}): choose another "
+            "--out folder"
+        ) from exc
     params = params or GeometryParams()
     inputs = collect_inputs(dec, hidden=hidden, params=params, progress=progress)
     metrics = measure_geometry(

@@ -39,6 +39,7 @@ from posctx.types import (
     OFFSET,
     POSITION,
     PROVENANCE_ATTR,
+    SCHEMA_VERSION,
     SOURCE,
     TOKEN_ID,
     TOPIC,
@@ -148,29 +149,44 @@ def _exists(path: str, storage_options: Mapping[str, Any] | None) -> bool:
 
 
 def read_provenance(
-    path: str, storage_options: Mapping[str, Any] | None = None
+    path: str, storage_options: Mapping[str, Any] | None = None, *, output: bool = False
 ) -> dict[str, Any] | None:
     """Provenance record of an existing posctx store; ``None`` if nothing is at ``path``.
+
+    ``output`` says the caller means to write to ``path`` (extraction), which changes the
+    advice when something else is there.
 
     Raises
     ------
     StoreError
-        Something is at ``path`` but it is not a posctx hidden-state store.
+        Something is at ``path`` but it is not a posctx hidden-state store this version of
+        posctx can read.
     """
     if not _exists(path, storage_options):
         return None
     meta = _zarr_json(path, storage_options)
     attrs = (meta or {}).get("attributes", {})
-    if attrs.get("posctx_kind") == "hidden" and PROVENANCE_ATTR not in attrs:
+    kind = attrs.get("posctx_kind")
+    if kind == "hidden" and PROVENANCE_ATTR not in attrs:
         # create_store writes the record last on object storage: this one never finished.
         raise StoreError(
             f"{path}: the creation of this store was interrupted before it was usable: "
             "delete it and re-run the same command"
         )
-    if PROVENANCE_ATTR not in attrs or attrs.get("posctx_kind") != "hidden":
+    if PROVENANCE_ATTR not in attrs or kind != "hidden":
+        what = "is a posctx decomposition store, not" if kind == "decomposition" else "is not"
+        fix = (
+            "choose another --out, or delete it yourself if it is disposable"
+            if output
+            else "pass the store `posctx extract` wrote"
+        )
+        raise StoreError(f"{path} exists and {what} a posctx hidden-state store: {fix}")
+    schema = attrs.get("posctx_schema")
+    if schema != SCHEMA_VERSION:
         raise StoreError(
-            f"{path} exists and is not a posctx hidden-state store: choose another --out, "
-            "or delete it yourself if it is disposable"
+            f"{path} has posctx schema {schema} but this posctx reads schema {SCHEMA_VERSION}: "
+            "upgrade posctx to the version that wrote it (see attrs['posctx']['posctx_version']) "
+            "or re-extract it with this one"
         )
     record: dict[str, Any] = attrs[PROVENANCE_ATTR]
     return record
@@ -582,7 +598,8 @@ def open_hidden(
         raise IncompleteStoreError(
             f"{path}: {int((~done).sum())} of {done.size} blocks are not written yet (an "
             "interrupted extraction): re-run the same `posctx extract` command to finish it, "
-            "or open with complete_only=True to use the finished contexts"
+            "or use only the finished contexts (complete_only=True; `posctx decompose "
+            "--complete-only`)"
         )
     stops = np.append(starts[1:], ds.sizes[CONTEXT])
     keep = np.concatenate(

@@ -53,7 +53,7 @@ def _layer_chunked_store(path: str) -> np.ndarray:
         token_ids=np.zeros((11, 6), np.int32), topic=np.array(["a", "b"] * 5 + ["a"]),
         source=np.array(["s"] * 11), offset=np.zeros(11), layers=tuple(range(5)),
         layer_names=tuple(f"l{i}" for i in range(5)), hidden_size=4, storage_dtype="float32",
-        chunk_contexts=4, chunk_layers=2, attrs={"posctx_kind": "hidden", "posctx": {}},
+        chunk_contexts=4, chunk_layers=2, attrs={"posctx_kind": "hidden", "posctx_schema": 1, "posctx": {}},
     )
     create_store(path, ds, enc)
     writer = BlockWriter(path)

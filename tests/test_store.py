@@ -35,7 +35,7 @@ def _make(path: Path, n_contexts: int = 10, length: int = 4, chunk: int = 4, dty
         storage_dtype=dtype,
         chunk_contexts=chunk,
         chunk_layers=0,
-        attrs={"posctx_kind": "hidden", "posctx": {"config": {"a": 1}}},
+        attrs={"posctx_kind": "hidden", "posctx_schema": 1, "posctx": {"config": {"a": 1}}},
     )
     create_store(str(path), ds, enc)
 

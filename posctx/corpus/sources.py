@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -127,6 +128,44 @@ def _stat_record(paths: Sequence[Path]) -> dict[str, Any]:
     }
 
 
+def _invalid_utf8(path: Path) -> tuple[int, int] | None:
+    """File offset and value of the first byte of ``path`` that is not valid UTF-8, if any."""
+    offset, carry = 0, b""  # offset: where buf starts in the file; carry: a split sequence
+    with path.open("rb") as handle:
+        while True:
+            block = handle.read(1 << 20)
+            buf = carry + block
+            if not buf:
+                return None
+            try:
+                buf.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                if not (block and exc.reason == "unexpected end of data"):
+                    return offset + exc.start, buf[exc.start]
+                offset, carry = offset + exc.start, buf[exc.start :]
+            else:
+                offset, carry = offset + len(buf), b""
+            if not block:
+                return None
+
+
+def _not_utf8(path: Path) -> CorpusError:
+    """The error for a corpus file that is not UTF-8, naming the first bad byte."""
+    found = _invalid_utf8(path)
+    where = f" (byte 0x{found[1]:02x} at offset {found[0]})" if found else ""
+    return CorpusError(
+        f"corpus file '{path}' is not valid UTF-8{where}: convert it to UTF-8, e.g. "
+        f"iconv -f LATIN1 -t UTF-8 (or -f UTF-16) '{path}' > converted{path.suffix}"
+    )
+
+
+def _unreadable(path: Path, exc: OSError) -> CorpusError:
+    return CorpusError(
+        f"cannot read corpus file '{path}' ({exc.strerror or exc}): check its permissions and "
+        "that its disk is mounted, or remove it from the corpus"
+    )
+
+
 class FileCorpus:
     """Text files grouped into topics: one file, a folder of files, or of topic folders.
 
@@ -153,7 +192,13 @@ class FileCorpus:
 
     def _read(self, topic: str, files: Sequence[str]) -> Iterator[Document]:
         for rel in files:
-            text = (self.root / rel).read_text(encoding="utf-8", errors="replace")
+            path = self.root / rel
+            try:
+                text = path.read_bytes().decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise _not_utf8(path) from exc
+            except OSError as exc:
+                raise _unreadable(path, exc) from exc
             yield Document(text=text, topic=topic, source=rel)
 
     def documents(self, seed: int) -> Iterator[Document]:
@@ -237,7 +282,14 @@ class TableCorpus:
         self.name = path.stem
         self.format = path.suffix.lstrip(".")
         self.text_column = text_column
-        columns = self._columns()
+        try:
+            columns = self._columns()
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(path) from exc
+        except OSError as exc:
+            raise _unreadable(path, exc) from exc
+        #: the table's column names, in file order.
+        self.columns: list[str] | None = columns
         if text_column not in columns:
             raise CorpusError(
                 f"table '{path}' has no text column {text_column!r}: its columns are "
@@ -258,14 +310,21 @@ class TableCorpus:
         return list(_parquet_file(self.path).schema_arrow.names)
 
     def _records(self) -> Iterator[tuple[int, Mapping[str, Any]]]:
-        with self.path.open(encoding="utf-8") as handle:
-            for lineno, line in enumerate(handle, 1):
+        with self.path.open("rb") as handle:  # bytes: a decoding error can name its offset
+            for lineno, raw in enumerate(handle, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise _not_utf8(self.path) from exc
                 if not line.strip():
                     continue
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise CorpusError(f"{self.path}:{lineno} is not valid JSON: {exc.msg}") from exc
+                    raise CorpusError(
+                        f"{self.path}:{lineno} is not valid JSON ({exc.msg}): fix that line; a "
+                        ".jsonl table holds one JSON object per line"
+                    ) from exc
                 if not isinstance(record, dict):
                     raise CorpusError(f"{self.path}:{lineno} is not a JSON object")
                 yield lineno, record
@@ -281,13 +340,16 @@ class TableCorpus:
 
             cols = [text_col] + ([topic_col] if topic_col else [])
             # dtype=str and no NA parsing: "NA" or "null" are words of a text, not missing values
-            with pd.read_csv(
-                self.path, usecols=cols, dtype=str, keep_default_na=False, chunksize=_CSV_CHUNK_ROWS
-            ) as reader:
-                for chunk in reader:
-                    texts = chunk[text_col].tolist()
-                    topics = chunk[topic_col].tolist() if topic_col else [None] * len(texts)
-                    yield from zip(texts, topics)
+            try:
+                with pd.read_csv(
+                    self.path, usecols=cols, dtype=str, keep_default_na=False, chunksize=_CSV_CHUNK_ROWS
+                ) as reader:
+                    for chunk in reader:
+                        texts = chunk[text_col].tolist()
+                        topics = chunk[topic_col].tolist() if topic_col else [None] * len(texts)
+                        yield from zip(texts, topics)
+            except UnicodeDecodeError as exc:
+                raise _not_utf8(self.path) from exc
         else:
             parquet = _parquet_file(self.path)
             cols = [text_col] + ([topic_col] if topic_col else [])
@@ -410,6 +472,8 @@ class HFCorpus:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CorpusError(f"cannot open HuggingFace dataset {spec.name!r}: {first}") from exc
         columns = getattr(self._dataset, "column_names", None)
+        #: the dataset's column names, or ``None`` where the stream does not list them.
+        self.columns: list[str] | None = None if columns is None else list(columns)
         if columns is not None and text_column not in columns:
             raise CorpusError(
                 f"dataset {spec.name!r} has no text column {text_column!r}: its columns are "
@@ -478,6 +542,24 @@ def open_corpus(config: CorpusConfig) -> Corpus:
     if spec.startswith("hf:"):
         return HFCorpus(parse_hf_spec(spec), config.text_column, config.topic_column)
     path = Path(spec).expanduser()
+    if path.is_symlink() and not path.exists():
+        raise CorpusError(
+            f"corpus '{path}' is a broken symbolic link (to '{os.readlink(path)}'): fix the link "
+            "or pass the file it should point to"
+        )
+    if path.exists() and not (path.is_dir() or path.is_file()):
+        raise CorpusError(
+            f"corpus '{path}' is not a regular file or folder (a FIFO, socket or device): copy "
+            "the text into a file and pass that"
+        )
+    if path.is_file() and path.suffix in TEXT_SUFFIXES + TABLE_SUFFIXES:
+        try:
+            with path.open("rb") as probe:  # unreadable fails now, before any model loads
+                empty = not probe.read(1)
+        except OSError as exc:
+            raise _unreadable(path, exc) from exc
+        if empty:
+            raise CorpusError(f"corpus file '{path}' is empty: add text to it or pass another --corpus")
     if path.is_dir():
         return _folder_corpus(path)
     if path.is_file() and path.suffix in TABLE_SUFFIXES:
@@ -491,6 +573,33 @@ def open_corpus(config: CorpusConfig) -> Corpus:
     )
 
 
+def check_topic_column(config: CorpusConfig) -> None:
+    """Refuse a table or dataset without ``config.topic_column`` (a column the user named).
+
+    :func:`open_corpus` puts every row in one topic when the topic column is absent, which
+    suits the default column name; a column asked for by name must exist. Text-file corpora
+    take their topics from file and folder names, so they pass.
+
+    Raises
+    ------
+    CorpusError
+        The table or dataset lists its columns and ``config.topic_column`` is not one of them.
+    """
+    if config.topic_column is None:
+        return
+    corpus = open_corpus(config)
+    if not isinstance(corpus, (TableCorpus, HFCorpus)) or corpus.topic_column is not None:
+        return
+    if corpus.columns is None:
+        return  # a stream that lists no columns: rows are checked as they are read
+    what = f"table '{corpus.path}'" if isinstance(corpus, TableCorpus) else f"dataset {corpus.spec.name!r}"
+    raise CorpusError(
+        f"{what} has no topic column {config.topic_column!r}: its columns are "
+        f"{', '.join(map(repr, corpus.columns)) or 'none'}; choose one with --topic-column, or "
+        "leave --topic-column out to put every row in one topic"
+    )
+
+
 __all__ = [
     "Corpus",
     "Document",
@@ -498,6 +607,7 @@ __all__ = [
     "HFCorpus",
     "HFSpec",
     "TableCorpus",
+    "check_topic_column",
     "interleave",
     "open_corpus",
     "parse_hf_spec",
