@@ -1,0 +1,105 @@
+"""Several models side by side on one corpus: every layer-wise measurement against relative
+depth, one panel per measurement, and a wide table (one column per model).
+
+    python -m pipelines.compare_models --models minilm,gpt2,bert-base-uncased --corpora stdlib \
+        --out runs/compare
+
+Models of different depth are aligned by relative depth (layer / last layer). Writes
+``OUT/comparison.png``, ``OUT/comparison.csv`` (measurement x layer, a column per model),
+``OUT/comparison.md`` and ``OUT/metrics.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from pipelines.common import (
+    PipelineConfig,
+    add_config_arguments,
+    config_from_args,
+    markdown_table,
+    run_one,
+    short,
+)
+
+#: The panels: low rank, size, smoothness, curve, topic clustering, incoherence.
+COMPARED = {
+    "pos_stable_rank": "stable rank of pos",
+    "relative_norm": "relative norm of pos",
+    "smooth_low_share": "low-frequency share (smoothness)",
+    "spiral_turns": "turns of the pos curve",
+    "ctx_within": "ctx |cos| within topics",
+    "ctx_between": "ctx |cos| between topics",
+    "orth_max_cos": "max |cos| pos-ctx",
+    "share_pos": "variance share of pos",
+}
+
+
+def wide(metrics: pd.DataFrame, corpus: str) -> pd.DataFrame:
+    """Measurement x layer rows, one column per model (the side-by-side table)."""
+    subset = metrics[metrics["corpus"] == corpus]
+    long = subset.melt(id_vars=["model", "layer"], value_vars=list(COMPARED), var_name="measurement")
+    table = long.pivot_table(index=["measurement", "layer"], columns="model", values="value", sort=False)
+    return table.reindex(columns=list(dict.fromkeys(subset["model"]))).reset_index()
+
+
+def plot_comparison(metrics: pd.DataFrame, corpus: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    subset = metrics[metrics["corpus"] == corpus]
+    cols = 4
+    rows = -(-len(COMPARED) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), layout="constrained", squeeze=False)
+    for ax, (name, title) in zip(axes.flat, COMPARED.items()):
+        for model, group in subset.groupby("model", sort=False):
+            ax.plot(group["depth"], group[name], marker="o", label=short(str(model)))
+        if name == "orth_max_cos" and "orth_max_cos_random" in subset:
+            base = subset.groupby("depth")["orth_max_cos_random"].mean()
+            ax.plot(base.index, base.values, color="grey", linestyle=":", label="random")
+        ax.set_title(title, fontsize="medium")
+        ax.set_xlabel("layer / last layer")
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(COMPARED) :]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize="small")
+    fig.suptitle(f"posctx: models compared on {corpus}")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def run_comparison(config: PipelineConfig, *, client: Any = None, progress: bool = True) -> pd.DataFrame:
+    corpus = config.corpora[0]
+    metrics = pd.concat(
+        [run_one(config, model, corpus, client=client, progress=progress) for model in config.models],
+        ignore_index=True,
+    )
+    out = Path(config.out)
+    metrics.to_csv(out / "metrics.csv", index=False)
+    table = wide(metrics, corpus)
+    table.to_csv(out / "comparison.csv", index=False)
+    (out / "comparison.md").write_text(markdown_table(table) + "\n", encoding="utf-8")
+    plot_comparison(metrics, corpus, out / "comparison.png")
+    return metrics
+
+
+def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_config_arguments(parser)
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    config = config_from_args(args)
+    metrics = run_comparison(config, progress=not args.quiet)
+    print(markdown_table(wide(metrics, config.corpora[0])))
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

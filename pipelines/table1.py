@@ -1,0 +1,65 @@
+"""The paper's Table 1 for a list of models and corpora: ranks, stable ranks and relative norm
+of pos, and within/between-topic similarity of ctx, at every layer, with figures.
+
+    python -m pipelines.table1 --models minilm --corpora stdlib --out runs/table1
+    python -m pipelines.table1 --config pipelines/configs/table1.toml
+
+Writes ``OUT/table1.csv`` and ``OUT/table1.md`` (the Table 1 columns), ``OUT/metrics.csv``
+(every measurement), ``OUT/figures/*.png`` (one per column, a line per model and corpus
+against relative depth) and each run's stores under ``OUT/MODEL/CORPUS/``. Extraction
+resumes, so an interrupted pipeline picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from pipelines.common import (
+    TABLE1_COLUMNS,
+    PipelineConfig,
+    add_config_arguments,
+    config_from_args,
+    markdown_table,
+    plot_layerwise,
+    run_one,
+    table1,
+)
+
+
+def run_table1(
+    config: PipelineConfig, *, client: Any = None, progress: bool = True
+) -> pd.DataFrame:
+    """Every model on every corpus; writes the table files and figures, returns all metrics."""
+    frames = [
+        run_one(config, model, corpus, client=client, progress=progress)
+        for model in config.models
+        for corpus in config.corpora
+    ]
+    metrics = pd.concat(frames, ignore_index=True)
+    out = Path(config.out)
+    metrics.to_csv(out / "metrics.csv", index=False)
+    table = table1(metrics)
+    table.to_csv(out / "table1.csv", index=False)
+    (out / "table1.md").write_text(markdown_table(table) + "\n", encoding="utf-8")
+    plot_layerwise(metrics, list(TABLE1_COLUMNS), out / "figures")
+    return metrics
+
+
+def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_config_arguments(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    config = config_from_args(args)
+    metrics = run_table1(config, progress=not args.quiet)
+    print(markdown_table(table1(metrics)))
+    print(f"wrote {Path(config.out) / 'table1.csv'} and {Path(config.out) / 'figures'}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
