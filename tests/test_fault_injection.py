@@ -83,17 +83,23 @@ def test_kill_at_every_store_write_then_resume_is_identical(reference: dict[str,
 
 def test_kills_at_random_times_then_resume_is_identical(reference: dict[str, Any], tmp_path: Path) -> None:
     rng = random.Random(0)
+    # Timed now, not with the reference: the machine's load changes how long a run takes.
+    start = time.perf_counter()
+    assert faults.run(reference["config"], tmp_path / "timing.zarr") == 0
+    duration = time.perf_counter() - start
     killed = 0
-    for i in range(12 if not EXHAUSTIVE else 60):
-        seconds = rng.uniform(0.0, reference["seconds"])
+    runs = 12 if not EXHAUSTIVE else 60
+    for i in range(runs):
+        seconds = rng.uniform(0.0, duration)
         path = tmp_path / f"t{i}.zarr"
         died, resumed = _kill_and_resume(reference["config"], path, faults.Kill(seconds=seconds))
         assert resumed == 0
         killed += died == -9
         _check(reference["contents"], path, f"kill after {seconds:.3f} s (exit {died})")
         shutil.rmtree(path)
-    assert killed >= 6  # the rest fired after the run had finished: still a valid check
-    print(f"\n{killed} of {i + 1} timed kills landed mid-run; all resumed stores identical")
+    # Some kills fire after a run finished (runs vary in length): still a valid check.
+    assert killed >= runs // 3, f"only {killed} of {runs} kills landed mid-run"
+    print(f"\n{killed} of {runs} timed kills landed mid-run; all resumed stores identical")
 
 
 def test_kill_during_the_resume_too(reference: dict[str, Any], tmp_path: Path) -> None:
