@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.posctx-installed
 
-.PHONY: demo test bootstrap clean
+.PHONY: demo test docs bootstrap clean
 
 bootstrap: $(STAMP)
 
@@ -24,5 +24,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/pytest -q
 
+docs: $(STAMP) ## build the documentation site into site/ (warnings are errors)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) posctx-demo
+	rm -rf $(VENV) posctx-demo site

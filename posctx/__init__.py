@@ -21,6 +21,7 @@ Examples
 from __future__ import annotations
 
 from posctx._version import version as _version
+from posctx.attention import dissect_attention, toeplitz_share
 from posctx.config import CorpusConfig, ExtractConfig, ModelConfig, StoreConfig
 from posctx.decomposition import (
     decompose,
@@ -62,6 +63,7 @@ __all__ = [
     "ValidationReport",
     "__version__",
     "decompose",
+    "dissect_attention",
     "extract",
     "measure_geometry",
     "norms",
@@ -69,6 +71,7 @@ __all__ = [
     "open_hidden",
     "residual",
     "store_info",
+    "toeplitz_share",
     "update_decomposition",
     "validate_store",
     "write_decomposition",

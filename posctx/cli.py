@@ -327,6 +327,43 @@ def report(
 
 
 @cli.command()
+@click.argument("hidden")
+@click.argument("decomposition")
+@click.option("--layer", "layers", required=True, help="Hidden-state index whose block's attention to dissect (0 = the first block, reading the embeddings); comma-separated for several.")
+@click.option("--out", required=True, help="Folder for the figures (PNG) and toeplitz.json/.csv.")
+@click.option("--contexts", default=8, show_default=True, type=click.IntRange(min=1), help="Dissect the decomposition's first N contexts.")
+@click.option("--heads", default=None, help="Comma-separated head indices (default: all).")
+@click.option("--device", default=None, help="Run the model here instead of the recorded device (cpu, cuda, cuda:N).")
+@_storage_option
+def attention(
+    hidden: str,
+    decomposition: str,
+    layers: str,
+    out: str,
+    contexts: int,
+    heads: str | None,
+    device: str | None,
+    storage_option: tuple[str, ...],
+) -> None:
+    """Split each head's attention scores into pos-pos, pos-ctx, ctx-pos and ctx-ctx parts."""
+    from posctx.attention import format_toeplitz_table, write_attention_dissection
+
+    result = write_attention_dissection(
+        hidden,
+        decomposition,
+        _parse_layers(layers),
+        out,
+        contexts=contexts,
+        heads=_parse_layers(heads) or None,
+        device=device,
+        storage_options=_storage_options(storage_option),
+    )
+    for shares in result.shares:
+        click.echo(format_toeplitz_table(shares))
+    click.echo(f"wrote {len(result.figures)} figures, {result.json.name} and {result.csv.name} to {out} in {result.seconds:.1f} s")
+
+
+@cli.command()
 @click.option("--out", default="posctx-demo", show_default=True, help="Folder for hidden.zarr, decomposition.zarr and report/.")
 @click.option("--contexts", default=512, show_default=True)
 @click.option("--length", default=128, show_default=True)
