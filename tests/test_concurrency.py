@@ -117,3 +117,41 @@ def test_readers_during_extraction_see_only_finished_blocks(reference: dict[str,
         assert faults.wait(proc) == 0
     assert len(set(snapshots)) >= 3, f"saw too few partial states: {snapshots}"
     assert not faults.differences(reference["contents"], faults.store_contents(path))
+
+
+def test_plan_only_then_shards_and_extensions_need_one_planner(reference: dict[str, Any], tmp_path: Path) -> None:
+    from posctx.errors import StoreError
+    from posctx.extraction import extract
+
+    path = str(tmp_path / "planned.zarr")
+    config = ExtractConfig.from_dict(reference["config"])
+    small = ExtractConfig.from_dict({**reference["config"], "store": {**reference["config"]["store"], "contexts": 12}})
+    planned = extract(small, path, plan_only=True, progress=False)
+    assert (planned.blocks_written, planned.blocks_missing) == (0, 6)
+    assert not completed_blocks(path).any()
+    for i in range(3):
+        extract(small, path, shard=(i, 3), progress=False)
+    assert completed_blocks(path).all()
+
+    # Growing the store is one process's job: shards are refused until it is planned.
+    with pytest.raises(StoreError, match="with --plan-only"):
+        extract(config, path, shard=(0, 2), progress=False)
+    assert faults.store_contents(Path(path))["hidden"].shape[0] == 12  # untouched
+    grown = extract(config, path, plan_only=True, progress=False)
+    assert (grown.blocks_written, grown.blocks_missing) == (0, 6)
+    results = [extract(config, path, shard=(i, 2), progress=False) for i in range(2)]
+    assert [r.blocks_written for r in results] == [3, 3] and results[-1].blocks_missing == 0
+    got = faults.store_contents(Path(path))
+    differ = [name for name in faults.differences(reference["contents"], got) if name != "attrs"]
+    assert not differ, differ
+
+
+def test_shards_on_object_storage_need_the_store_planned_first(reference: dict[str, Any]) -> None:
+    from posctx.errors import PosctxError, StoreError
+    from posctx.extraction import extract
+
+    config = ExtractConfig.from_dict(reference["config"])
+    with pytest.raises(StoreError, match="create it with one process first"):
+        extract(config, "memory://posctx-shards/h.zarr", shard=(0, 2), progress=False)
+    with pytest.raises(PosctxError, match="shard 3/2 does not exist"):
+        extract(config, "memory://posctx-shards/h.zarr", shard=(3, 2), progress=False)
