@@ -31,7 +31,7 @@ import xarray as xr
 
 from posctx.geometry import kernels
 from posctx.geometry.api import geometry_record
-from posctx.types import CONTEXT, LAYER, LAYER_NAME, TOPIC
+from posctx.types import CONTEXT, HEAD, KEY, LAYER, LAYER_NAME, QUERY, TOPIC
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -403,7 +403,7 @@ def plot_attention_dissection(
     from matplotlib import colormaps
     from matplotlib.figure import Figure
 
-    from posctx.attention import HEAD, KEY, PARTS, QUERY, causal_mask
+    from posctx.attention import PARTS, causal_mask
 
     data = ds if heads is None else ds.sel({HEAD: list(heads)})
     if context is None:

@@ -15,6 +15,7 @@ import datetime as _dt
 import errno
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -50,6 +51,10 @@ COMPLETE_ONLY_ATTR = "posctx_complete_only"
 
 #: target bytes per ``hidden`` chunk when the user does not choose a chunk size.
 DEFAULT_CHUNK_BYTES = 64 * 2**20
+
+# zarr's LocalStore writes a chunk to "<key minus suffix>.<uuid4 hex>.partial" and renames it;
+# a SIGKILL between the two leaves the temporary file behind.
+_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
 
 
 @dataclass(frozen=True)
@@ -448,29 +453,48 @@ class BlockWriter:
         """
         if self._local_root is None:
             return
-        for folder in (self._local_root / HIDDEN / "c" / str(block.index),):
-            for partial in folder.rglob("*.partial"):
+        hidden = (self._local_root / HIDDEN / "c" / str(block.index)).rglob("*.partial")
+        marker = (self._local_root / BLOCK_COMPLETE / "c").glob(f"{block.index}.*.partial")
+        for partial in (*hidden, *marker):
+            if _PARTIAL.search(partial.name):  # zarr's own temporary files only
                 partial.unlink(missing_ok=True)
-        for partial in (self._local_root / BLOCK_COMPLETE / "c").glob(f"{block.index}.*.partial"):
-            partial.unlink(missing_ok=True)
+
+
+def partial_files(path: str) -> list[tuple[str, int]]:
+    """``(path, bytes)`` of the half-written chunk files a killed writer left in a local store.
+
+    zarr writes each chunk to ``<chunk>.<uuid>.partial`` and renames it into place; a writer
+    killed in between leaves that file, which no reader ever looks at.
+    """
+    found = []
+    for root, _, files in os.walk(_local(path)):
+        for name in files:
+            if _PARTIAL.search(name):
+                full = os.path.join(root, name)
+                try:
+                    found.append((full, os.path.getsize(full)))
+                except OSError:  # renamed into place by a writer just now
+                    continue
+    return sorted(found)
 
 
 def remove_partial_files(path: str) -> tuple[int, int]:
-    """Delete every temporary ``*.partial`` file in a local store; returns (files, bytes).
+    """Delete the temporary ``.partial`` files of a local store; returns (files, bytes).
 
     A killed process leaves the chunk or metadata file it was writing behind as
-    ``<name>.<uuid>.partial`` (zarr renames it into place only when complete). Nothing reads
-    them, but a data chunk's can be 64 MB. Only call this while no other process writes the
-    store: a live writer's temporary file would vanish under it (it would fail, not corrupt).
+    ``<name>.<uuid>.partial`` (zarr renames it into place only when complete): the files
+    :func:`partial_files` lists. Nothing reads them, but a data chunk's can be 64 MB. Only
+    call this while no other process writes the store: a live writer's temporary file would
+    vanish under it (it would fail, not corrupt).
     """
     if is_remote(path):
         return 0, 0
     count = size = 0
-    for partial in _local(path).rglob("*.partial"):
-        with contextlib.suppress(FileNotFoundError):
-            size += partial.stat().st_size
-            partial.unlink()
+    for full, n in partial_files(path):
+        with contextlib.suppress(FileNotFoundError):  # renamed into place meanwhile
+            os.unlink(full)
             count += 1
+            size += n
     return count, size
 
 
@@ -730,6 +754,7 @@ __all__ = [
     "default_chunk_contexts",
     "open_hidden",
     "open_labelled",
+    "partial_files",
     "plan_blocks",
     "read_provenance",
     "remove_partial_files",

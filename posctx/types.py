@@ -19,6 +19,11 @@ BLOCK = "block"
 DIM2 = "dim2"
 #: index of a singular value, largest first
 COMPONENT = "component"
+#: attention dissection: a query head, the query and key positions of a score, a score part
+HEAD = "head"
+QUERY = "query"
+KEY = "key"
+PART = "part"
 
 HIDDEN_DIMS = (CONTEXT, POSITION, LAYER, DIM)
 
@@ -53,13 +58,17 @@ __all__ = [
     "DIM2",
     "CONTEXT",
     "DIM",
+    "HEAD",
     "HIDDEN",
     "HIDDEN_DIMS",
+    "KEY",
     "LAYER",
     "LAYER_NAME",
     "OFFSET",
+    "PART",
     "POSITION",
     "PROVENANCE_ATTR",
+    "QUERY",
     "SCHEMA_VERSION",
     "SOURCE",
     "TOKEN_ID",
