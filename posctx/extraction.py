@@ -34,6 +34,7 @@ from posctx.store import (
     provenance_record,
     is_remote,
     read_provenance,
+    remove_dead_creations,
     remove_partial_files,
 )
 
@@ -564,6 +565,7 @@ def extract(
             "with --plan-only), then start the shards"
         )
     resumed = prepare_store(config, path, loaded, storage_options=storage_options, progress=progress)
+    remove_dead_creations(path)  # e.g. killed between its rename and its own clean-up
     if shard is None:
         # The only writer: what killed processes left half-written is garbage now.
         remove_partial_files(path)

@@ -379,6 +379,17 @@ def _creating_prefix(target: Path, pid: int | None = None) -> str:
     return f".{target.name}.creating-{socket.gethostname()}-{os.getpid() if pid is None else pid}-"
 
 
+def remove_dead_creations(path: str) -> None:
+    """Delete the build folders of store creations whose process died (local stores only).
+
+    A creator killed before its rename leaves a half-built store in its folder; one killed
+    just after the rename leaves the folder empty. Either way nothing reads it, and only
+    folders of dead processes on this host are touched, so this is safe while others write.
+    """
+    if not is_remote(path):
+        _remove_dead_creations(_local(path))
+
+
 def _remove_dead_creations(target: Path) -> None:
     host_prefix = f".{target.name}.creating-{socket.gethostname()}-"
     for folder in target.parent.glob(host_prefix + "*"):
@@ -757,6 +768,7 @@ __all__ = [
     "partial_files",
     "plan_blocks",
     "read_provenance",
+    "remove_dead_creations",
     "remove_partial_files",
     "size_on_disk",
     "store_info",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -121,3 +122,22 @@ def test_unwritable_location_fails_early(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="cannot write a store.*choose a writable --out"):
         check_writable(str(blocker / "sub" / "h.zarr"))
     check_writable(str(tmp_path / "new" / "h.zarr"))  # missing parents are fine
+
+
+def test_build_folders_of_dead_creators_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from posctx.store import remove_dead_creations
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    orphan = tmp_path / f".h.zarr.creating-{host}-{dead.stdout.strip()}-abc"
+    live = tmp_path / f".h.zarr.creating-{host}-{os.getpid()}-def"
+    other_store = tmp_path / f".g.zarr.creating-{host}-{dead.stdout.strip()}-ghi"
+    for folder in (orphan, live, other_store):
+        (folder / "store.zarr").mkdir(parents=True)
+    remove_dead_creations(str(tmp_path / "h.zarr"))
+    assert not orphan.exists()  # killed between its rename and its clean-up, or before
+    assert live.exists() and other_store.exists()
