@@ -506,3 +506,22 @@ def test_public_api() -> None:
         "update_decomposition",
         "write_decomposition",
     ]
+
+
+def test_update_from_an_interrupted_store_records_what_it_used(tmp_path: Path) -> None:
+
+    import zarr
+
+    from posctx import open_decomposition, open_hidden, update_decomposition, write_decomposition
+    from posctx.decomposition import decompose as decompose_store
+    from posctx.testing import write_planted_store
+
+    path = str(tmp_path / "h.zarr")
+    write_planted_store(path, n_contexts=12, length=6, n_layers=2, n_dims=4, chunks_context=4)
+    zarr.open_group(path, mode="r+", use_consolidated=False)["block_complete"][2] = 0
+    partial = open_hidden(path, complete_only=True)
+    write_decomposition(decompose_store(partial, contexts=slice(0, 3)), str(tmp_path / "a.zarr"))
+    assert update_decomposition(str(tmp_path / "a.zarr"), partial, str(tmp_path / "b.zarr")) == 4
+    record = json.loads(open_decomposition(str(tmp_path / "b.zarr")).attrs["posctx_decomposition"])
+    assert record["contexts_used"] == [[0, 8]]
+    assert record["complete_only"] == {"blocks_used": 2, "blocks_total": 3, "contexts_total": 12}

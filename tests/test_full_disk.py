@@ -124,6 +124,14 @@ def _fill_then_resume(
     assert "3 blocks written, 3 already done" in output
     np.testing.assert_array_equal(_hidden(out), reference)
 
+    # Updating the partial decomposition from the finished store reads only the new contexts,
+    # and its record no longer says it came from an interrupted store.
+    full = out.rsplit(".zarr", 1)[0] + "-full.zarr"
+    code, output = _posctx(["decompose", out, "--from", dec, "--out", full], capsys)
+    assert code == 0 and "6 new contexts read" in output, output
+    record = json.loads(zarr.open_group(full, mode="r").attrs["posctx_decomposition"])
+    assert record["contexts_used"] == [[0, 12]] and "complete_only" not in record
+
 
 def test_local_disk_full_mid_extraction(
     tiny_models: dict[str, Path],

@@ -645,6 +645,12 @@ def combine(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
     record = json.loads(a.attrs.get(DECOMPOSITION_ATTR, "{}"))
     record["n_contexts"] = int(out.sizes[CONTEXT])
     record["contexts_used"] = context_ranges(out[CONTEXT].values)
+    # complete_only describes the store the newest contexts came from (contexts_used says
+    # which contexts the result holds): kept when that store was still being written.
+    record.pop("complete_only", None)
+    added = json.loads(b.attrs.get(DECOMPOSITION_ATTR, "{}"))
+    if "complete_only" in added:
+        record["complete_only"] = added["complete_only"]
     record["moments"] = "m2_hidden" in out
     out.attrs[DECOMPOSITION_ATTR] = json.dumps(record, sort_keys=True)
     return out
