@@ -509,7 +509,6 @@ def test_public_api() -> None:
 
 
 def test_update_from_an_interrupted_store_records_what_it_used(tmp_path: Path) -> None:
-
     import zarr
 
     from posctx import open_decomposition, open_hidden, update_decomposition, write_decomposition
