@@ -14,30 +14,15 @@ s3://...`` needs the store to be created first and workers with credentials). Ou
 from __future__ import annotations
 
 import argparse
-import contextlib
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Sequence
 
 import pandas as pd
 
+from posctx.cluster import dask_client
+
 from pipelines.common import add_config_arguments, config_from_args, markdown_table, table1
 from pipelines.table1 import run_table1
-
-
-@contextlib.contextmanager
-def dask_client(scheduler: str | None, workers: int) -> Iterator[Any]:
-    """A client that is also dask's default scheduler while the block runs."""
-    from distributed import Client, LocalCluster
-
-    if scheduler:
-        with Client(scheduler) as client:
-            yield client
-        return
-    # One thread per worker process: torch already uses the cores it is given.
-    with LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
-    ) as cluster, Client(cluster) as client:
-        yield client
 
 
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
@@ -45,11 +30,12 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     add_config_arguments(parser)
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--scheduler", help="address of a running dask scheduler")
-    where.add_argument("--workers", type=int, default=2, help="local cluster size (default 2)")
+    where.add_argument("--workers", type=int, help="local cluster size (default 2)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     config = config_from_args(args)
-    with dask_client(args.scheduler, args.workers) as client:
+    workers = 0 if args.scheduler else (args.workers or 2)
+    with dask_client(args.scheduler, workers) as client:
         print(f"dask cluster: {client.dashboard_link}")
         metrics = run_table1(config, client=client, progress=not args.quiet)
     print(markdown_table(table1(metrics)))

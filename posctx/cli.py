@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import click
 
+from posctx.cluster import dask_client
 from posctx.config import CorpusConfig, ExtractConfig, ModelConfig, StoreConfig
 from posctx.errors import PosctxError
 
@@ -48,28 +48,6 @@ def _storage_options(pairs: tuple[str, ...]) -> dict[str, Any] | None:
         except json.JSONDecodeError:
             out[key] = value
     return out
-
-
-@contextlib.contextmanager
-def _client(address: str | None, workers: int) -> Iterator[Any]:
-    """A ``distributed.Client`` for ``--scheduler``/``--workers``, or ``None`` for in-process."""
-    if address and workers:
-        raise click.BadParameter("give --scheduler or --workers, not both")
-    if not address and not workers:
-        yield None
-        return
-    from distributed import Client, LocalCluster
-
-    if address:
-        with Client(address) as client:
-            yield client
-        return
-    # One thread per worker process: torch already uses the cores it is given.
-    with LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
-    ) as cluster:
-        with Client(cluster) as client:
-            yield client
 
 
 _storage_option = click.option(
@@ -146,7 +124,9 @@ def extract(**kw: Any) -> None:
         from posctx.corpus.sources import check_topic_column
 
         check_topic_column(config.corpus)  # a column named on purpose must exist
-    with _client(kw["scheduler"], kw["workers"]) as client:
+    if kw["scheduler"] and kw["workers"]:
+        raise click.BadParameter("give --scheduler or --workers, not both")
+    with dask_client(kw["scheduler"], kw["workers"]) as client:
         result = run(
             config,
             kw["out"],

@@ -363,27 +363,9 @@ def run_blocks(
     n_done: int = 0,
 ) -> int:
     """Compute and write ``blocks``; returns the number of tokens written."""
-    from tqdm.auto import tqdm
-
     writer = BlockWriter(path, storage_options)
-    bar = tqdm(
-        total=n_total,
-        initial=n_done,
-        unit="ctx",
-        desc="extract",
-        disable=not progress,
-        dynamic_ncols=True,
-    )
-    start = time.perf_counter()
-    tokens = 0
-
-    def written(block: Block) -> None:
-        nonlocal tokens
-        tokens += block.size * writer.length
-        bar.update(block.size)
-        bar.set_postfix(tok_s=f"{tokens / max(time.perf_counter() - start, 1e-9):,.0f}")
-
-    background = _Writer(writer, written)
+    bar = _Progress(n_total, n_done, progress)
+    background = _Writer(writer, lambda block: bar.add(block.size, block.size * writer.length))
     try:
         for block in blocks:
             ids = writer.token_ids(block)
@@ -391,7 +373,29 @@ def run_blocks(
     finally:
         background.close()
         bar.close()
-    return tokens
+    return bar.tokens
+
+
+class _Progress:
+    """The extraction progress bar: contexts done, and this call's token rate."""
+
+    def __init__(self, total: int | None, done: int, enabled: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(
+            total=total, initial=done, unit="ctx", desc="extract", disable=not enabled, dynamic_ncols=True
+        )
+        self._start = time.perf_counter()
+        self.tokens = 0
+
+    def add(self, contexts: int, tokens: int) -> None:
+        self.tokens += tokens
+        self._bar.update(contexts)
+        rate = self.tokens / max(time.perf_counter() - self._start, 1e-9)
+        self._bar.set_postfix(tok_s=f"{rate:,.0f}")
+
+    def close(self) -> None:
+        self._bar.close()
 
 
 _MODELS: dict[str, LoadedModel] = {}
@@ -459,7 +463,6 @@ def run_blocks_distributed(
     scheduler; it rewrites the same values.
     """
     from distributed import as_completed
-    from tqdm.auto import tqdm
 
     from dask.base import tokenize
 
@@ -478,18 +481,14 @@ def run_blocks_distributed(
         )
         for block in blocks
     ]
-    bar = tqdm(total=n_total, initial=n_done, unit="ctx", desc="extract", disable=not progress)
-    tokens = 0
-    start = time.perf_counter()
+    bar = _Progress(n_total, n_done, progress)
     try:
         for future in as_completed(futures):
             size = future.result()
-            tokens += size * length
-            bar.update(size)
-            bar.set_postfix(tok_s=f"{tokens / max(time.perf_counter() - start, 1e-9):,.0f}")
+            bar.add(size, size * length)
     finally:
         bar.close()
-    return tokens
+    return bar.tokens
 
 
 def extract(

@@ -461,12 +461,12 @@ class BlockWriter:
         a SIGKILL mid-write leaves up to a chunk (64 MB) of garbage that nothing reads. Only
         this block's files are touched: blocks are disjoint between writers, and a duplicate
         writer of the same block that loses its file just fails and leaves the block unmarked.
+        Only the block's own chunk folder is listed: a stray marker file is a few bytes, and
+        listing the folder of every marker for every block would cost O(blocks²).
         """
         if self._local_root is None:
             return
-        hidden = (self._local_root / HIDDEN / "c" / str(block.index)).rglob("*.partial")
-        marker = (self._local_root / BLOCK_COMPLETE / "c").glob(f"{block.index}.*.partial")
-        for partial in (*hidden, *marker):
+        for partial in (self._local_root / HIDDEN / "c" / str(block.index)).rglob("*.partial"):
             if _PARTIAL.search(partial.name):  # zarr's own temporary files only
                 partial.unlink(missing_ok=True)
 

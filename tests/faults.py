@@ -71,6 +71,17 @@ class Kill:
         return self.write == n
 
 
+def tiny_config(model: Path, contexts: int = 12, chunk: int = 2) -> dict[str, Any]:
+    """The extraction the fault tests run: a tiny model on the stdlib corpus, T = 16."""
+    from posctx.config import CorpusConfig, ExtractConfig, ModelConfig, StoreConfig
+
+    return ExtractConfig(
+        corpus=CorpusConfig(spec="stdlib"),
+        model=ModelConfig(name=str(model), batch_size=3),
+        store=StoreConfig(contexts=contexts, length=16, chunk_contexts=chunk),
+    ).to_dict()
+
+
 def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 

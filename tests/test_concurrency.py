@@ -11,25 +11,17 @@ import numpy as np
 import pytest
 import zarr
 
-from posctx.config import CorpusConfig, ExtractConfig, ModelConfig, StoreConfig
+from posctx.config import ExtractConfig
 from posctx.decomposition import statistics
 from posctx.errors import IncompleteStoreError
 from posctx.store import completed_blocks, open_hidden
 from tests import faults
 
 
-def _config(model: Path, contexts: int = 12, chunk: int = 2) -> dict[str, Any]:
-    return ExtractConfig(
-        corpus=CorpusConfig(spec="stdlib"),
-        model=ModelConfig(name=str(model), batch_size=3),
-        store=StoreConfig(contexts=contexts, length=16, chunk_contexts=chunk),
-    ).to_dict()
-
-
 @pytest.fixture(scope="module")
 def reference(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("concurrency-reference")
-    config = _config(tiny_models["bert"], contexts=24)
+    config = faults.tiny_config(tiny_models["bert"], contexts=24)
     assert faults.run(config, root / "ref.zarr", count_file=root / "count") == 0
     return {
         "config": config,
@@ -125,7 +117,7 @@ def test_plan_only_then_shards_and_extensions_need_one_planner(reference: dict[s
 
     path = str(tmp_path / "planned.zarr")
     config = ExtractConfig.from_dict(reference["config"])
-    small = ExtractConfig.from_dict({**reference["config"], "store": {**reference["config"]["store"], "contexts": 12}})
+    small = ExtractConfig.from_dict(faults.tiny_config(Path(config.model.name), contexts=12))
     planned = extract(small, path, plan_only=True, progress=False)
     assert (planned.blocks_written, planned.blocks_missing) == (0, 6)
     assert not completed_blocks(path).any()

@@ -12,6 +12,7 @@ import pytest
 import xarray as xr
 
 import posctx
+import posctx.testing
 from posctx.config import CorpusConfig, ExtractConfig, ModelConfig, StoreConfig
 from posctx.extraction import extract, prepare_store
 from posctx.model import load_model

@@ -17,25 +17,16 @@ from typing import Any
 
 import pytest
 
-from posctx.config import CorpusConfig, ExtractConfig, ModelConfig, StoreConfig
 from tests import faults
 
 EXHAUSTIVE = os.environ.get("POSCTX_FAULTS") == "all"
-
-
-def _config(model: Path, contexts: int, chunk: int) -> dict[str, Any]:
-    return ExtractConfig(
-        corpus=CorpusConfig(spec="stdlib"),
-        model=ModelConfig(name=str(model), batch_size=3),
-        store=StoreConfig(contexts=contexts, length=16, chunk_contexts=chunk),
-    ).to_dict()
 
 
 @pytest.fixture(scope="module")
 def reference(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """An uninterrupted run: its store's contents, its number of store writes, its time."""
     root = tmp_path_factory.mktemp("fault-reference")
-    config = _config(tiny_models["bert"], contexts=12, chunk=2)
+    config = faults.tiny_config(tiny_models["bert"], contexts=12, chunk=2)
     start = time.perf_counter()
     assert faults.run(config, root / "ref.zarr", count_file=root / "count") == 0
     seconds = time.perf_counter() - start
@@ -114,8 +105,8 @@ def test_kill_during_the_resume_too(reference: dict[str, Any], tmp_path: Path) -
 
 def test_kill_during_an_extension_then_resume_is_identical(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     """Growing 7 contexts to 12 (blocks of 3: the short last block grows) survives any kill."""
-    small = _config(tiny_models["bert"], contexts=7, chunk=3)
-    large = _config(tiny_models["bert"], contexts=12, chunk=3)
+    small = faults.tiny_config(tiny_models["bert"], contexts=7, chunk=3)
+    large = faults.tiny_config(tiny_models["bert"], contexts=12, chunk=3)
     base = tmp_path / "base.zarr"
     assert faults.run(small, base) == 0
     grown = tmp_path / "grown.zarr"
