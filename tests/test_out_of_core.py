@@ -140,15 +140,15 @@ def test_cli_moments_and_incremental(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_memory_limited_run_on_a_store_four_times_the_limit(tmp_path: Path) -> None:
-    """RLIMIT_DATA caps the process's heap at 600 MB; the store holds 2.6 GB of float32."""
+    """RLIMIT_DATA caps the process's heap at 500 MiB; the store holds 2.1 GB of float32."""
     path = tmp_path / "big.zarr"
     truth = write_large_planted_store(
-        str(path), n_contexts=2688, length=128, n_layers=5, n_dims=384, chunk_contexts=16
+        str(path), n_contexts=2176, length=128, n_layers=5, n_dims=384, chunk_contexts=16
     )
     script = textwrap.dedent(
         f"""
         import resource
-        limit = 600 * 2**20
+        limit = 500 * 2**20
         resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
         import posctx
         ds = posctx.open_hidden({str(path)!r})
