@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import errno
+import importlib.metadata
 import json
 import os
 import re
@@ -573,7 +574,8 @@ def completed_blocks(
 ) -> np.ndarray:
     """Boolean array, one entry per block: ``True`` where the block is fully written."""
     group = _open_group(path, "r", storage_options)
-    return np.asarray(group[BLOCK_COMPLETE][:]) == 1
+    done: np.ndarray = np.asarray(group[BLOCK_COMPLETE][:]) == 1
+    return done
 
 
 def open_hidden(
@@ -730,7 +732,6 @@ def provenance_record(
     """The ``attrs['posctx']`` record stored with every hidden-state store."""
     import platform
 
-    import dask
     import xarray
     import zarr
 
@@ -749,7 +750,7 @@ def provenance_record(
             "numpy": np.__version__,
             "xarray": xarray.__version__,
             "zarr": zarr.__version__,
-            "dask": dask.__version__,
+            "dask": importlib.metadata.version("dask"),
         },
     }
 
