@@ -20,7 +20,6 @@ import numpy as np
 
 from posctx.config import ExtractConfig
 from posctx.errors import PosctxError, StoreError
-from posctx.types import SCHEMA_VERSION, TOKEN_ID
 from posctx.store import (
     Block,
     BlockWriter,
@@ -30,13 +29,14 @@ from posctx.store import (
     completed_blocks,
     create_store,
     default_chunk_contexts,
+    is_remote,
     plan_blocks,
     provenance_record,
-    is_remote,
     read_provenance,
     remove_dead_creations,
     remove_partial_files,
 )
+from posctx.types import SCHEMA_VERSION, TOKEN_ID
 
 if TYPE_CHECKING:  # pragma: no cover
     from posctx.model import LoadedModel
@@ -267,9 +267,9 @@ def _refuse_interrupted_extension(
     config: ExtractConfig,
     storage_options: Mapping[str, Any] | None,
 ) -> None:
-    from posctx.store import _open_group
+    from posctx.store.location import open_group
 
-    size = int(_open_group(path, "r", storage_options)[TOKEN_ID].shape[0])
+    size = int(open_group(path, "r", storage_options)[TOKEN_ID].shape[0])
     if size != stored["config"]["store"]["contexts"] and config.store.contexts != size:
         raise StoreError(
             f"{path}: an extension to {size} contexts was interrupted: re-run with "
@@ -462,9 +462,8 @@ def run_blocks_distributed(
     workers never share a chunk. A task lost with its worker is retried elsewhere by the
     scheduler; it rewrites the same values.
     """
-    from distributed import as_completed
-
     from dask.base import tokenize
+    from distributed import as_completed
 
     token = tokenize(path, loaded.weights_hash, storage_dtype)
     futures = [

@@ -185,22 +185,22 @@ def test_extend_store_equals_fresh_extraction(tiny_models: dict[str, Path], tmp_
 def test_fewer_contexts_and_interrupted_extension_are_refused(
     tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import posctx.store
+    import posctx.store.location
 
     out = tmp_path / "h.zarr"
     extract(_config(tiny_models["gpt2"], contexts=8), str(out), progress=False)
     with pytest.raises(StoreError, match="store.contexts: store has 8, asked 6"):
         extract(_config(tiny_models["gpt2"], contexts=6), str(out), progress=False)
 
-    real_consolidate = posctx.store.writing_consolidated
+    real_consolidate = posctx.store.location.writing_consolidated
 
     def crash() -> object:
         raise KeyboardInterrupt  # killed after the arrays grew, before the record was written
 
-    monkeypatch.setattr(posctx.store, "writing_consolidated", crash)
+    monkeypatch.setattr(posctx.store.location, "writing_consolidated", crash)
     with pytest.raises(KeyboardInterrupt):
         extract(_config(tiny_models["gpt2"], contexts=13), str(out), progress=False)
-    monkeypatch.setattr(posctx.store, "writing_consolidated", real_consolidate)
+    monkeypatch.setattr(posctx.store.location, "writing_consolidated", real_consolidate)
     assert posctx.open_hidden(str(out)).sizes["context"] == 8  # still opens as its old self
     with pytest.raises(StoreError, match="extension to 13 contexts was interrupted.*--contexts 13"):
         extract(_config(tiny_models["gpt2"], contexts=8), str(out), progress=False)

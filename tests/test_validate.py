@@ -20,7 +20,7 @@ from posctx.cli import main
 from posctx.config import CorpusConfig, ExtractConfig, ModelConfig, StoreConfig
 from posctx.errors import StoreError
 from posctx.extraction import extract
-from posctx.store import _consolidate
+from posctx.store.location import consolidate
 from posctx.validate import ValidationReport, validate_store
 
 CHECKS = [
@@ -59,7 +59,7 @@ def _group(path: Path) -> Any:
 
 def _set_attrs(path: Path, **attrs: Any) -> None:
     _group(path).attrs.update(attrs)
-    _consolidate(str(path), None)  # an attrs write drops the consolidated copy: put it back
+    consolidate(str(path), None)  # an attrs write drops the consolidated copy: put it back
 
 
 def _statuses(report: ValidationReport) -> dict[str, str]:

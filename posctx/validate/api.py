@@ -6,7 +6,8 @@ import os
 from typing import Any, Callable, Mapping
 
 from posctx.errors import StoreError
-from posctx.store import _exists, _open_group, _zarr_json, is_remote, remove_partial_files
+from posctx.store import is_remote, remove_partial_files
+from posctx.store.location import exists, open_group, zarr_json
 from posctx.types import HIDDEN, PROVENANCE_ATTR
 from posctx.validate.content import _check_finite, _check_special_tokens, _check_token_ids
 from posctx.validate.report import Check, ValidationReport, _Skip
@@ -23,10 +24,10 @@ from posctx.validate.structure import (
 
 def _open(path: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
     """The root metadata of the hidden-state store at ``path``; StoreError when there is none."""
-    if not _exists(path, storage_options):
+    if not exists(path, storage_options):
         raise StoreError(f"no posctx store at {path}: check the path")
     try:
-        meta = _zarr_json(path, storage_options)
+        meta = zarr_json(path, storage_options)
     except ValueError as exc:  # a damaged zarr.json: report it, as a broken store
         return {"_unreadable": f"{type(exc).__name__}: {exc}"}
     if meta is None:
@@ -53,7 +54,7 @@ def _open(path: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any
 
 def _has_member(path: str, storage_options: Mapping[str, Any] | None, name: str) -> bool:
     try:
-        return name in _open_group(path, "r", storage_options)
+        return name in open_group(path, "r", storage_options)
     except Exception:
         return False
 

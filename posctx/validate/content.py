@@ -10,7 +10,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from posctx.store import Block, _local, is_remote
+from posctx.store import Block, is_remote
+from posctx.store.location import local_path
 from posctx.types import CONTEXT, HIDDEN, LAYER, LAYER_NAME, POSITION, TOKEN_ID
 from posctx.validate.report import Check, _plural, _Skip
 from posctx.validate.structure import _Store
@@ -22,7 +23,7 @@ def _hidden_reader(st: _Store) -> Callable[[slice, slice], np.ndarray]:
     if not is_remote(st.path):
         from posctx.fastread import direct_array
 
-        direct = direct_array(_local(st.path) / HIDDEN)
+        direct = direct_array(local_path(st.path) / HIDDEN)
         if direct is not None and direct.shape == arr.shape:
             return lambda c, l: np.asarray(direct[c, :, l].compute(scheduler="synchronous"))
     return lambda c, l: np.asarray(arr[c, :, l])

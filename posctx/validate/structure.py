@@ -14,7 +14,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from posctx.errors import PosctxError
-from posctx.store import Block, _local, _open_group, is_remote, partial_files, plan_blocks
+from posctx.store import Block, is_remote, partial_files, plan_blocks
+from posctx.store.location import local_path, open_group
 from posctx.types import (
     BLOCK,
     BLOCK_COMPLETE,
@@ -68,7 +69,7 @@ class _Store:
         self.path = path
         self.storage_options = storage_options
         self.meta = meta  # the root zarr.json as stored (for the consolidated copy)
-        self.group = _open_group(path, "r", storage_options)
+        self.group = open_group(path, "r", storage_options)
         self.attrs: dict[str, Any] = dict(self.group.attrs)
         self.arrays: dict[str, Any] = {}
         self.broken: dict[str, str] = {}  # name -> why it cannot be opened
@@ -415,7 +416,7 @@ def _check_partial(st: _Store, removed: tuple[int, int]) -> Check:
     if n_removed:
         figures.update(removed=n_removed, removed_bytes=removed_bytes)
     if found:
-        rel = [os.path.relpath(p, _local(st.path)) for p, _ in found[:3]]
+        rel = [os.path.relpath(p, local_path(st.path)) for p, _ in found[:3]]
         return Check(
             "partial_files", "warn",
             f"{_plural(len(found), 'leftover .partial file')} ({figures['bytes']:,} bytes, e.g. "

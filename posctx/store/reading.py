@@ -1,0 +1,151 @@
+"""Opening a store as a labelled, lazy ``xarray.Dataset``, and summarising it."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from posctx.errors import IncompleteStoreError, StoreError
+from posctx.store.blocks import completed_blocks
+from posctx.store.location import is_remote, local_path, open_group, size_on_disk, zarr_location
+from posctx.store.provenance import read_provenance
+from posctx.types import BLOCK_COMPLETE, BLOCK_START, CONTEXT, HIDDEN, TOKEN_ID
+
+#: attrs key that :func:`open_hidden` sets when it left unfinished blocks out.
+COMPLETE_ONLY_ATTR = "posctx_complete_only"
+
+
+def open_hidden(
+    path: str,
+    *,
+    complete_only: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+    chunks: Mapping[str, int] | str | None = None,
+) -> Any:
+    """Open a hidden-state store as a lazy, labelled ``xarray.Dataset``.
+
+    Parameters
+    ----------
+    path
+        Local path or fsspec URL of the store.
+    complete_only
+        Keep only the contexts of finished blocks instead of refusing an interrupted store.
+    storage_options
+        Passed to fsspec for URLs (credentials, endpoint).
+    chunks
+        Dask chunks; default: the store's own chunks.
+
+    Raises
+    ------
+    StoreError
+        ``path`` holds no posctx store.
+    IncompleteStoreError
+        Some blocks were never written and ``complete_only`` is false.
+
+    Examples
+    --------
+    >>> import posctx, posctx.testing, tempfile
+    >>> path = tempfile.mkdtemp() + "/h.zarr"
+    >>> _ = posctx.testing.write_planted_store(path, n_contexts=6, length=4, n_layers=2, n_dims=3)
+    >>> ds = posctx.open_hidden(path)
+    >>> ds.hidden.dims
+    ('context', 'position', 'layer', 'dim')
+    """
+    if read_provenance(path, storage_options) is None:
+        raise StoreError(f"no posctx store at {path}: run `posctx extract ... --out {path}` first")
+    ds = open_labelled(path, storage_options=storage_options, chunks=chunks)
+    if chunks is None and not is_remote(path):
+        from posctx.fastread import direct_array
+
+        # Same values, same chunks, read without zarr's general decode path (see fastread).
+        direct = direct_array(local_path(path) / HIDDEN)
+        if direct is not None and direct.shape == ds[HIDDEN].shape:
+            ds[HIDDEN] = ds[HIDDEN].copy(data=direct)
+    # Reading the markers is eager on purpose: a few bytes that decide whether the store is
+    # usable at all, never a computation over hidden states.
+    done = np.asarray(ds[BLOCK_COMPLETE].values) == 1
+    starts = np.asarray(ds[BLOCK_START].values)
+    ds = ds.drop_vars([BLOCK_COMPLETE, BLOCK_START])
+    if done.all():
+        return ds
+    if not complete_only:
+        raise IncompleteStoreError(
+            f"{path}: {int((~done).sum())} of {done.size} blocks are not written yet (an "
+            "interrupted extraction): re-run the same `posctx extract` command to finish it, "
+            "or use only the finished contexts (complete_only=True; `posctx decompose "
+            "--complete-only`)"
+        )
+    stops = np.append(starts[1:], ds.sizes[CONTEXT])
+    keep = np.concatenate(
+        [np.arange(a, b) for a, b, ok in zip(starts, stops, done) if ok] or [np.array([], int)]
+    )
+    ds = ds.isel({CONTEXT: keep})
+    # Whatever is computed from this dataset carries the record of what it left out.
+    ds.attrs[COMPLETE_ONLY_ATTR] = {
+        "blocks_used": int(done.sum()),
+        "blocks_total": int(done.size),
+        "contexts_total": int(stops[-1]) if stops.size else 0,
+    }
+    return ds
+
+
+def open_labelled(
+    path: str,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    chunks: Mapping[str, int] | str | None = None,
+) -> Any:
+    """``xr.open_zarr`` with data variables lazy (dask) and every label read into memory.
+
+    xarray would make the non-index coordinates (``topic``, ``source``, ``layer_name``...)
+    dask arrays too; labels are small, are needed to select and concatenate, and object-dtype
+    dask arrays cannot even be rechunked, so they are read once here, directly from Zarr
+    (no dask compute involved).
+    """
+    import xarray as xr
+
+    location, kwargs = zarr_location(path, storage_options)
+    kwargs.update(consolidated=True, zarr_format=3)
+    dask_chunks: Any = dict(chunks) if isinstance(chunks, Mapping) else (chunks or {})
+    try:
+        ds = xr.open_zarr(location, chunks=dask_chunks, **kwargs)
+    except ValueError:  # no consolidated copy (a crash between an attrs write and its refresh)
+        kwargs["consolidated"] = False
+        ds = xr.open_zarr(location, chunks=dask_chunks, **kwargs)
+    labels = [name for name in ds.coords if name not in ds.indexes]
+    if labels:
+        raw = xr.open_zarr(location, chunks=None, **kwargs)
+        ds = ds.assign_coords({name: raw[name].variable.load() for name in labels})
+    return ds
+
+
+def store_info(path: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Schema, size, completeness and provenance of a store, as plain data."""
+    prov = read_provenance(path, storage_options)
+    if prov is None:
+        raise StoreError(f"no posctx store at {path}: check the path")
+    group = open_group(path, "r", storage_options)
+    arrays = {}
+    for name in (HIDDEN, TOKEN_ID):
+        arr = group[name]
+        arrays[name] = {
+            "shape": list(arr.shape),
+            "chunks": list(arr.chunks),
+            "dtype": str(arr.dtype),
+            "dims": list(arr.metadata.dimension_names or ()),
+            "uncompressed_bytes": int(arr.nbytes),
+        }
+    done = completed_blocks(path, storage_options)
+    return {
+        "path": str(path),
+        "arrays": arrays,
+        "size_on_disk": size_on_disk(path, storage_options),
+        "blocks_complete": int(done.sum()),
+        "blocks_total": int(done.size),
+        "complete": bool(done.all()),
+        "provenance": prov,
+    }
+
+
+__all__ = ["COMPLETE_ONLY_ATTR", "open_hidden", "open_labelled", "store_info"]
