@@ -48,6 +48,9 @@ SpecialTokenPolicy = Literal["model", "none"]
 
 FloatArray = npt.NDArray[np.floating]
 IntArray = npt.NDArray[np.integer]
+#: What the numpy kernels return: they accumulate in float64 and index with intp.
+Float64Array = npt.NDArray[np.float64]
+IndexArray = npt.NDArray[np.intp]
 PathLike = Union[str, "os.PathLike[str]"]
 
 __all__ = [
@@ -74,7 +77,9 @@ __all__ = [
     "TOKEN_ID",
     "TOPIC",
     "Device",
+    "Float64Array",
     "FloatArray",
+    "IndexArray",
     "IntArray",
     "ModelDType",
     "PathLike",
