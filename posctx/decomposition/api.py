@@ -1,17 +1,16 @@
 """Thin xarray layer over the dask decomposition: labels in, labelled lazy results out.
 
 All logic about numbers lives in :mod:`posctx.decomposition.kernels` and
-:mod:`posctx.decomposition.graph`; this module selects by label, checks the schema, attaches
-coordinates and provenance, and reads/writes Zarr.
+:mod:`posctx.decomposition.graph`; this module selects by label, checks the schema and attaches
+coordinates and provenance. Zarr I/O is in :mod:`~posctx.decomposition.storage`, incremental
+updates in :mod:`~posctx.decomposition.incremental`.
 """
 
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Hashable, Mapping, Sequence
-from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -20,15 +19,14 @@ import xarray as xr
 
 from posctx._version import version as _posctx_version
 from posctx.decomposition.graph import (
-    OUTPUT_NAMES,
     STATISTIC_NAMES,
     finalize_arrays,
     statistics_arrays,
     statistics_from_files,
 )
+from posctx.errors import PosctxError
 from posctx.fastread import direct_source
-from posctx.errors import PosctxError, StoreError
-from posctx.store import COMPLETE_ONLY_ATTR, open_labelled, writing_consolidated, zarr_location
+from posctx.store import COMPLETE_ONLY_ATTR
 from posctx.types import (
     COMPONENT,
     CONTEXT,
@@ -38,7 +36,6 @@ from posctx.types import (
     HIDDEN_DIMS,
     LAYER,
     POSITION,
-    PathLike,
 )
 
 #: attrs key of the JSON record that says how a decomposition was made.
@@ -72,7 +69,7 @@ OUTPUT_DIMS: dict[str, tuple[str, ...]] = {
 Selection = slice | Sequence[int] | npt.NDArray[Any] | int | None
 
 
-def _hidden(ds: xr.Dataset) -> xr.DataArray:
+def hidden_variable(ds: xr.Dataset) -> xr.DataArray:
     """``ds.hidden`` checked against the store schema and put in canonical dim order."""
     if HIDDEN not in ds.data_vars:
         raise PosctxError(
@@ -192,7 +189,7 @@ def statistics(
     >>> sorted(statistics(ds).data_vars)
     ['ctx_sum', 'pos_sum', 'sumsq']
     """
-    full = _hidden(ds)
+    full = hidden_variable(ds)
     h = _select(full, POSITION, positions)
     h = _select(h, CONTEXT, contexts)
     h = _as_dask(h)
@@ -400,7 +397,7 @@ def residual(ds: xr.Dataset, dec: xr.Dataset) -> xr.DataArray:
     >>> bool(np.allclose((r**2).sum(("context", "position", "dim")), dec.ss_resid))
     True
     """
-    h = _hidden(ds)
+    h = hidden_variable(ds)
     h = h.isel({dim: _indexer(h, dec, dim) for dim in HIDDEN_DIMS})
     h = _as_dask(h)
     # Arithmetic on bare Variables: xarray would otherwise compare (and so compute) the
@@ -434,7 +431,7 @@ def norms(ds: xr.Dataset, dec: xr.Dataset) -> xr.Dataset:
     True
     """
     resid = residual(ds, dec)
-    h = _hidden(ds)
+    h = hidden_variable(ds)
     h = _as_dask(h.isel({dim: _indexer(h, dec, dim) for dim in HIDDEN_DIMS}))
     centred = h.variable.astype(np.float64) - dec["mu"].variable
     return xr.Dataset(
@@ -448,338 +445,17 @@ def norms(ds: xr.Dataset, dec: xr.Dataset) -> xr.Dataset:
     )
 
 
-def _uniform_chunks(dec: xr.Dataset) -> dict[Hashable, int]:
-    """Per dim, the largest dask chunk of any variable: a chunking Zarr can store."""
-    sizes: dict[Hashable, int] = {}
-    for var in dec.variables.values():
-        if isinstance(var.data, da.Array):
-            for dim, chunks in zip(var.dims, var.data.chunks, strict=True):
-                sizes[dim] = max(sizes.get(dim, 1), *chunks)
-    return sizes
-
-
-def _refuse_overwriting_hidden(target: str, storage_options: Mapping[str, Any] | None) -> None:
-    """Raise if ``target`` holds anything but a decomposition: ``mode='w'`` would delete it."""
-    import zarr
-
-    location, options = zarr_location(target, storage_options)
-    try:
-        group = zarr.open_group(location, mode="r", **options)
-    except (FileNotFoundError, ValueError):
-        if _holds_data(target, storage_options):  # files of the user's: never ours to delete
-            raise StoreError(
-                f"{target} exists and is not a posctx decomposition store: choose another --out "
-                "(--overwrite replaces decomposition stores only), or delete it yourself"
-            ) from None
-        return  # nothing there
-    if group.attrs.get(KIND_ATTR) == HIDDEN_KIND:
-        raise StoreError(
-            f"{target} is a hidden-state store; write the decomposition somewhere else"
-        )
-    if group.attrs.get(KIND_ATTR) != DECOMPOSITION_KIND and DECOMPOSITION_ATTR not in group.attrs:
-        raise StoreError(
-            f"{target} is a Zarr store but not a posctx decomposition: choose another --out "
-            "(--overwrite replaces decomposition stores only), or delete it yourself"
-        )
-
-
-def _holds_data(target: str, storage_options: Mapping[str, Any] | None) -> bool:
-    """Whether anything is at ``target``: a file, a non-empty folder or an object prefix."""
-    location, options = zarr_location(target, storage_options)
-    if "storage_options" in options:
-        import fsspec
-
-        fs, root = fsspec.core.url_to_fs(location, **options["storage_options"])
-        return bool(fs.exists(root))
-    local = Path(location)
-    return local.is_file() or (local.is_dir() and any(local.iterdir()))
-
-
-def write_decomposition(
-    dec: xr.Dataset,
-    path: PathLike,
-    *,
-    mode: Literal["w", "w-"] = "w-",
-    storage_options: Mapping[str, Any] | None = None,
-) -> None:
-    """Write a decomposition and its sufficient statistics to a Zarr v3 store.
-
-    The hidden states behind a lazy ``dec`` are read once, in a first phase that writes the
-    statistics (``ctx_sum`` chunk by chunk, so memory stays bounded by the chunk size
-    whatever the number of contexts); a second phase derives ``mu``, ``pos``, ``ctx`` and the
-    sums of squares from the stored statistics (2/T of the hidden bytes). Irregular dask
-    chunks (from a context selection) are made uniform first, as Zarr requires. Everything
-    is stored as float64.
-
-    Parameters
-    ----------
-    dec
-        From :func:`decompose` (lazy) or :func:`open_decomposition`.
-    path
-        Local path or fsspec URL of the new store.
-    mode
-        ``"w-"`` refuses an existing store; ``"w"`` overwrites a decomposition store (and
-        nothing else: never a hidden-state store or a folder of other files).
-    storage_options
-        Passed to fsspec for URLs (credentials, endpoint).
-
-    Raises
-    ------
-    StoreError
-        If a store exists at ``path`` and ``mode="w-"``, or ``path`` holds anything but a
-        decomposition store (a hidden-state store, another Zarr store, a user's files), or
-        cannot be written.
-
-    Examples
-    --------
-    >>> import os, tempfile
-    >>> from posctx.testing import planted_hidden
-    >>> ds, _ = planted_hidden(10, 5, 2, 3)
-    >>> path = os.path.join(tempfile.mkdtemp(), "dec.zarr")
-    >>> write_decomposition(decompose(ds), path)
-    >>> sorted(open_decomposition(path).data_vars)
-    ['ctx', 'ctx_sum', 'mu', 'pos', 'pos_sum', 'ss_ctx', 'ss_pos', 'ss_resid', 'ss_total', 'sumsq']
-    """
-    if mode not in ("w", "w-"):
-        raise PosctxError(
-            f"mode must be 'w-' (refuse to overwrite) or 'w' (overwrite), got {mode!r}"
-        )
-    target = os.fspath(path)
-    _refuse_overwriting_hidden(target, storage_options)
-    out = dec.copy(deep=False)
-    for var in out.variables.values():
-        # Encodings inherited from the hidden-state store (chunk shapes, codecs) describe
-        # other arrays; let xarray derive fresh ones from the dask chunks.
-        var.encoding = {}
-    stats = [name for name in STATISTIC_NAMES if name in out.data_vars]
-    two_phase = {"pos_sum", "ctx_sum", "sumsq"} <= set(stats) and any(
-        isinstance(out[name].data, da.Array) for name in stats
-    )
-    if not two_phase:
-        _to_zarr(out, target, mode, storage_options)
-        return
-    # Phase 1, the one pass over the hidden states: only the statistics, so `ctx_sum` streams
-    # to disk chunk by chunk (ctx itself needs mu, which needs every chunk). Phase 2 reads the
-    # stored sums (2/T of the hidden bytes) and writes the results next to them.
-    _to_zarr(out[stats], target, mode, storage_options)
-    stored = open_labelled(target, storage_options=storage_options)
-    final = finalize(stored)
-    results = [name for name in final.data_vars if name not in stats]
-    _to_zarr(final[results].drop_vars(list(final.coords)), target, "a", storage_options)
-
-
-def _to_zarr(
-    ds: xr.Dataset, target: str, mode: str, storage_options: Mapping[str, Any] | None
-) -> None:
-    sizes = _uniform_chunks(ds)
-    ds = ds.copy()
-    for name, var in ds.data_vars.items():
-        # Data only: chunking coordinates too would turn string labels into object-dtype dask
-        # arrays that xarray must load to choose a Zarr dtype.
-        if isinstance(var.data, da.Array):
-            ds[name] = var.copy(data=var.data.rechunk({i: sizes[d] for i, d in enumerate(var.dims)}))
-    location, options = zarr_location(target, storage_options)
-    try:
-        with writing_consolidated():
-            ds.to_zarr(
-                location, mode=mode, zarr_format=3, consolidated=True, **options  # type: ignore[call-overload]  # mode is one of xarray's literals
-            )
-    except FileExistsError as exc:
-        raise StoreError(
-            f"{target} already holds data: remove it, or overwrite it with --overwrite "
-            "(mode='w' in Python)"
-        ) from exc
-    except OSError as exc:  # a read-only or full disk, a denied bucket...
-        raise StoreError(
-            f"cannot write {target} ({type(exc).__name__}: {exc}): choose a writable --out "
-            "location, or fix the storage options"
-        ) from exc
-
-
-def combine(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
-    """Statistics of the union of two disjoint context sets (lazy; exact).
-
-    ``pos_sum`` and ``sumsq`` add, ``ctx_sum`` is concatenated along ``context`` and
-    ``m2_hidden`` (when both have it) merges by the parallel-axis theorem.
-
-    Raises
-    ------
-    PosctxError
-        The two cover different positions, layers or dims, or share a context label.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from posctx.testing import planted_hidden
-    >>> ds, _ = planted_hidden(10, 4, 2, 3)
-    >>> both = combine(statistics(ds, contexts=slice(0, 5)), statistics(ds, contexts=slice(6, 9)))
-    >>> bool(np.allclose(finalize(both).mu, decompose(ds).mu))
-    True
-    """
-    for dim in (POSITION, LAYER, DIM):
-        if not np.array_equal(a[dim].values, b[dim].values):
-            raise PosctxError(
-                f"cannot combine statistics over different {dim}s: decompose the new contexts "
-                f"with the same {dim} selection as the previous decomposition"
-            )
-    shared = np.intersect1d(a[CONTEXT].values, b[CONTEXT].values)
-    if shared.size:
-        raise PosctxError(
-            f"contexts {shared[:5].tolist()} are in both sets: combine disjoint context sets"
-        )
-    n_a, n_b = a.sizes[CONTEXT] * a.sizes[POSITION], b.sizes[CONTEXT] * b.sizes[POSITION]
-    out = xr.Dataset(
-        {
-            "pos_sum": a.pos_sum + b.pos_sum,
-            "sumsq": a.sumsq + b.sumsq,
-            "ctx_sum": xr.concat([a.ctx_sum, b.ctx_sum], dim=CONTEXT),
-        },
-        attrs=dict(a.attrs),
-    )
-    if "m2_hidden" in a and "m2_hidden" in b:
-        mean_a = a.pos_sum.sum(POSITION) / n_a
-        mean_b = b.pos_sum.sum(POSITION) / n_b
-        delta = mean_a - mean_b
-        cross = delta * delta.rename({DIM: DIM2}) * (n_a * n_b / (n_a + n_b))
-        out["m2_hidden"] = (a.m2_hidden + b.m2_hidden + cross).transpose(*OUTPUT_DIMS["m2_hidden"])
-    record = json.loads(a.attrs.get(DECOMPOSITION_ATTR, "{}"))
-    record["n_contexts"] = int(out.sizes[CONTEXT])
-    record["contexts_used"] = context_ranges(out[CONTEXT].values)
-    # complete_only describes the store the newest contexts came from (contexts_used says
-    # which contexts the result holds): kept when that store was still being written.
-    record.pop("complete_only", None)
-    added = json.loads(b.attrs.get(DECOMPOSITION_ATTR, "{}"))
-    if "complete_only" in added:
-        record["complete_only"] = added["complete_only"]
-    record["moments"] = "m2_hidden" in out
-    out.attrs[DECOMPOSITION_ATTR] = json.dumps(record, sort_keys=True)
-    return out
-
-
-def update_decomposition(
-    previous: PathLike,
-    ds: xr.Dataset,
-    out: PathLike,
-    *,
-    mode: Literal["w", "w-"] = "w-",
-    storage_options: Mapping[str, Any] | None = None,
-) -> int:
-    """Write the decomposition of ``previous``'s contexts plus ``ds``'s new ones to ``out``.
-
-    Only the contexts of ``ds`` that ``previous`` does not hold are read from ``ds``; the
-    rest comes from the statistics persisted in ``previous``. The result equals decomposing
-    all contexts from scratch (up to float64 rounding).
-
-    Returns
-    -------
-    int
-        The number of new contexts read.
-
-    Examples
-    --------
-    >>> import os, tempfile
-    >>> import numpy as np
-    >>> from posctx.testing import planted_hidden
-    >>> ds, _ = planted_hidden(10, 4, 2, 3)
-    >>> tmp = tempfile.mkdtemp()
-    >>> write_decomposition(decompose(ds, contexts=slice(0, 5)), os.path.join(tmp, "a.zarr"))
-    >>> update_decomposition(os.path.join(tmp, "a.zarr"), ds, os.path.join(tmp, "b.zarr"))
-    4
-    >>> updated = open_decomposition(os.path.join(tmp, "b.zarr"))
-    >>> bool(np.allclose(updated.ctx, decompose(ds).ctx))
-    True
-    """
-    if os.fspath(previous) == os.fspath(out):
-        raise PosctxError("write the updated decomposition to a new path: --out must differ")
-    prev = open_decomposition(previous, storage_options=storage_options)
-    record = json.loads(prev.attrs[DECOMPOSITION_ATTR])
-    h = _hidden(ds)
-    new = np.setdiff1d(h[CONTEXT].values, prev[CONTEXT].values)
-    if new.size == 0:
-        raise PosctxError(
-            f"{os.fspath(previous)} already holds every context of this store: nothing to add"
-        )
-    added = statistics(
-        ds,
-        positions=prev[POSITION].values,
-        contexts=new,
-        moments=bool(record.get("moments")) and "m2_hidden" in prev,
-    )
-    stats = [name for name in STATISTIC_NAMES if name in prev and name in added]
-    combined = combine(prev[stats], added[stats])
-    write_decomposition(finalize(combined), out, mode=mode, storage_options=storage_options)
-    return int(new.size)
-
-
-def open_decomposition(
-    path: PathLike, *, storage_options: Mapping[str, Any] | None = None
-) -> xr.Dataset:
-    """Open a store written by :func:`write_decomposition`, lazily.
-
-    Parameters
-    ----------
-    path
-        Local path or fsspec URL of the store.
-    storage_options
-        Passed to fsspec for URLs (credentials, endpoint).
-
-    Raises
-    ------
-    StoreError
-        If ``path`` holds no store or a store that is not a decomposition.
-
-    Examples
-    --------
-    >>> import os, tempfile
-    >>> from posctx.testing import planted_hidden
-    >>> ds, _ = planted_hidden(10, 5, 2, 3)
-    >>> path = os.path.join(tempfile.mkdtemp(), "dec.zarr")
-    >>> write_decomposition(decompose(ds, positions=slice(1, None)), path)
-    >>> dec = open_decomposition(path)
-    >>> dec.position.values.tolist()
-    [1, 2, 3, 4]
-    >>> import json
-    >>> json.loads(dec.attrs["posctx_decomposition"])["positions"]
-    [1, 4]
-    """
-    target = os.fspath(path)
-    try:
-        dec: xr.Dataset = open_labelled(target, storage_options=storage_options)
-    except FileNotFoundError as exc:
-        raise StoreError(
-            f"no decomposition store at {target} ({exc}): check the path, or make one with "
-            f"`posctx decompose STORE --out {target}`"
-        ) from exc
-    if dec.attrs.get(KIND_ATTR) == HIDDEN_KIND:
-        raise StoreError(
-            f"{target} is a hidden-state store, not a posctx decomposition store: run "
-            f"`posctx decompose {target} --out DECOMPOSITION` (write_decomposition in Python) "
-            "and pass DECOMPOSITION"
-        )
-    missing = [name for name in OUTPUT_NAMES if name not in dec.data_vars]
-    if missing or DECOMPOSITION_ATTR not in dec.attrs:
-        raise StoreError(
-            f"{target} is not a posctx decomposition store (missing: "
-            f"{missing or [DECOMPOSITION_ATTR]}): pass a store written by `posctx decompose` "
-            "(write_decomposition in Python)"
-        )
-    return dec
-
-
 __all__ = [
-    "combine",
     "finalize",
+    "hidden_variable",
     "norms",
     "paper_positions",
     "statistics",
-    "update_decomposition",
     "DECOMPOSITION_ATTR",
     "DECOMPOSITION_KIND",
     "HIDDEN_KIND",
     "KIND_ATTR",
     "OUTPUT_DIMS",
     "decompose",
-    "open_decomposition",
     "residual",
-    "write_decomposition",
 ]
