@@ -11,6 +11,8 @@ measures wall time and peak memory (max RSS) of that process:
 (a') ``direct``: every chunk read by posctx's direct reader (``posctx.fastread``, what
     ``posctx.open_hidden`` uses for uncompressed local stores), no arithmetic;
 (b) ``posctx``: ``posctx.write_decomposition(posctx.decompose(open_hidden(store)), out)``;
+(b') ``posctx-numpy``: the same with ``POSCTX_KERNEL=numpy`` (numpy's passes instead of the
+    compiled one-pass kernel of ``posctx.decomposition.fused``);
 (c) ``naive``: the xarray route a user would write: ``.mean`` over each axis and the sum of
     squares, each computed separately;
 (d) ``numpy``: load the whole array into memory, then numpy (only where it fits).
@@ -34,6 +36,8 @@ import time
 from pathlib import Path
 
 LENGTH, LAYERS, DIMS, CHUNK = 128, 7, 384, 48
+#: Routes timed best of --repeat runs (the others are slow enough for one).
+REPEATED = ("read", "direct", "posctx", "posctx-numpy")
 BYTES_PER_CONTEXT = LENGTH * LAYERS * DIMS * 4
 
 ROUTE_CODE = {
@@ -90,6 +94,8 @@ np.savez(OUT + "/result.npz", mu=mu, pos=pos, ss_total=ss_total, ss_ctx=ss_ctx,
 """,
 }
 
+# The same route with numpy's four passes per slab instead of the numba kernel.
+ROUTE_CODE["posctx-numpy"] = 'import os\nos.environ["POSCTX_KERNEL"] = "numpy"\n' + ROUTE_CODE["posctx"]
 
 # Timed inside the child, after imports and opening: START() to STOP() (or the end). Peak
 # memory is the child's own VmHWM (ru_maxrss of a forked child would inherit the parent's).
@@ -167,7 +173,7 @@ def machine() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gb", type=float, default=8.0, help="store size in GB (1e9 bytes)")
-    parser.add_argument("--routes", default="read,direct,posctx,naive,numpy")
+    parser.add_argument("--routes", default="read,direct,posctx,posctx-numpy,naive,numpy")
     parser.add_argument("--scaling", action="store_true", help="also time posctx at 1/16, 1/4 of the size")
     parser.add_argument("--repeat", type=int, default=1, help="runs of read/direct/posctx (best kept); naive and numpy run once")
     parser.add_argument("--workdir", default=None, help="where stores go (default: a temp folder)")
@@ -197,11 +203,11 @@ def main() -> None:
             continue
         out = work / f"out-{route}"
         shutil.rmtree(out, ignore_errors=True)
-        runs = [run_route(route, store, out) for _ in range(args.repeat if route in ("read", "direct", "posctx") else 1)]
+        runs = [run_route(route, store, out) for _ in range(args.repeat if route in REPEATED else 1)]
         results[route] = min(runs, key=lambda r: r["seconds"])
         results[route]["runs"] = len(runs)
         results[route]["gb_per_s"] = size / 1e9 / results[route]["seconds"]
-        if route not in ("read", "direct", "posctx"):
+        if route not in ("read", "direct", "posctx"):  # compared with posctx's results
             results[route]["max_rel_diff_vs_posctx"] = compare(work / "out-posctx/result.npz", out / "result.npz")
         print(route, json.dumps(results[route]))
 

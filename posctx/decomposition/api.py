@@ -18,6 +18,7 @@ import numpy.typing as npt
 import xarray as xr
 
 from posctx._version import version as _posctx_version
+from posctx.decomposition.fused import kernel_name
 from posctx.decomposition.graph import (
     STATISTIC_NAMES,
     finalize_arrays,
@@ -203,6 +204,7 @@ def statistics(
         "n_positions": int(h.sizes[POSITION]),
         "n_contexts": int(h.sizes[CONTEXT]),
         "moments": bool(moments),
+        "kernel": kernel_name(),  # the compiled one-pass kernel or numpy's passes
         "source_store": None if source is None else str(source),
         "contexts_used": context_ranges(h[CONTEXT].values),
         "posctx_version": _posctx_version(),

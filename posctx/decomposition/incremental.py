@@ -82,6 +82,10 @@ def combine(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
     if "complete_only" in added:
         record["complete_only"] = added["complete_only"]
     record["moments"] = "m2_hidden" in out
+    # Which kernel took the sums (numba and numpy agree to ~1e-15): both, if they differ.
+    kernels = {k for k in (record.get("kernel"), added.get("kernel")) if k}
+    if kernels:
+        record["kernel"] = "+".join(sorted(kernels))
     out.attrs[DECOMPOSITION_ATTR] = json.dumps(record, sort_keys=True)
     return out
 
