@@ -13,6 +13,8 @@ measures wall time and peak memory (max RSS) of that process:
 (b) ``posctx``: ``posctx.write_decomposition(posctx.decompose(open_hidden(store)), out)``;
 (b') ``posctx-numpy``: the same with ``POSCTX_KERNEL=numpy`` (numpy's passes instead of the
     compiled one-pass kernel of ``posctx.decomposition.fused``);
+(b'') ``posctx-prior``: posctx before that kernel and raw outputs: numpy kernel, outputs
+    compressed with zstd, ``ctx`` stored in one hidden chunk's contexts per chunk;
 (c) ``naive``: the xarray route a user would write: ``.mean`` over each axis and the sum of
     squares, each computed separately;
 (d) ``numpy``: load the whole array into memory, then numpy (only where it fits).
@@ -37,7 +39,7 @@ from pathlib import Path
 
 LENGTH, LAYERS, DIMS, CHUNK = 128, 7, 384, 48
 #: Routes timed best of --repeat runs (the others are slow enough for one).
-REPEATED = ("read", "direct", "posctx", "posctx-numpy")
+REPEATED = ("read", "direct", "posctx", "posctx-numpy", "posctx-prior")
 BYTES_PER_CONTEXT = LENGTH * LAYERS * DIMS * 4
 
 ROUTE_CODE = {
@@ -96,6 +98,13 @@ np.savez(OUT + "/result.npz", mu=mu, pos=pos, ss_total=ss_total, ss_ctx=ss_ctx,
 
 # The same route with numpy's four passes per slab instead of the numba kernel.
 ROUTE_CODE["posctx-numpy"] = 'import os\nos.environ["POSCTX_KERNEL"] = "numpy"\n' + ROUTE_CODE["posctx"]
+# posctx as it was before the kernel and output changes: numpy kernel, outputs compressed with
+# zarr's default (zstd), ctx chunks of one hidden chunk's contexts.
+ROUTE_CODE["posctx-prior"] = (
+    'import os\nos.environ["POSCTX_KERNEL"] = "numpy"\n'
+    "import posctx.decomposition.storage as st\n"
+    'st.OUTPUT_COMPRESSORS = "auto"\nst.CONTEXT_CHUNK_BYTES = 0\n'
+) + ROUTE_CODE["posctx"]
 
 # Timed inside the child, after imports and opening: START() to STOP() (or the end). Peak
 # memory is the child's own VmHWM (ru_maxrss of a forked child would inherit the parent's).
@@ -173,7 +182,7 @@ def machine() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gb", type=float, default=8.0, help="store size in GB (1e9 bytes)")
-    parser.add_argument("--routes", default="read,direct,posctx,posctx-numpy,naive,numpy")
+    parser.add_argument("--routes", default="read,direct,posctx,posctx-numpy,posctx-prior,naive,numpy")
     parser.add_argument("--scaling", action="store_true", help="also time posctx at 1/16, 1/4 of the size")
     parser.add_argument("--repeat", type=int, default=1, help="runs of read/direct/posctx (best kept); naive and numpy run once")
     parser.add_argument("--workdir", default=None, help="where stores go (default: a temp folder)")

@@ -3,7 +3,7 @@
 :class:`~posctx.decomposition.kernels.ContextSums` takes three float64 sums of each context
 slab ``(t, l, d)``. In numpy that is four passes over the slab (convert to float64, sum over
 positions, add to the position sums, square and sum); compiled, it is one pass that reads
-each value once, which measured 2.5x faster per slab (``bench/decompose.py`` gives the
+each value once, which measured 2-2.5x faster per slab (``bench/decompose.py`` gives the
 end-to-end ratio). The results are the same float64 sums, added in another order: they agree
 with numpy's to about 1e-15 relative.
 

@@ -23,6 +23,11 @@ from posctx.store import open_labelled, writing_consolidated, zarr_location
 from posctx.types import CONTEXT, PathLike
 
 
+#: Codecs of the stored outputs: none, as for the hidden states. zarr's default (``"auto"``,
+#: zstd) shrank a decomposition store by 17% and made writing ``ctx_sum`` and ``ctx`` (two
+#: C x L x D float64 arrays) its slowest step (``bench/decompose.py``, route posctx-prior).
+OUTPUT_COMPRESSORS: Any = None
+
 #: Bytes per stored chunk of the per-context outputs (``ctx``, ``ctx_sum``) at least.
 CONTEXT_CHUNK_BYTES = 4 * 2**20
 
@@ -172,10 +177,7 @@ def _to_zarr(
         # arrays that xarray must load to choose a Zarr dtype.
         if isinstance(var.data, da.Array):
             ds[name] = var.copy(data=var.data.rechunk({i: sizes[d] for i, d in enumerate(var.dims)}))
-    # Uncompressed, as the hidden states are: zstd shrank these float64 sums by a few percent
-    # and made writing ctx_sum and ctx (two C x L x D float64 arrays) the slowest step of a
-    # decomposition (bench/decompose.py).
-    encoding = {name: {"compressors": None} for name in ds.data_vars}
+    encoding = {name: {"compressors": OUTPUT_COMPRESSORS} for name in ds.data_vars}
     location, options = zarr_location(target, storage_options)
     try:
         with writing_consolidated():
