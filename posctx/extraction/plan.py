@@ -1,0 +1,279 @@
+"""Planning an extraction: sample the contexts, create or extend the store, and refuse a
+resume whose settings, weights or interrupted extension do not match what is stored.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+import numpy as np
+
+from posctx.config import ExtractConfig
+from posctx.errors import PosctxError, StoreError
+from posctx.store import (
+    Block,
+    BlockWriter,
+    StoreCreatedConcurrently,
+    build_dataset,
+    create_store,
+    default_chunk_contexts,
+    provenance_record,
+    read_provenance,
+)
+from posctx.types import SCHEMA_VERSION, TOKEN_ID
+
+if TYPE_CHECKING:  # pragma: no cover
+    from posctx.model import LoadedModel
+
+
+# Fields that may differ between the run that made a store and a run that resumes it:
+# nothing that changes a hidden state is in here.
+_RESUMABLE_DIFFERENCES: frozenset[str] = frozenset()
+
+
+def config_differences(stored: Mapping[str, Any], requested: Mapping[str, Any]) -> list[str]:
+    """Dotted names of the settings that differ between two ``ExtractConfig.to_dict()``.
+
+    >>> config_differences({"model": {"name": "a", "dtype": "float32"}},
+    ...                    {"model": {"name": "b", "dtype": "float32"}})
+    ['model.name']
+    """
+    out = []
+    for section in sorted(set(stored) | set(requested)):
+        a, b = stored.get(section, {}), requested.get(section, {})
+        for key in sorted(set(a) | set(b)):
+            name = f"{section}.{key}"
+            if a.get(key) != b.get(key) and name not in _RESUMABLE_DIFFERENCES:
+                out.append(name)
+    return out
+
+
+def refuse_mismatch(
+    path: str, stored: Mapping[str, Any], config: ExtractConfig, allow_more_contexts: bool = False
+) -> None:
+    diffs = config_differences(stored.get("config", {}), config.to_dict())
+    old = stored.get("config", {}).get("store", {}).get("contexts", 0)
+    if allow_more_contexts and config.store.contexts > old:
+        diffs = [d for d in diffs if d != "store.contexts"]  # growing a store is allowed
+    if diffs:
+        details = ", ".join(
+            f"{d}: store has {_lookup(stored['config'], d)!r}, asked {_lookup(config.to_dict(), d)!r}"
+            for d in diffs
+        )
+        raise StoreError(
+            f"{path} was made with different settings ({details}): re-run with the store's "
+            "settings to resume it, or choose another --out"
+        )
+
+
+def _lookup(tree: Mapping[str, Any], dotted: str) -> Any:
+    section, key = dotted.split(".", 1)
+    return tree.get(section, {}).get(key)
+
+
+def _title(config: ExtractConfig) -> str:
+    return (
+        f"posctx hidden states of {config.model.name} on {config.corpus.spec} "
+        f"(C={config.store.contexts}, T={config.store.length})"
+    )
+
+
+def plan_contexts(config: ExtractConfig, loaded: LoadedModel, corpus: Any, progress: bool) -> Any:
+    """The contexts of ``config`` framed with ``loaded``'s special tokens (a ContextPlan)."""
+    from posctx.corpus import sample_contexts
+
+    special = loaded.special
+    return sample_contexts(
+        corpus,
+        loaded.encode,
+        n_contexts=config.store.contexts,
+        length=config.store.length,
+        prefix_ids=special.prefix_ids,
+        suffix_ids=special.suffix_ids,
+        separator_ids=special.separator_ids,
+        seed=config.corpus.seed,
+        balance=config.corpus.balance,
+        progress=progress,
+    )
+
+
+def _extend(
+    config: ExtractConfig,
+    path: str,
+    loaded: LoadedModel,
+    stored: Mapping[str, Any],
+    storage_options: Mapping[str, Any] | None,
+    progress: bool,
+) -> None:
+    """Grow a store to ``config.store.contexts`` contexts, keeping every existing one.
+
+    Plans are prefix-stable (see :func:`posctx.corpus.contexts.interleave_order`), so the
+    plan for the larger C starts with the store's contexts; that is checked token by token.
+    """
+    from posctx.corpus import open_corpus
+    from posctx.store import grow_store
+
+    plan = plan_contexts(config, loaded, open_corpus(config.corpus), progress)
+    old = int(stored["config"]["store"]["contexts"])
+    writer = BlockWriter(path, storage_options)
+    if not np.array_equal(writer.token_ids(Block(0, 0, old)), plan.token_ids[:old]):
+        raise StoreError(
+            f"{path}: the corpus no longer yields the store's {old} contexts (it changed since "
+            "the store was made), so the store cannot be extended: extract into a new --out"
+        )
+    record = dict(stored)
+    record["config"] = config.to_dict()
+    record["extensions"] = [
+        *stored.get("extensions", []),
+        {"from": old, "to": config.store.contexts, "posctx_version": stored.get("posctx_version")},
+    ]
+    grow_store(
+        path,
+        old_contexts=old,
+        token_ids=plan.token_ids,
+        topic=plan.topic,
+        source=plan.source,
+        offset=plan.offset,
+        chunk_contexts=int(stored["chunk_contexts"]),
+        record=record,
+        title=_title(config),
+        storage_options=storage_options,
+    )
+
+
+def prepare_store(
+    config: ExtractConfig,
+    path: str,
+    loaded: LoadedModel,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> bool:
+    """Create the store (sample contexts, write token ids and labels) unless it exists.
+
+    Returns ``True`` when an existing, matching store is resumed.
+    """
+    from posctx.corpus import open_corpus
+    from posctx.model import check_length
+
+    stored = read_provenance(path, storage_options, output=True)
+    if stored is not None:
+        _refuse_other_weights(path, stored, config, loaded)
+        if config.store.contexts > stored["config"]["store"]["contexts"]:
+            _extend(config, path, loaded, stored, storage_options, progress)
+        return True
+    check_length(loaded, config.store.length)
+    corpus = open_corpus(config.corpus)
+    special = loaded.special
+    plan = plan_contexts(config, loaded, corpus, progress)
+    itemsize = np.dtype(config.store.storage_dtype).itemsize
+    chunk = config.store.chunk_contexts or default_chunk_contexts(
+        config.store.length, len(loaded.layers), loaded.hidden_size, itemsize
+    )
+    record = provenance_record(
+        config=config.to_dict(),
+        model=loaded.info(),
+        corpus=corpus.describe(),
+        special_tokens=special.to_dict(),
+        chunk_contexts=chunk,
+    )
+    attrs = {
+        "title": _title(config),
+        "posctx_kind": "hidden",
+        "posctx_schema": SCHEMA_VERSION,
+        "posctx": record,
+    }
+    ds, encoding = build_dataset(
+        token_ids=plan.token_ids,
+        topic=plan.topic,
+        source=plan.source,
+        offset=plan.offset,
+        layers=loaded.layers,
+        layer_names=loaded.layer_names,
+        hidden_size=loaded.hidden_size,
+        storage_dtype=config.store.storage_dtype,
+        chunk_contexts=chunk,
+        chunk_layers=config.store.chunk_layers,
+        attrs=attrs,
+    )
+    try:
+        create_store(path, ds, encoding, storage_options)
+    except StoreCreatedConcurrently:
+        # Shards started together all plan the store; the first rename wins and the others
+        # join it once it is shown to be the very store they would have made.
+        stored = read_provenance(path, storage_options) or {}
+        _refuse_other_weights(path, stored, config, loaded)
+        if not np.array_equal(BlockWriter(path, storage_options).token_ids(
+            Block(0, 0, config.store.contexts)), plan.token_ids
+        ):
+            raise StoreError(
+                f"{path} was created meanwhile by another process from a different corpus: "
+                "make every process read the same corpus, or choose another --out"
+            ) from None
+        return True
+    return False
+
+
+def _refuse_other_weights(
+    path: str, stored: Mapping[str, Any], config: ExtractConfig, loaded: LoadedModel
+) -> None:
+    refuse_mismatch(path, stored, config, allow_more_contexts=True)
+    if stored.get("model", {}).get("weights_hash") != loaded.weights_hash:
+        raise StoreError(
+            f"{path} was made with different weights for model {config.model.name!r} "
+            f"(hash {stored['model'].get('weights_hash')} vs {loaded.weights_hash}): "
+            "use the same weights to resume, or choose another --out"
+        )
+
+
+def refuse_interrupted_extension(
+    path: str,
+    stored: Mapping[str, Any],
+    config: ExtractConfig,
+    storage_options: Mapping[str, Any] | None,
+) -> None:
+    from posctx.store.location import open_group
+
+    size = int(open_group(path, "r", storage_options)[TOKEN_ID].shape[0])
+    if size != stored["config"]["store"]["contexts"] and config.store.contexts != size:
+        raise StoreError(
+            f"{path}: an extension to {size} contexts was interrupted: re-run with "
+            f"--contexts {size} to finish it"
+        )
+
+
+def pending_blocks(
+    blocks: Iterable[Block], done: np.ndarray, shard: tuple[int, int] | None = None
+) -> list[Block]:
+    """The blocks whose completion marker is not set, in order; only shard ``i`` of ``n``
+    (the blocks whose index is ``i`` modulo ``n``) when ``shard=(i, n)``.
+
+    >>> import numpy as np
+    >>> from posctx.store import plan_blocks
+    >>> pending_blocks(plan_blocks(10, 4), np.array([True, False, True]))
+    [Block(index=1, start=4, stop=8)]
+    >>> pending_blocks(plan_blocks(10, 2), np.zeros(5, bool), shard=(1, 2))
+    [Block(index=1, start=2, stop=4), Block(index=3, start=6, stop=8)]
+    """
+    i, n = shard or (0, 1)
+    return [b for b in blocks if not bool(done[b.index]) and b.index % n == i]
+
+
+def check_shard(shard: tuple[int, int] | None) -> None:
+    """Refuse a shard that names no blocks: ``(i, n)`` needs ``0 <= i < n``."""
+    if shard is not None and not (shard[1] >= 1 and 0 <= shard[0] < shard[1]):
+        raise PosctxError(
+            f"shard {shard[0]}/{shard[1]} does not exist: give I/N with 0 <= I < N, e.g. 0/4 "
+            "... 3/4 for four processes"
+        )
+
+
+__all__ = [
+    "config_differences",
+    "refuse_mismatch",
+    "plan_contexts",
+    "prepare_store",
+    "refuse_interrupted_extension",
+    "pending_blocks",
+    "check_shard",
+]

@@ -1,0 +1,121 @@
+"""Running the planned blocks in this process: forward passes, with a writer thread storing
+the previous block meanwhile, and a progress bar.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+import numpy as np
+
+from posctx.store import Block, BlockWriter
+
+if TYPE_CHECKING:  # pragma: no cover
+    from posctx.model import LoadedModel
+
+
+class _Writer:
+    """A thread that writes finished blocks while the caller computes the next one.
+
+    The queue holds at most one block, so memory stays at two blocks in flight whatever the
+    corpus size, and the forward pass never waits on storage unless storage is the slower side.
+    """
+
+    def __init__(self, writer: BlockWriter, on_written: Callable[[Block], None]) -> None:
+        self._writer = writer
+        self._on_written = on_written
+        self._queue: queue.Queue[tuple[Block, np.ndarray] | None] = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="posctx-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is not None:
+                continue  # drain without writing once something went wrong
+            block, data = item
+            try:
+                self._writer.write(block, data)
+                self._on_written(block)
+            except BaseException as exc:  # re-raised in the caller's thread
+                self._error = exc
+
+    def put(self, block: Block, data: np.ndarray) -> None:
+        self.raise_if_failed()
+        self._queue.put((block, data))
+
+    def raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        self.raise_if_failed()
+
+
+def compute_block(loaded: LoadedModel, token_ids: np.ndarray, storage_dtype: str) -> np.ndarray:
+    """Hidden states of one block, computed in batches of the configured size."""
+    from posctx.model import forward_block
+
+    return forward_block(loaded, token_ids, storage_dtype, batch_size=loaded.config.batch_size)
+
+
+def run_blocks(
+    loaded: LoadedModel,
+    path: str,
+    blocks: list[Block],
+    *,
+    storage_dtype: str,
+    storage_options: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    n_total: int | None = None,
+    n_done: int = 0,
+) -> int:
+    """Compute and write ``blocks``; returns the number of tokens written."""
+    writer = BlockWriter(path, storage_options)
+    bar = Progress(n_total, n_done, progress)
+    background = _Writer(writer, lambda block: bar.add(block.size, block.size * writer.length))
+    try:
+        for block in blocks:
+            ids = writer.token_ids(block)
+            background.put(block, compute_block(loaded, ids, storage_dtype))
+    finally:
+        background.close()
+        bar.close()
+    return bar.tokens
+
+
+class Progress:
+    """The extraction progress bar: contexts done, and this call's token rate."""
+
+    def __init__(self, total: int | None, done: int, enabled: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(
+            total=total, initial=done, unit="ctx", desc="extract", disable=not enabled, dynamic_ncols=True
+        )
+        self._start = time.perf_counter()
+        self.tokens = 0
+
+    def add(self, contexts: int, tokens: int) -> None:
+        self.tokens += tokens
+        self._bar.update(contexts)
+        rate = self.tokens / max(time.perf_counter() - self._start, 1e-9)
+        self._bar.set_postfix(tok_s=f"{rate:,.0f}")
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+__all__ = [
+    "compute_block",
+    "run_blocks",
+    "Progress",
+]
