@@ -114,3 +114,25 @@ def test_without_numba_auto_falls_back_and_numba_is_refused(monkeypatch: pytest.
             fused.kernel_name()
     finally:
         fused._slab_kernel.cache_clear()
+
+
+def test_an_unwritable_numba_cache_falls_back_to_compiling_each_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_njit = numba.njit
+    asked = []
+
+    def njit(*args: object, **kwargs: object) -> object:
+        asked.append(kwargs["cache"])
+        if kwargs["cache"]:
+            raise RuntimeError("cannot cache function '_add_slab': no locator available")
+        return real_njit(*args, **kwargs)
+
+    monkeypatch.setattr(numba, "njit", njit)
+    fused._slab_kernel.cache_clear()
+    try:
+        assert fused.kernel_name() == "numba" and asked == [True, False]
+        x = np.random.default_rng(4).normal(size=(3, 4, 2, 5)).astype(np.float32)
+        np.testing.assert_allclose(block_stats(x)["sumsq"], (x.astype(float) ** 2).sum((0, 1, 3)))
+    finally:
+        fused._slab_kernel.cache_clear()

@@ -74,12 +74,21 @@ def _slab_kernel(choice: str) -> SlabKernel | None:
             f"{KERNEL_ENV}=numba but numba is not installed ({exc}): "
             "pip install 'posctx[fast]', or unset it to use numpy"
         ) from exc
+    try:
+        return _compiled(numba, cache=True)
+    except RuntimeError:  # numba found no writable cache folder (read-only install and home)
+        return _compiled(numba, cache=False)
+
+
+def _compiled(numba: Any, cache: bool) -> SlabKernel:
+    """Compile the kernel now, for float32 slabs, so that a failure shows here."""
     # reassoc lets the sum of squares vectorise; no nnan/ninf, so a NaN (an unwritten block)
     # still turns every sum it enters into NaN. cache=True keeps the machine code on disk.
-    compiled: SlabKernel = numba.njit(
-        nogil=True, cache=True, fastmath={"reassoc", "contract"}
-    )(_add_slab)
-    return compiled
+    kernel: SlabKernel = numba.njit(nogil=True, cache=cache, fastmath={"reassoc", "contract"})(
+        _add_slab
+    )
+    kernel(np.zeros((1, 1, 1), np.float32), np.zeros((1, 1, 1)), np.zeros((1, 1)), np.zeros(1))
+    return kernel
 
 
 def _add_slab(slab: Any, pos_sum: Any, ctx_row: Any, sumsq: Any) -> None:  # pragma: no cover
