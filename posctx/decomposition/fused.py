@@ -34,6 +34,9 @@ COMPILED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 def kernel_name() -> str:
     """The kernel this process uses: ``"numba"`` or ``"numpy"``.
 
+    Cheap enough for graph building: it imports numba where chosen but compiles nothing
+    (that happens on the first chunk, in :func:`slab_kernel`).
+
     Raises
     ------
     PosctxError
@@ -44,21 +47,28 @@ def kernel_name() -> str:
     >>> kernel_name() in ("numba", "numpy")
     True
     """
-    return "numpy" if slab_kernel() is None else "numba"
+    return "numpy" if _numba(_choice()) is None else "numba"
 
 
 def slab_kernel() -> SlabKernel | None:
     """The compiled slab kernel, or ``None`` where numpy is to be used (see the module doc)."""
-    choice = os.environ.get(KERNEL_ENV, "auto").strip().lower() or "auto"
-    with _LOCK:  # dask threads start chunks together: import and set up numba once
-        return _slab_kernel(choice)
+    numba = _numba(_choice())
+    if numba is None:
+        return None
+    with _LOCK:  # dask threads start chunks together: compile (or load from cache) once
+        return _kernel(numba)
 
 
 _LOCK = threading.Lock()
 
 
+def _choice() -> str:
+    return os.environ.get(KERNEL_ENV, "auto").strip().lower() or "auto"
+
+
 @functools.lru_cache(maxsize=None)
-def _slab_kernel(choice: str) -> SlabKernel | None:
+def _numba(choice: str) -> Any:
+    """The numba module if ``choice`` means to use it and it imports, else ``None``."""
     if choice not in ("auto", "numba", "numpy"):
         raise PosctxError(
             f"{KERNEL_ENV}={choice!r} is not a kernel: set it to auto, numba or numpy"
@@ -74,10 +84,21 @@ def _slab_kernel(choice: str) -> SlabKernel | None:
             f"{KERNEL_ENV}=numba but numba is not installed ({exc}): "
             "pip install 'posctx[fast]', or unset it to use numpy"
         ) from exc
+    return numba
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel(numba: Any) -> SlabKernel:
     try:
         return _compiled(numba, cache=True)
     except RuntimeError:  # numba found no writable cache folder (read-only install and home)
         return _compiled(numba, cache=False)
+
+
+def _forget() -> None:
+    """Drop the cached choice and kernel (tests change the environment and numba itself)."""
+    _numba.cache_clear()
+    _kernel.cache_clear()
 
 
 def _compiled(numba: Any, cache: bool) -> SlabKernel:
