@@ -97,7 +97,9 @@ np.savez(OUT + "/result.npz", mu=mu, pos=pos, ss_total=ss_total, ss_ctx=ss_ctx,
 }
 
 # The same route with numpy's four passes per slab instead of the numba kernel.
-ROUTE_CODE["posctx-numpy"] = 'import os\nos.environ["POSCTX_KERNEL"] = "numpy"\n' + ROUTE_CODE["posctx"]
+ROUTE_CODE["posctx-numpy"] = (
+    'import os\nos.environ["POSCTX_KERNEL"] = "numpy"\n' + ROUTE_CODE["posctx"]
+)
 # posctx as it was before the kernel and output changes: numpy kernel, outputs compressed with
 # zarr's default (zstd), ctx chunks of one hidden chunk's contexts.
 ROUTE_CODE["posctx-prior"] = (
@@ -142,8 +144,13 @@ def make_store(path: Path, n_contexts: int) -> None:
     if (path / "zarr.json").exists():
         return
     write_large_planted_store(
-        str(path), n_contexts=n_contexts, length=LENGTH, n_layers=LAYERS, n_dims=DIMS,
-        chunk_contexts=CHUNK, progress=True,
+        str(path),
+        n_contexts=n_contexts,
+        length=LENGTH,
+        n_layers=LAYERS,
+        n_dims=DIMS,
+        chunk_contexts=CHUNK,
+        progress=True,
     )
 
 
@@ -182,9 +189,18 @@ def machine() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gb", type=float, default=8.0, help="store size in GB (1e9 bytes)")
-    parser.add_argument("--routes", default="read,direct,posctx,posctx-numpy,posctx-prior,naive,numpy")
-    parser.add_argument("--scaling", action="store_true", help="also time posctx at 1/16, 1/4 of the size")
-    parser.add_argument("--repeat", type=int, default=1, help="runs of read/direct/posctx (best kept); naive and numpy run once")
+    parser.add_argument(
+        "--routes", default="read,direct,posctx,posctx-numpy,posctx-prior,naive,numpy"
+    )
+    parser.add_argument(
+        "--scaling", action="store_true", help="also time posctx at 1/16, 1/4 of the size"
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs of read/direct/posctx (best kept); naive and numpy run once",
+    )
     parser.add_argument("--workdir", default=None, help="where stores go (default: a temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the stores")
     parser.add_argument("--json", default=None)
@@ -197,7 +213,9 @@ def main() -> None:
     t0 = time.perf_counter()
     make_store(store, n_contexts)
     size = n_contexts * BYTES_PER_CONTEXT
-    print(f"store {store}: {n_contexts} contexts, {size / 1e9:.2f} GB, made in {time.perf_counter() - t0:.0f} s")
+    print(
+        f"store {store}: {n_contexts} contexts, {size / 1e9:.2f} GB, made in {time.perf_counter() - t0:.0f} s"
+    )
 
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     cached = size < 0.5 * ram
@@ -212,12 +230,16 @@ def main() -> None:
             continue
         out = work / f"out-{route}"
         shutil.rmtree(out, ignore_errors=True)
-        runs = [run_route(route, store, out) for _ in range(args.repeat if route in REPEATED else 1)]
+        runs = [
+            run_route(route, store, out) for _ in range(args.repeat if route in REPEATED else 1)
+        ]
         results[route] = min(runs, key=lambda r: r["seconds"])
         results[route]["runs"] = len(runs)
         results[route]["gb_per_s"] = size / 1e9 / results[route]["seconds"]
         if route not in ("read", "direct", "posctx"):  # compared with posctx's results
-            results[route]["max_rel_diff_vs_posctx"] = compare(work / "out-posctx/result.npz", out / "result.npz")
+            results[route]["max_rel_diff_vs_posctx"] = compare(
+                work / "out-posctx/result.npz", out / "result.npz"
+            )
         print(route, json.dumps(results[route]))
 
     scaling = {}
@@ -231,25 +253,36 @@ def main() -> None:
             out = work / f"out-scaling-{n}"
             shutil.rmtree(out, ignore_errors=True)
             scaling[n] = min(
-                (run_route("posctx", sub, out) for _ in range(args.repeat)), key=lambda r: r["seconds"]
+                (run_route("posctx", sub, out) for _ in range(args.repeat)),
+                key=lambda r: r["seconds"],
             )
             if not args.keep:
                 shutil.rmtree(sub, ignore_errors=True)
-        scaling[n_contexts] = results.get("posctx") or run_route("posctx", store, work / "out-posctx")
+        scaling[n_contexts] = results.get("posctx") or run_route(
+            "posctx", store, work / "out-posctx"
+        )
 
     where = "page cache (warm)" if cached else "disk (larger than half the RAM)"
-    print(f"\nmachine: {machine()}; store {size / 1e9:.2f} GB, {n_contexts} contexts, chunks of {CHUNK} contexts ({CHUNK * BYTES_PER_CONTEXT / 1e6:.0f} MB), read from {where}\n")
+    print(
+        f"\nmachine: {machine()}; store {size / 1e9:.2f} GB, {n_contexts} contexts, chunks of {CHUNK} contexts ({CHUNK * BYTES_PER_CONTEXT / 1e6:.0f} MB), read from {where}\n"
+    )
     print("| route | seconds | GB/s | peak RSS (MB) | vs posctx (time) | max rel. diff vs posctx |")
     print("|---|---|---|---|---|---|")
     base = results.get("posctx", {}).get("seconds")
     for route, r in results.items():
         ratio = f"{r['seconds'] / base:.2f}" if base else "-"
         diff = r.get("max_rel_diff_vs_posctx")
-        print(f"| {route} | {r['seconds']:.1f} | {r['gb_per_s']:.2f} | {r['peak_rss_mb']:.0f} | {ratio} | {'-' if diff is None else f'{diff:.1e}'} |")
+        print(
+            f"| {route} | {r['seconds']:.1f} | {r['gb_per_s']:.2f} | {r['peak_rss_mb']:.0f} | {ratio} | {'-' if diff is None else f'{diff:.1e}'} |"
+        )
     if "read" in results and base:
-        print(f"\nposctx / zarr decode-only throughput (b/a): {results['read']['seconds'] / base:.2f}")
+        print(
+            f"\nposctx / zarr decode-only throughput (b/a): {results['read']['seconds'] / base:.2f}"
+        )
     if "direct" in results and base:
-        print(f"posctx / direct read-only throughput (b/a'): {results['direct']['seconds'] / base:.2f}")
+        print(
+            f"posctx / direct read-only throughput (b/a'): {results['direct']['seconds'] / base:.2f}"
+        )
     if "naive" in results and base:
         print(f"naive xarray / posctx time (c/b): {results['naive']['seconds'] / base:.2f}")
     if "numpy" in results and base:
@@ -259,8 +292,14 @@ def main() -> None:
         print("|---|---|---|")
         for n, r in sorted(scaling.items()):
             print(f"| {n} | {r['seconds']:.1f} | {1000 * r['seconds'] / n:.2f} |")
-    record = {"machine": machine(), "n_contexts": n_contexts, "bytes": size, "cached": cached, "routes": results,
-              "scaling": {str(k): v for k, v in scaling.items()}}
+    record = {
+        "machine": machine(),
+        "n_contexts": n_contexts,
+        "bytes": size,
+        "cached": cached,
+        "routes": results,
+        "scaling": {str(k): v for k, v in scaling.items()},
+    }
     Path(args.json or work / "bench.json").write_text(json.dumps(record, indent=2))
     if not args.keep and args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)

@@ -101,7 +101,9 @@ def main(argv: list[str] | None = None) -> None:
 
     import icechunk as ic
 
-    ic.set_logs_filter("error")  # silence the note that local storage is unsafe for concurrent commits
+    ic.set_logs_filter(
+        "error"
+    )  # silence the note that local storage is unsafe for concurrent commits
     print(f"icechunk {ic.__version__}, zarr {zarr.__version__}")
     work = Path(args.workdir)
     shutil.rmtree(work, ignore_errors=True)
@@ -110,8 +112,14 @@ def main(argv: list[str] | None = None) -> None:
     repo = ic.Repository.create(ic.local_filesystem_storage(str(path)))
     session = repo.writable_session("main")
     group = zarr.open_group(session.store, mode="w", zarr_format=3)
-    group.create_array("hidden", shape=(BLOCKS * C, T, L, D), chunks=(C, T, L, D), dtype="f4",
-                       compressors=None, fill_value=np.nan)
+    group.create_array(
+        "hidden",
+        shape=(BLOCKS * C, T, L, D),
+        chunks=(C, T, L, D),
+        dtype="f4",
+        compressors=None,
+        fill_value=np.nan,
+    )
     group.create_array("block_complete", shape=(BLOCKS,), chunks=(1,), dtype="u1", fill_value=0)
     snaps = [session.commit("create arrays")]
 
@@ -131,9 +139,12 @@ def main(argv: list[str] | None = None) -> None:
     assert visible(at_k) == [0]
     assert visible(long_reader) == [0, 1, 2]
     assert visible(repo.readonly_session(branch="main")) == [0, 1, 2, 3]
-    say("1 isolation", "a reader opened on the branch keeps its snapshot while 2 more commits land "
+    say(
+        "1 isolation",
+        "a reader opened on the branch keeps its snapshot while 2 more commits land "
         f"(saw {visible(reader_tip)}, then {visible(long_reader)} while the tip has [0, 1, 2, 3]); "
-        f"readonly_session(snapshot_id=<commit {k}>) sees blocks {visible(at_k)}")
+        f"readonly_session(snapshot_id=<commit {k}>) sees blocks {visible(at_k)}",
+    )
     try:
         open_arrays(at_k)[0][0] = 0
     except Exception as exc:  # noqa: BLE001 - we only report what the store raises
@@ -159,10 +170,13 @@ def main(argv: list[str] | None = None) -> None:
     assert p.exitcode == -signal.SIGKILL, p.exitcode
     assert repo.lookup_branch("main") == snaps[-1]
     assert visible(repo.readonly_session(branch="main")) == [0, 1, 2, 3]
-    say("2 failed writer", "an exception before commit and a SIGKILLed process (data and marker "
+    say(
+        "2 failed writer",
+        "an exception before commit and a SIGKILLed process (data and marker "
         "written, no commit) both leave main at the last commit showing blocks [0, 1, 2, 3]; "
         f"their chunk files stay on disk as orphans ({chunk_files(path) - files0} new files) "
-        "until garbage_collect")
+        "until garbage_collect",
+    )
 
     # 3. Uncoordinated concurrent writers.
     a = repo.writable_session("main")
@@ -174,13 +188,19 @@ def main(argv: list[str] | None = None) -> None:
         b_.commit("block 5 (writer B)")
         raise AssertionError("a stale session committed without a rebase")
     except ic.ConflictError as exc:
-        say("3 stale commit", f"writer B's commit raises ConflictError (expected parent "
-            f"{exc.expected_parent}, actual {exc.actual_parent}) although the chunks are disjoint")
+        say(
+            "3 stale commit",
+            f"writer B's commit raises ConflictError (expected parent "
+            f"{exc.expected_parent}, actual {exc.actual_parent}) although the chunks are disjoint",
+        )
     b_.rebase(ic.ConflictDetector())
     snaps.append(b_.commit("block 5 (writer B, rebased)"))
     assert visible(repo.readonly_session(branch="main")) == [0, 1, 2, 3, 4, 5]
-    say("3 rebase", "B.rebase(ConflictDetector()) then B.commit() succeeds: disjoint chunks "
-        "(blocks and their one-chunk markers) never conflict")
+    say(
+        "3 rebase",
+        "B.rebase(ConflictDetector()) then B.commit() succeeds: disjoint chunks "
+        "(blocks and their one-chunk markers) never conflict",
+    )
     a = repo.writable_session("main")
     b_ = repo.writable_session("main")
     write_block(a, 6)
@@ -188,8 +208,11 @@ def main(argv: list[str] | None = None) -> None:
     a.commit("block 6 (A)")
     b_.commit("block 7 (B)", rebase_with=ic.ConflictDetector())
     assert visible(repo.readonly_session(branch="main")) == list(range(8))
-    say("3 one call", "commit(..., rebase_with=ConflictDetector()) rebases and retries by itself "
-        "(rebase_tries=1000 by default)")
+    say(
+        "3 one call",
+        "commit(..., rebase_with=ConflictDetector()) rebases and retries by itself "
+        "(rebase_tries=1000 by default)",
+    )
     a = repo.writable_session("main")
     b_ = repo.writable_session("main")
     write_block(a, 0, np.full((C, T, L, D), 100.0, np.float32))
@@ -211,8 +234,14 @@ def main(argv: list[str] | None = None) -> None:
     repo2 = ic.Repository.create(ic.local_filesystem_storage(str(work / "repo2")))
     s = repo2.writable_session("main")
     g = zarr.open_group(s.store, mode="w", zarr_format=3)
-    g.create_array("hidden", shape=(BLOCKS * C, T, L, D), chunks=(C, T, L, D), dtype="f4",
-                   compressors=None, fill_value=np.nan)
+    g.create_array(
+        "hidden",
+        shape=(BLOCKS * C, T, L, D),
+        chunks=(C, T, L, D),
+        dtype="f4",
+        compressors=None,
+        fill_value=np.nan,
+    )
     g.create_array("block_complete", shape=(BLOCKS,), chunks=(1,), dtype="u1", fill_value=0)
     try:
         s.fork()
@@ -233,9 +262,12 @@ def main(argv: list[str] | None = None) -> None:
     coordinator.commit("all blocks, written by 2 worker processes")
     assert visible(repo2.readonly_session(branch="main")) == list(range(BLOCKS))
     assert [i.message for i in repo2.ancestry(branch="main")][0].startswith("all blocks")
-    say("4 fork/merge", f"{BLOCKS} ForkSessions pickled to 2 processes, merged back, one commit; "
+    say(
+        "4 fork/merge",
+        f"{BLOCKS} ForkSessions pickled to 2 processes, merged back, one commit; "
         "forking needs a session without uncommitted changes (so the arrays are committed "
-        "first), and a writable Session refuses to pickle")
+        "first), and a writable Session refuses to pickle",
+    )
 
     # 5. Rewrites and garbage.
     before = chunk_files(path)
@@ -250,9 +282,12 @@ def main(argv: list[str] | None = None) -> None:
     gc = repo.garbage_collect(future)
     after = chunk_files(path)
     assert open_arrays(repo.readonly_session(branch="main"))[0][C, 0, 0, 0] == -1.0
-    say("5 rewrite", f"rewriting a block adds {grown} chunk file (old snapshot still reads the "
+    say(
+        "5 rewrite",
+        f"rewriting a block adds {grown} chunk file (old snapshot still reads the "
         f"old block); expire_snapshots + garbage_collect expired {len(expired)} snapshots and "
-        f"deleted {gc.chunks_deleted} chunk files ({before + grown} -> {after} files)")
+        f"deleted {gc.chunks_deleted} chunk files ({before + grown} -> {after} files)",
+    )
 
     # 6. posctx's schema through xarray.
     import xarray as xr
@@ -277,8 +312,9 @@ def main(argv: list[str] | None = None) -> None:
     s = repo3.writable_session("main")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ds.to_zarr(s.store, mode="w-", compute=False, zarr_format=3, consolidated=False,
-                   encoding=encoding)
+        ds.to_zarr(
+            s.store, mode="w-", compute=False, zarr_format=3, consolidated=False, encoding=encoding
+        )
     s.commit("create store")
     s = repo3.writable_session("main")
     part = xr.Dataset({HIDDEN: (ds[HIDDEN].dims, np.ones((C, T, 2, D), np.float32))})
@@ -289,9 +325,12 @@ def main(argv: list[str] | None = None) -> None:
     assert bool(np.isnan(back[HIDDEN].isel(context=0)).all())
     assert back.topic.values.tolist() == ds.topic.values.tolist()
     notes = sorted({str(w.message)[:80] for w in caught})
-    say("6 xarray", "build_dataset -> to_zarr(session.store, compute=False, consolidated=False) "
+    say(
+        "6 xarray",
+        "build_dataset -> to_zarr(session.store, compute=False, consolidated=False) "
         "-> commit; a block via to_zarr(region=...) -> commit; xr.open_zarr(readonly.store) "
-        f"reads labels and data back (warnings while creating: {notes or 'none'})")
+        f"reads labels and data back (warnings while creating: {notes or 'none'})",
+    )
     try:
         xr.open_zarr(repo3.readonly_session(branch="main").store, consolidated=True)
         say("6 consolidated", "consolidated=True also opens")

@@ -155,7 +155,9 @@ class PlainZarr(Variant):
             return hidden[b * self.c : (b + 1) * self.c]
 
         def direct(b: int) -> np.ndarray:  # what posctx.fastread does for such a store
-            return np.fromfile(self.path / "hidden" / "c" / str(b) / "0" / "0" / "0", "<f4").reshape(shape)
+            return np.fromfile(
+                self.path / "hidden" / "c" / str(b) / "0" / "0" / "0", "<f4"
+            ).reshape(shape)
 
         return {"zarr": via_zarr, "direct": direct}
 
@@ -349,22 +351,35 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--blocks", type=int, default=16, help="number of blocks (chunks) to write")
     parser.add_argument("--chunk-mb", type=float, default=64, help="approximate chunk size in MiB")
-    parser.add_argument("--workdir", default="/tmp/posctx-icechunk-bench", help="where the stores go")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per store; the best is reported")
     parser.add_argument(
-        "--commit-every", type=int, default=0,
+        "--workdir", default="/tmp/posctx-icechunk-bench", help="where the stores go"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs per store; the best is reported"
+    )
+    parser.add_argument(
+        "--commit-every",
+        type=int,
+        default=0,
         help="blocks per commit for the batched Icechunk store (default: all in one commit)",
     )
     parser.add_argument(
-        "--read-passes", type=int, default=2,
+        "--read-passes",
+        type=int,
+        default=2,
         help="full reads of each store per run; the fastest counts (reads are noisy)",
     )
     parser.add_argument("--json", help="also write the full results as JSON to this file")
     parser.add_argument("--keep", action="store_true", help="keep the stores of the last run")
     args = parser.parse_args(argv)
-    if min(args.blocks, args.repeat, args.read_passes) < 1 or args.chunk_mb <= 0 or args.commit_every < 0:
-        parser.error("--blocks, --repeat and --read-passes must be >= 1, --chunk-mb > 0, "
-                     "--commit-every >= 0")
+    if (
+        min(args.blocks, args.repeat, args.read_passes) < 1
+        or args.chunk_mb <= 0
+        or args.commit_every < 0
+    ):
+        parser.error(
+            "--blocks, --repeat and --read-passes must be >= 1, --chunk-mb > 0, --commit-every >= 0"
+        )
 
     import icechunk
 

@@ -14,15 +14,14 @@ s3://...`` needs the store to be created first and workers with credentials). Ou
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
-from posctx.cluster import dask_client
-
 from pipelines.common import add_config_arguments, config_from_args, markdown_table, table1
 from pipelines.table1 import run_table1
+from posctx.cluster import dask_client
 
 
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:

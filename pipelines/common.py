@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import re
-import tomllib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import pandas as pd
+import tomllib
 
 import posctx
 from posctx.decomposition import paper_positions
@@ -159,7 +160,9 @@ def run_one(
     dec = posctx.open_decomposition(dec_path)
     params = posctx.GeometryParams(max_contexts=config.max_contexts, seed=config.seed)
     if report:
-        metrics = posctx.write_report(dec, folder / "report", params=params, progress=progress).metrics
+        metrics = posctx.write_report(
+            dec, folder / "report", params=params, progress=progress
+        ).metrics
         echo(f"report: {folder / 'report' / 'index.html'}")
     else:
         metrics = posctx.measure_geometry(dec, params=params, progress=progress)

@@ -12,8 +12,9 @@ Models of different depth are aligned by relative depth (layer / last layer). Wr
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -42,8 +43,12 @@ COMPARED = {
 def wide(metrics: pd.DataFrame, corpus: str) -> pd.DataFrame:
     """Measurement x layer rows, one column per model (the side-by-side table)."""
     subset = metrics[metrics["corpus"] == corpus]
-    long = subset.melt(id_vars=["model", "layer"], value_vars=list(COMPARED), var_name="measurement")
-    table = long.pivot_table(index=["measurement", "layer"], columns="model", values="value", sort=False)
+    long = subset.melt(
+        id_vars=["model", "layer"], value_vars=list(COMPARED), var_name="measurement"
+    )
+    table = long.pivot_table(
+        index=["measurement", "layer"], columns="model", values="value", sort=False
+    )
     return table.reindex(columns=list(dict.fromkeys(subset["model"]))).reset_index()
 
 
@@ -56,8 +61,10 @@ def plot_comparison(metrics: pd.DataFrame, corpus: str, path: Path) -> Path:
     subset = metrics[metrics["corpus"] == corpus]
     cols = 4
     rows = -(-len(COMPARED) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), layout="constrained", squeeze=False)
-    for ax, (name, title) in zip(axes.flat, COMPARED.items()):
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(4 * cols, 3 * rows), layout="constrained", squeeze=False
+    )
+    for ax, (name, title) in zip(axes.flat, COMPARED.items(), strict=False):
         for model, group in subset.groupby("model", sort=False):
             ax.plot(group["depth"], group[name], marker="o", label=short(str(model)))
         if name == "orth_max_cos" and "orth_max_cos_random" in subset:
@@ -75,10 +82,15 @@ def plot_comparison(metrics: pd.DataFrame, corpus: str, path: Path) -> Path:
     return path
 
 
-def run_comparison(config: PipelineConfig, *, client: Any = None, progress: bool = True) -> pd.DataFrame:
+def run_comparison(
+    config: PipelineConfig, *, client: Any = None, progress: bool = True
+) -> pd.DataFrame:
     corpus = config.corpora[0]
     metrics = pd.concat(
-        [run_one(config, model, corpus, client=client, progress=progress) for model in config.models],
+        [
+            run_one(config, model, corpus, client=client, progress=progress)
+            for model in config.models
+        ],
         ignore_index=True,
     )
     out = Path(config.out)

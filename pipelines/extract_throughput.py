@@ -37,8 +37,12 @@ def main() -> None:
 
     config = ExtractConfig(
         corpus=CorpusConfig(spec="stdlib"),
-        model=ModelConfig(name=args.model, batch_size=args.batch_size, device=args.device, dtype=args.dtype),
-        store=StoreConfig(contexts=args.contexts, length=args.length, storage_dtype=args.storage_dtype),
+        model=ModelConfig(
+            name=args.model, batch_size=args.batch_size, device=args.device, dtype=args.dtype
+        ),
+        store=StoreConfig(
+            contexts=args.contexts, length=args.length, storage_dtype=args.storage_dtype
+        ),
     )
     tmp = tempfile.mkdtemp(prefix="posctx-throughput-")
     path = args.out or os.path.join(tmp, "hidden.zarr")

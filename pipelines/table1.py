@@ -13,8 +13,9 @@ resumes, so an interrupted pipeline picks up where it stopped.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 

@@ -12,17 +12,33 @@ separates the topics at each layer.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
-from pipelines.common import PipelineConfig, add_config_arguments, config_from_args, markdown_table, run_one
+from pipelines.common import (
+    PipelineConfig,
+    add_config_arguments,
+    config_from_args,
+    markdown_table,
+    run_one,
+)
 
-TOPIC_COLUMNS = ["layer", "ctx_within", "ctx_between", "ctx_within_pc", "ctx_between_pc", "ctx_ari", "ctx_silhouette"]
+TOPIC_COLUMNS = [
+    "layer",
+    "ctx_within",
+    "ctx_between",
+    "ctx_within_pc",
+    "ctx_between_pc",
+    "ctx_ari",
+    "ctx_silhouette",
+]
 
 
-def run_topic_corpus(config: PipelineConfig, corpus: str, model: str, *, progress: bool = True) -> pd.DataFrame:
+def run_topic_corpus(
+    config: PipelineConfig, corpus: str, model: str, *, progress: bool = True
+) -> pd.DataFrame:
     """Extract, decompose and report one model on one topic corpus; returns the metrics."""
     out = Path(config.out)
     metrics = run_one(config, model, corpus, report=True, progress=progress, folder=out)
@@ -33,7 +49,9 @@ def run_topic_corpus(config: PipelineConfig, corpus: str, model: str, *, progres
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("corpus", help="folder (or file/table) with one topic per file or folder")
-    parser.add_argument("--model", default=None, help="minilm (default), a hub id or a local folder")
+    parser.add_argument(
+        "--model", default=None, help="minilm (default), a hub id or a local folder"
+    )
     add_config_arguments(parser, several_models=False)
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)

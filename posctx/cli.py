@@ -66,29 +66,98 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--model", default="minilm", show_default=True, help="'minilm' (offline), a HF id, or a local folder.")
-@click.option("--corpus", default="stdlib", show_default=True, help="'stdlib', a path (file, folder, .jsonl/.csv/.parquet) or hf:NAME[/CONFIG][:SPLIT].")
+@click.option(
+    "--model",
+    default="minilm",
+    show_default=True,
+    help="'minilm' (offline), a HF id, or a local folder.",
+)
+@click.option(
+    "--corpus",
+    default="stdlib",
+    show_default=True,
+    help="'stdlib', a path (file, folder, .jsonl/.csv/.parquet) or hf:NAME[/CONFIG][:SPLIT].",
+)
 @click.option("--contexts", default=512, show_default=True, help="Number of contexts C.")
-@click.option("--length", default=128, show_default=True, help="Tokens per context T, special tokens included.")
+@click.option(
+    "--length",
+    default=128,
+    show_default=True,
+    help="Tokens per context T, special tokens included.",
+)
 @click.option("--out", required=True, help="Output store: a path or fsspec URL (s3://...).")
-@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]), help="Compute dtype of the forward pass.")
-@click.option("--storage-dtype", default="float32", show_default=True, type=click.Choice(["float32", "float16"]))
+@click.option(
+    "--dtype",
+    default="float32",
+    show_default=True,
+    type=click.Choice(["float32", "bfloat16", "float16"]),
+    help="Compute dtype of the forward pass.",
+)
+@click.option(
+    "--storage-dtype",
+    default="float32",
+    show_default=True,
+    type=click.Choice(["float32", "float16"]),
+)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
-@click.option("--layers", default=None, help="Comma-separated hidden-state indices (0 = embeddings); default all.")
-@click.option("--special-tokens", default="model", show_default=True, type=click.Choice(["model", "none"]), help="'model': the tokenizer's own framing ([CLS]..[SEP], BOS); 'none': raw text tokens.")
-@click.option("--attn-implementation", default=None, help="eager, sdpa, ... (default: transformers' choice; recorded).")
+@click.option(
+    "--layers",
+    default=None,
+    help="Comma-separated hidden-state indices (0 = embeddings); default all.",
+)
+@click.option(
+    "--special-tokens",
+    default="model",
+    show_default=True,
+    type=click.Choice(["model", "none"]),
+    help="'model': the tokenizer's own framing ([CLS]..[SEP], BOS); 'none': raw text tokens.",
+)
+@click.option(
+    "--attn-implementation",
+    default=None,
+    help="eager, sdpa, ... (default: transformers' choice; recorded).",
+)
 @click.option("--batch-size", default=32, show_default=True)
-@click.option("--chunk-contexts", default=0, show_default=True, help="Contexts per chunk (0: about 64 MB chunks).")
+@click.option(
+    "--chunk-contexts",
+    default=0,
+    show_default=True,
+    help="Contexts per chunk (0: about 64 MB chunks).",
+)
 @click.option("--chunk-layers", default=0, show_default=True, help="Layers per chunk (0: all).")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--balance/--no-balance", default=True, show_default=True, help="Same number of contexts per topic.")
+@click.option(
+    "--balance/--no-balance",
+    default=True,
+    show_default=True,
+    help="Same number of contexts per topic.",
+)
 @click.option("--text-column", default="text", show_default=True)
 @click.option("--topic-column", default="topic", show_default=True)
 @_storage_option
-@click.option("--scheduler", default=None, metavar="ADDRESS", help="Run blocks on this dask.distributed scheduler (tcp://host:8786).")
-@click.option("--workers", default=0, show_default=True, help="Start a local cluster of N worker processes and run blocks there.")
-@click.option("--shard", default=None, metavar="I/N", help="Compute only blocks I, I+N, I+2N...: run N such processes (one per GPU, a Slurm array...) on the same --out at once.")
-@click.option("--plan-only", is_flag=True, help="Create or extend the store (token ids, labels) and compute nothing: run once before starting shards.")
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="ADDRESS",
+    help="Run blocks on this dask.distributed scheduler (tcp://host:8786).",
+)
+@click.option(
+    "--workers",
+    default=0,
+    show_default=True,
+    help="Start a local cluster of N worker processes and run blocks there.",
+)
+@click.option(
+    "--shard",
+    default=None,
+    metavar="I/N",
+    help="Compute only blocks I, I+N, I+2N...: run N such processes (one per GPU, a Slurm array...) on the same --out at once.",
+)
+@click.option(
+    "--plan-only",
+    is_flag=True,
+    help="Create or extend the store (token ids, labels) and compute nothing: run once before starting shards.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def extract(**kw: Any) -> None:
     """Extract hidden states of every layer into a labelled Zarr store (resumable)."""
@@ -158,13 +227,37 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
 @cli.command()
 @click.argument("store")
 @click.option("--out", required=True, help="Output decomposition store (path or URL).")
-@click.option("--positions", default="auto", show_default=True, help="Position labels to use: START:STOP (stop included), 'all', or 'auto': drop position 0 ([CLS]/BOS, as the paper does) and a trailing [SEP].")
-@click.option("--contexts", default="all", show_default=True, help="Context labels to use, START:STOP or 'all'.")
+@click.option(
+    "--positions",
+    default="auto",
+    show_default=True,
+    help="Position labels to use: START:STOP (stop included), 'all', or 'auto': drop position 0 ([CLS]/BOS, as the paper does) and a trailing [SEP].",
+)
+@click.option(
+    "--contexts",
+    default="all",
+    show_default=True,
+    help="Context labels to use, START:STOP or 'all'.",
+)
 @click.option("--topic", default=None, help="Use only the contexts of this topic.")
-@click.option("--moments", is_flag=True, help="Also accumulate dim x dim second moments: spectra of hidden states and residual.")
-@click.option("--from", "previous", default=None, metavar="DECOMPOSITION", help="Reuse this decomposition's sums and read only the contexts it lacks.")
+@click.option(
+    "--moments",
+    is_flag=True,
+    help="Also accumulate dim x dim second moments: spectra of hidden states and residual.",
+)
+@click.option(
+    "--from",
+    "previous",
+    default=None,
+    metavar="DECOMPOSITION",
+    help="Reuse this decomposition's sums and read only the contexts it lacks.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing decomposition at --out.")
-@click.option("--complete-only", is_flag=True, help="Use only the finished blocks of an interrupted store (recorded in the output) instead of refusing it.")
+@click.option(
+    "--complete-only",
+    is_flag=True,
+    help="Use only the finished blocks of an interrupted store (recorded in the output) instead of refusing it.",
+)
 @_storage_option
 def decompose(
     store: str,
@@ -209,7 +302,9 @@ def decompose(
         write_decomposition(
             dec_fn(
                 ds,
-                positions=paper_positions(ds) if positions == "auto" else _parse_positions(positions),
+                positions=paper_positions(ds)
+                if positions == "auto"
+                else _parse_positions(positions),
                 contexts=selected,
                 moments=moments,
             ),
@@ -218,7 +313,9 @@ def decompose(
             storage_options=opts,
         )
     seconds = time.perf_counter() - start
-    click.echo(format_variance_table(variance_shares(open_decomposition(out, storage_options=opts))))
+    click.echo(
+        format_variance_table(variance_shares(open_decomposition(out, storage_options=opts)))
+    )
     click.echo(f"wrote {out} in {seconds:.1f} s")
 
 
@@ -238,10 +335,27 @@ def info(store: str, as_json: bool, storage_option: tuple[str, ...]) -> None:
 @cli.command()
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--no-scan", is_flag=True, help="Skip the NaN/inf scan of the hidden states (it reads the whole store).")
-@click.option("--rerun", default=0, show_default=True, type=click.IntRange(min=0), metavar="N", help="Recompute N random contexts with the recorded model and compare them with the stored values.")
-@click.option("--seed", default=0, show_default=True, help="Seeds the choice of contexts for --rerun.")
-@click.option("--clean-partial", is_flag=True, help="Delete .partial chunk files left by a killed writer (local stores; only while no extraction runs).")
+@click.option(
+    "--no-scan",
+    is_flag=True,
+    help="Skip the NaN/inf scan of the hidden states (it reads the whole store).",
+)
+@click.option(
+    "--rerun",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Recompute N random contexts with the recorded model and compare them with the stored values.",
+)
+@click.option(
+    "--seed", default=0, show_default=True, help="Seeds the choice of contexts for --rerun."
+)
+@click.option(
+    "--clean-partial",
+    is_flag=True,
+    help="Delete .partial chunk files left by a killed writer (local stores; only while no extraction runs).",
+)
 @_storage_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def validate(
@@ -273,10 +387,27 @@ def validate(
 
 @cli.command()
 @click.argument("decomposition")
-@click.option("--out", required=True, help="Folder for index.html, metrics.json, metrics.csv and figures/.")
-@click.option("--hidden", default=None, help="The hidden-state store the decomposition was made from: adds the relative norm and the residual spectrum (one read of the store).")
-@click.option("--max-contexts", default=2048, show_default=True, type=click.IntRange(min=1), help="Contexts sampled for pairwise measures.")
-@click.option("--seed", default=0, show_default=True, help="Seeds the context sample, k-means and random baselines.")
+@click.option(
+    "--out", required=True, help="Folder for index.html, metrics.json, metrics.csv and figures/."
+)
+@click.option(
+    "--hidden",
+    default=None,
+    help="The hidden-state store the decomposition was made from: adds the relative norm and the residual spectrum (one read of the store).",
+)
+@click.option(
+    "--max-contexts",
+    default=2048,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Contexts sampled for pairwise measures.",
+)
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    help="Seeds the context sample, k-means and random baselines.",
+)
 @_storage_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def report(
@@ -309,11 +440,26 @@ def report(
 @cli.command()
 @click.argument("hidden")
 @click.argument("decomposition")
-@click.option("--layer", "layers", required=True, help="Hidden-state index whose block's attention to dissect (0 = the first block, reading the embeddings); comma-separated for several.")
+@click.option(
+    "--layer",
+    "layers",
+    required=True,
+    help="Hidden-state index whose block's attention to dissect (0 = the first block, reading the embeddings); comma-separated for several.",
+)
 @click.option("--out", required=True, help="Folder for the figures (PNG) and toeplitz.json/.csv.")
-@click.option("--contexts", default=8, show_default=True, type=click.IntRange(min=1), help="Dissect the decomposition's first N contexts.")
+@click.option(
+    "--contexts",
+    default=8,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Dissect the decomposition's first N contexts.",
+)
 @click.option("--heads", default=None, help="Comma-separated head indices (default: all).")
-@click.option("--device", default=None, help="Run the model here instead of the recorded device (cpu, cuda, cuda:N).")
+@click.option(
+    "--device",
+    default=None,
+    help="Run the model here instead of the recorded device (cpu, cuda, cuda:N).",
+)
 @_storage_option
 def attention(
     hidden: str,
@@ -340,11 +486,18 @@ def attention(
     )
     for shares in result.shares:
         click.echo(format_toeplitz_table(shares))
-    click.echo(f"wrote {len(result.figures)} figures, {result.json.name} and {result.csv.name} to {out} in {result.seconds:.1f} s")
+    click.echo(
+        f"wrote {len(result.figures)} figures, {result.json.name} and {result.csv.name} to {out} in {result.seconds:.1f} s"
+    )
 
 
 @cli.command()
-@click.option("--out", default="posctx-demo", show_default=True, help="Folder for hidden.zarr, decomposition.zarr and report/.")
+@click.option(
+    "--out",
+    default="posctx-demo",
+    show_default=True,
+    help="Folder for hidden.zarr, decomposition.zarr and report/.",
+)
 @click.option("--contexts", default=512, show_default=True)
 @click.option("--length", default=128, show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")

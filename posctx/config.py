@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping, TypeVar
+from typing import Any, TypeVar
 
 from posctx.errors import PosctxError
 
@@ -181,7 +182,10 @@ class StoreConfig(_Record):
                 f"storage dtype {self.storage_dtype!r} is not one of {', '.join(STORAGE_DTYPES)}: "
                 "pass --storage-dtype float32 (or float16 for half the bytes)"
             )
-        for name, value in (("chunk-contexts", self.chunk_contexts), ("chunk-layers", self.chunk_layers)):
+        for name, value in (
+            ("chunk-contexts", self.chunk_contexts),
+            ("chunk-layers", self.chunk_layers),
+        ):
             if value < 0:
                 raise PosctxError(
                     f"--{name} must be >= 0, got {value}: pass a positive number, or 0 for the "

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from posctx.config import CorpusConfig, ExtractConfig, ModelConfig, StoreConfig
 

@@ -155,8 +155,13 @@ def direct_array(array_dir: str | os.PathLike[str], name: str | None = None) -> 
     )
     stat = (root / "zarr.json").stat()
     reader = functools.partial(
-        _read_block, root=str(root), sep=sep, chunk_shape=chunk_shape, chunks=chunks,
-        dtype=dtype, fill=fill,
+        _read_block,
+        root=str(root),
+        sep=sep,
+        chunk_shape=chunk_shape,
+        chunks=chunks,
+        dtype=dtype,
+        fill=fill,
     )
     name = name or f"posctx-direct-read-{tokenize(str(root.resolve()), stat.st_mtime_ns, shape)}"
     _SOURCES[name] = DirectSource(str(root), sep, shape, chunk_shape, dtype, fill)

@@ -167,8 +167,23 @@ def _is_decoder(model: Any) -> bool:
         return True
     archs = " ".join(getattr(cfg, "architectures", None) or [])
     return "CausalLM" in archs or getattr(cfg, "model_type", "") in {
-        "gpt2", "gpt_neo", "gptj", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "opt",
-        "phi", "phi3", "gemma", "gemma2", "falcon", "bloom", "olmo", "pythia",
+        "gpt2",
+        "gpt_neo",
+        "gptj",
+        "gpt_neox",
+        "llama",
+        "mistral",
+        "qwen2",
+        "qwen3",
+        "opt",
+        "phi",
+        "phi3",
+        "gemma",
+        "gemma2",
+        "falcon",
+        "bloom",
+        "olmo",
+        "pythia",
     }
 
 
@@ -361,9 +376,14 @@ def load_model(config: ModelConfig) -> LoadedModel:
     try:
         model.to(device)
     except (RuntimeError, AssertionError) as exc:
-        raise ModelError(f"device {config.device!r} is not usable here ({exc}): use --device cpu") from exc
+        raise ModelError(
+            f"device {config.device!r} is not usable here ({exc}): use --device cpu"
+        ) from exc
     model.eval()
-    n_hidden = int(getattr(model.config, "num_hidden_layers", 0) or getattr(model.config, "n_layer", 0)) + 1
+    n_hidden = (
+        int(getattr(model.config, "num_hidden_layers", 0) or getattr(model.config, "n_layer", 0))
+        + 1
+    )
     layers = tuple(config.layers) or tuple(range(n_hidden))
     bad = [layer for layer in layers if layer >= n_hidden]
     if bad:
@@ -422,7 +442,9 @@ def _stacked_states(loaded: LoadedModel, ids: Any, storage_dtype: str) -> Any:
     """The requested layers' states of one batch, on the model's device, in storage dtype."""
     import torch
 
-    out = loaded.model(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True)
+    out = loaded.model(
+        input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True
+    )
     target = torch.float16 if storage_dtype == "float16" else torch.float32
     return torch.stack([out.hidden_states[i] for i in loaded.layers], dim=2).to(target)
 
@@ -517,4 +539,3 @@ __all__ = [
     "special_tokens",
     "weights_hash",
 ]
-

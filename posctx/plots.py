@@ -46,7 +46,6 @@ GRAM_CONTEXTS = 96
 SCATTER_CONTEXTS = 1500
 
 
-
 def _label(ax: Any, title: str, xlabel: str, ylabel: str | None = None) -> None:
     """The one style of every panel: small title, axis labels and ticks."""
     ax.set_title(title, fontsize=9)
@@ -55,7 +54,10 @@ def _label(ax: Any, title: str, xlabel: str, ylabel: str | None = None) -> None:
         ax.set_ylabel(ylabel, fontsize=8)
     ax.tick_params(labelsize=7)
 
-def _figure(n_panels: int, *, panel: float = 2.6, projection: str | None = None) -> tuple[Figure, list[Axes]]:
+
+def _figure(
+    n_panels: int, *, panel: float = 2.6, projection: str | None = None
+) -> tuple[Figure, list[Axes]]:
     """A figure with a grid of ``n_panels`` axes (at most :data:`MAX_COLUMNS` per row)."""
     from matplotlib.figure import Figure
 
@@ -132,7 +134,9 @@ def pos_curves_3d(inputs: xr.Dataset) -> Figure:
         ax.set_title(title, fontsize=9)
         ax.tick_params(labelsize=6)
         ax.view_init(elev=25, azim=-60)
-    fig.suptitle("pos in its top three principal components (3-d view, coloured by position)", fontsize=11)
+    fig.suptitle(
+        "pos in its top three principal components (3-d view, coloured by position)", fontsize=11
+    )
     return fig
 
 
@@ -241,9 +245,15 @@ def spectra(metrics: xr.Dataset) -> Figure:
     c, t = record["n_contexts"], record["n_positions"]
     fig, axes = _figure(metrics.sizes[LAYER])
     k = np.arange(1, metrics.sizes["component"] + 1)
-    parts = [("pos", np.sqrt(c), "tab:blue"), ("ctx", np.sqrt(t), "tab:orange"), ("resid", 1.0, "tab:gray")]
+    parts = [
+        ("pos", np.sqrt(c), "tab:blue"),
+        ("ctx", np.sqrt(t), "tab:orange"),
+        ("resid", 1.0, "tab:gray"),
+    ]
     for i, (ax, title) in enumerate(zip(axes, _layer_titles(metrics), strict=True)):
-        spectra_i = [np.asarray(metrics[f"{n}_sv"].isel({LAYER: i}).values) * sc for n, sc, _ in parts]
+        spectra_i = [
+            np.asarray(metrics[f"{n}_sv"].isel({LAYER: i}).values) * sc for n, sc, _ in parts
+        ]
         top = max((float(np.nanmax(v)) for v in spectra_i if np.isfinite(v).any()), default=0.0)
         for (name, _, colour), s in zip(parts, spectra_i, strict=True):
             # Values below 1e-6 of the largest are zeros up to rounding (rank limits and
@@ -253,7 +263,11 @@ def spectra(metrics: xr.Dataset) -> Figure:
                 ax.semilogy(k[keep], s[keep], color=colour, linewidth=1.2, label=name)
         _label(ax, title, "component")
     axes[0].legend(fontsize=7)
-    note = "" if record["resid_spectrum"] else " (resid omitted: measured without the hidden-state store)"
+    note = (
+        ""
+        if record["resid_spectrum"]
+        else " (resid omitted: measured without the hidden-state store)"
+    )
     fig.suptitle(f"singular values of pos (x sqrt C), ctx (x sqrt T) and resid{note}", fontsize=11)
     return fig
 
@@ -303,10 +317,22 @@ def layer_summary(metrics: xr.Dataset) -> Figure:
     fig = Figure(figsize=(13, 3.2), layout="constrained")
     axes = fig.subplots(1, 4)
     panels: list[tuple[str, list[tuple[str, str, str]]]] = [
-        ("share of variance", [("share_pos", "pos", "-"), ("share_ctx", "ctx", "-"), ("share_resid", "resid", "-")]),
-        ("pos rank", [("pos_stable_rank", "stable rank", "-"), ("pos_screenot_rank", "ScreeNOT rank", "--")]),
-        ("ctx mean |cos|", [("ctx_within", "within topic", "-"), ("ctx_between", "between topics", "-")]),
-        ("pos-ctx max |cos|", [("orth_max_cos", "pos vs ctx", "-"), ("orth_max_cos_random", "random rotation", "--")]),
+        (
+            "share of variance",
+            [("share_pos", "pos", "-"), ("share_ctx", "ctx", "-"), ("share_resid", "resid", "-")],
+        ),
+        (
+            "pos rank",
+            [("pos_stable_rank", "stable rank", "-"), ("pos_screenot_rank", "ScreeNOT rank", "--")],
+        ),
+        (
+            "ctx mean |cos|",
+            [("ctx_within", "within topic", "-"), ("ctx_between", "between topics", "-")],
+        ),
+        (
+            "pos-ctx max |cos|",
+            [("orth_max_cos", "pos vs ctx", "-"), ("orth_max_cos_random", "random rotation", "--")],
+        ),
     ]
     for ax, (title, lines) in zip(axes, panels, strict=True):
         for name, label, style in lines:
@@ -318,7 +344,15 @@ def layer_summary(metrics: xr.Dataset) -> Figure:
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=7)
     if np.isfinite(metrics["relative_norm"].values).any():
-        axes[0].plot(layers, metrics["relative_norm"].values, ":", marker="s", markersize=3, color="k", label="relative norm")
+        axes[0].plot(
+            layers,
+            metrics["relative_norm"].values,
+            ":",
+            marker="s",
+            markersize=3,
+            color="k",
+            label="relative norm",
+        )
         axes[0].legend(fontsize=7)
     fig.suptitle("across layers", fontsize=11)
     return fig
@@ -369,9 +403,7 @@ FIGURES: dict[str, tuple[str, str, Callable[[xr.Dataset, xr.Dataset], Figure]]] 
 }
 
 
-def plot_attention_dissection(
-    ds: xr.Dataset, *, heads: Any = None, context: Any = None
-) -> Figure:
+def plot_attention_dissection(ds: xr.Dataset, *, heads: Any = None, context: Any = None) -> Figure:
     """Per head, the attention pattern beside the pos-pos, pos-ctx, ctx-pos and ctx-ctx parts.
 
     One row per head: the model's attention probabilities, then the four parts of the
@@ -414,7 +446,11 @@ def plot_attention_dissection(
         topic = f", {data[TOPIC].item()}" if TOPIC in data.coords else ""
         shown = f"context {context}{topic}"
     query, key = data[QUERY].values, data[KEY].values
-    hidden = ~causal_mask(query, key) if ds.attrs.get("causal") else np.zeros((query.size, key.size), bool)
+    hidden = (
+        ~causal_mask(query, key)
+        if ds.attrs.get("causal")
+        else np.zeros((query.size, key.size), bool)
+    )
     contiguous = bool(np.all(np.diff(query) == 1) and np.all(np.diff(key) == 1))
     extent = (key[0] - 0.5, key[-1] + 0.5, query[-1] + 0.5, query[0] - 0.5) if contiguous else None
     columns = [("pattern", "pattern"), *((p, p.replace("_", "-")) for p in PARTS)]
@@ -450,7 +486,9 @@ def plot_attention_dissection(
             ax.tick_params(labelbottom=row == n_heads - 1, labelleft=col == 0)
     layer = ds.attrs.get("layer")
     layer_name = ds.attrs.get("layer_name")
-    where = f"layer {layer}" + (f" ({layer_name})" if layer_name and str(layer_name) != str(layer) else "")
+    where = f"layer {layer}" + (
+        f" ({layer_name})" if layer_name and str(layer_name) != str(layer) else ""
+    )
     fig.suptitle(
         f"{where}: attention pattern and its pre-softmax scores split into pos/ctx parts, {shown}",
         fontsize=11,

@@ -51,7 +51,13 @@ from posctx.types import LAYER, LAYER_NAME, PathLike
 
 #: The paper's reported values (Song & Zhong 2023, Table 1), shown beside the measurements.
 PAPER_VALUES = (
-    ("BERT-base", "9.2 at the embedding layer, falling to about 2", "0.33-0.36 falling to 0.12-0.17", "0.26-0.31", "0.12-0.17"),
+    (
+        "BERT-base",
+        "9.2 at the embedding layer, falling to about 2",
+        "0.33-0.36 falling to 0.12-0.17",
+        "0.26-0.31",
+        "0.12-0.17",
+    ),
     ("GPT-2", "about 2 at every layer", "0.76-0.82 falling to about 0.1", "0.41-0.44", "0.10-0.28"),
 )
 
@@ -146,7 +152,11 @@ def format_metrics_table(metrics: xr.Dataset) -> str:
     names = metrics[LAYER_NAME].values if LAYER_NAME in metrics.coords else metrics[LAYER].values
     lines = [header]
     for i, layer in enumerate(metrics[LAYER].values):
-        v = {name: metrics[name].values[i] for name in metrics.data_vars if metrics[name].dims == (LAYER,)}
+        v = {
+            name: metrics[name].values[i]
+            for name in metrics.data_vars
+            if metrics[name].dims == (LAYER,)
+        }
         lines.append(
             f"{int(layer):<5} {str(names[i]):<12} {_fmt(v['pos_stable_rank'], '{:.2f}'):>5}  "
             f"{_fmt(v['pos_screenot_rank'], '{:d}'):>8}  {_fmt(v['relative_norm'], '{:.3f}'):>8}  "
@@ -172,7 +182,9 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], name_columns: i
 
 def _layer_labels(metrics: xr.Dataset) -> list[str]:
     names = metrics[LAYER_NAME].values if LAYER_NAME in metrics.coords else metrics[LAYER].values
-    return [f"{int(layer)} {name}" for layer, name in zip(metrics[LAYER].values, names, strict=True)]
+    return [
+        f"{int(layer)} {name}" for layer, name in zip(metrics[LAYER].values, names, strict=True)
+    ]
 
 
 def _headline_table(metrics: xr.Dataset) -> str:
@@ -247,7 +259,11 @@ def render_html(
     )
     relative = (
         "The relative norm needs the spectral norm of the hidden states: "
-        + ("computed from the hidden states (their second moment from a moments=True decomposition, or a read of the hidden-state store)." if geometry["relative_norm"] == "hidden store" else "")
+        + (
+            "computed from the hidden states (their second moment from a moments=True decomposition, or a read of the hidden-state store)."
+            if geometry["relative_norm"] == "hidden store"
+            else ""
+        )
         + ("given by the caller." if geometry["relative_norm"] == "given" else "")
         + (
             "missing here (n/a): decompose with --moments, or run <code>posctx report ... --hidden HIDDEN_STORE</code>."
@@ -364,7 +380,9 @@ def write_report(
 
     metrics_json = directory / "metrics.json"
     payload = {"provenance": finite_or_none(record), **metrics_to_dict(metrics)}
-    metrics_json.write_text(json.dumps(payload, indent=1, sort_keys=False, allow_nan=False, default=str))
+    metrics_json.write_text(
+        json.dumps(payload, indent=1, sort_keys=False, allow_nan=False, default=str)
+    )
     metrics_csv = directory / "metrics.csv"
     metrics_table(metrics).to_csv(metrics_csv)
     index = directory / "index.html"

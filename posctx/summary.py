@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -56,7 +57,7 @@ def format_store_info(info: Mapping[str, Any]) -> str:
     special = prov.get("special_tokens", {})
     lines = [f"store      {info['path']}"]
     for name, arr in info["arrays"].items():
-        dims = ", ".join(f"{d}={s}" for d, s in zip(arr["dims"], arr["shape"]))
+        dims = ", ".join(f"{d}={s}" for d, s in zip(arr["dims"], arr["shape"], strict=False))
         lines.append(
             f"{name:<10} ({dims}) {arr['dtype']} chunks={tuple(arr['chunks'])} "
             f"[{_human_bytes(arr['uncompressed_bytes'])} uncompressed]"

@@ -299,11 +299,15 @@ def hidden_dataset(
         chunks=(c_chunks, -1),
     )
     n_blocks = len(hidden.chunks[0])
-    topic_names = np.array(list(topics) if topics is not None else ["topic0"] * n_contexts, dtype=object)
+    topic_names = np.array(
+        list(topics) if topics is not None else ["topic0"] * n_contexts, dtype=object
+    )
     if topic_names.shape != (n_contexts,):
         raise ValueError(f"need one topic per context ({n_contexts}), got {topic_names.shape}")
     sources = np.array([f"planted:{name}" for name in topic_names], dtype=object)
-    layer_names = np.array(["embeddings"] + [f"block_{k}" for k in range(1, n_layers)], dtype=object)
+    layer_names = np.array(
+        ["embeddings"] + [f"block_{k}" for k in range(1, n_layers)], dtype=object
+    )
     return xr.Dataset(
         {
             HIDDEN: (HIDDEN_DIMS, hidden),
@@ -403,7 +407,12 @@ def write_large_planted_store(
     if chunk_contexts % 2:
         raise ValueError("chunk_contexts must be even: the residual is planted in pairs")
     parts = planted_components(
-        min(n_contexts, 2 * n_topics), length, n_layers, n_dims, noise=0.0, seed=seed,
+        min(n_contexts, 2 * n_topics),
+        length,
+        n_layers,
+        n_dims,
+        noise=0.0,
+        seed=seed,
         n_topics=n_topics,
     )
     rng = np.random.default_rng(seed + 1)

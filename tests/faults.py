@@ -134,11 +134,10 @@ def _child(
     pause: float = 0.0,
 ) -> None:
     import torch
+    import tqdm
 
     from posctx.config import ExtractConfig
     from posctx.extraction import extract
-
-    import tqdm
 
     torch.set_num_threads(1)  # several children may run at once on two cores
     # tqdm's default lock is a multiprocessing semaphore, which a SIGKILL leaks (and Python's
@@ -175,7 +174,9 @@ def wait(proc: Any) -> int:
     return int(proc.exitcode)
 
 
-def run(config: dict[str, Any], path: Path, kill: Kill | None = None, count_file: Path | None = None) -> int:
+def run(
+    config: dict[str, Any], path: Path, kill: Kill | None = None, count_file: Path | None = None
+) -> int:
     """Run one extraction in a fresh process; returns its exit code (-9 when killed)."""
     return wait(start(config, path, kill, count_file))
 

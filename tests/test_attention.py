@@ -49,7 +49,16 @@ def _relative_error(parts: xr.Dataset) -> float:
 _CAPTURED: list[np.ndarray] = []
 
 
-def _capture(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, scaling: float | None = None, dropout: float = 0.0, **kw: Any) -> Any:
+def _capture(
+    module: Any,
+    query: Any,
+    key: Any,
+    value: Any,
+    attention_mask: Any,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kw: Any,
+) -> Any:
     """An attention function that records ``scaling * q k^T`` and then runs SDPA."""
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -58,9 +67,13 @@ def _capture(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     _CAPTURED.append(
         (torch.matmul(query, key.repeat_interleave(groups, dim=1).transpose(-1, -2)) * scale)
-        .double().cpu().numpy()
+        .double()
+        .cpu()
+        .numpy()
     )
-    return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kw)
+    return sdpa_attention_forward(
+        module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kw
+    )
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +91,11 @@ def own_scores() -> Callable[[Any, np.ndarray], tuple[list[np.ndarray], list[np.
         try:
             with torch.no_grad():
                 ids_t = torch.as_tensor(ids, dtype=torch.long)
-                out = model(input_ids=ids_t, attention_mask=torch.ones_like(ids_t), output_hidden_states=True)
+                out = model(
+                    input_ids=ids_t,
+                    attention_mask=torch.ones_like(ids_t),
+                    output_hidden_states=True,
+                )
         finally:
             model.set_attn_implementation(before)
         return list(_CAPTURED), [h.double().numpy() for h in out.hidden_states]
@@ -132,7 +149,12 @@ def test_parts_sum_to_the_models_own_scores_and_probabilities(
         own = captured[layer]
         np.testing.assert_allclose(parts.scores.values, own, atol=1e-5 * np.abs(own).max())
         # softmax(scores), with the causal mask for decoders == output_attentions
-        probs = softmax_scores(parts.scores.values, parts["query"].values, parts["key"].values, causal=parts.attrs["causal"])
+        probs = softmax_scores(
+            parts.scores.values,
+            parts["query"].values,
+            parts["key"].values,
+            causal=parts.attrs["causal"],
+        )
         np.testing.assert_allclose(probs, parts.pattern.values, atol=1e-6)
         np.testing.assert_allclose(parts.pattern.sum("key"), 1.0, atol=1e-6)
         assert parts.attrs["causal"] == (kind != "bert")
@@ -192,17 +214,38 @@ def _tiny(kind: str) -> Any:
     import transformers as tf
 
     torch.manual_seed(1)
-    small: dict[str, Any] = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, max_position_embeddings=64, vocab_size=300)
+    small: dict[str, Any] = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        max_position_embeddings=64,
+        vocab_size=300,
+    )
     if kind == "llama-gqa":
-        model = tf.LlamaModel(tf.LlamaConfig(**small, num_attention_heads=4, num_key_value_heads=2, attention_bias=True))
+        model = tf.LlamaModel(
+            tf.LlamaConfig(
+                **small, num_attention_heads=4, num_key_value_heads=2, attention_bias=True
+            )
+        )
     elif kind == "mistral":
-        model = tf.MistralModel(tf.MistralConfig(**small, num_attention_heads=4, num_key_value_heads=1))
+        model = tf.MistralModel(
+            tf.MistralConfig(**small, num_attention_heads=4, num_key_value_heads=1)
+        )
     elif kind == "qwen2":
         model = tf.Qwen2Model(tf.Qwen2Config(**small, num_attention_heads=4, num_key_value_heads=2))
     elif kind == "roberta":
         model = tf.RobertaModel(tf.RobertaConfig(**small, num_attention_heads=4))
     else:  # GPT-2 with the per-layer scaling option on
-        model = tf.GPT2Model(tf.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, vocab_size=300, scale_attn_by_inverse_layer_idx=True))
+        model = tf.GPT2Model(
+            tf.GPT2Config(
+                n_embd=32,
+                n_layer=2,
+                n_head=4,
+                n_positions=64,
+                vocab_size=300,
+                scale_attn_by_inverse_layer_idx=True,
+            )
+        )
     model.eval()
     for param in model.parameters():  # nonzero biases and norm weights everywhere
         if param.ndim == 1:
@@ -231,7 +274,7 @@ def test_adapters_reproduce_the_models_scores(kind: str, own_scores: Any) -> Non
 
 
 def test_unsupported_architecture_and_bad_layers_or_heads(
-    tiny_stores: dict[str, tuple[str, LoadedModel]]
+    tiny_stores: dict[str, tuple[str, LoadedModel]],
 ) -> None:
     t5_like = SimpleNamespace(config=SimpleNamespace(model_type="t5"))
     with pytest.raises(ModelError, match="does not support model type 't5'"):
@@ -271,7 +314,10 @@ def _toeplitz_reference(part: np.ndarray, causal: bool) -> float:
     for matrix in part:
         entries = [(i, j) for i in range(n) for j in range(n) if not causal or j <= i]
         values = np.array([matrix[i, j] for i, j in entries])
-        means = {d: np.mean([matrix[i, j] for i, j in entries if i - j == d]) for d in {i - j for i, j in entries}}
+        means = {
+            d: np.mean([matrix[i, j] for i, j in entries if i - j == d])
+            for d in {i - j for i, j in entries}
+        }
         ss_res += sum((matrix[i, j] - means[i - j]) ** 2 for i, j in entries)
         ss_tot += float(((values - values.mean()) ** 2).sum())
     return 1.0 - ss_res / ss_tot
@@ -328,20 +374,38 @@ def test_cli_writes_figures_and_measures(
     write_decomposition(posctx.decompose(ds, positions=paper_positions(ds)), str(dec))
     out = tmp_path / "att"
     result = CliRunner().invoke(
-        cli, ["attention", path, str(dec), "--layer", "0,1", "--out", str(out), "--contexts", "3", "--heads", "1"]
+        cli,
+        [
+            "attention",
+            path,
+            str(dec),
+            "--layer",
+            "0,1",
+            "--out",
+            str(out),
+            "--contexts",
+            "3",
+            "--heads",
+            "1",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "Toeplitz share" in result.output and "pos_pos" in result.output
     names = sorted(p.name for p in out.iterdir())
     assert names == [
-        "attention_layer0.png", "attention_layer0_context0.png",
-        "attention_layer1.png", "attention_layer1_context0.png",
-        "toeplitz.csv", "toeplitz.json",
+        "attention_layer0.png",
+        "attention_layer0_context0.png",
+        "attention_layer1.png",
+        "attention_layer1_context0.png",
+        "toeplitz.csv",
+        "toeplitz.json",
     ]
     record = json.loads((out / "toeplitz.json").read_text())
     assert len(record["rows"]) == 2 * 1 * 5  # layers x heads x (4 parts + scores)
     assert {r["head"] for r in record["rows"]} == {1}
-    assert (out / "toeplitz.csv").read_text().splitlines()[0].startswith("layer,layer_name,head,part")
+    assert (
+        (out / "toeplitz.csv").read_text().splitlines()[0].startswith("layer,layer_name,head,part")
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,8 +25,20 @@ def test_help(command: list[str]) -> None:
 
 def test_extract_info_decompose(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     out, dec = tmp_path / "h.zarr", tmp_path / "d.zarr"
-    run = _posctx("extract", "--model", str(tiny_models["bert"]), "--contexts", "9",
-                  "--length", "12", "--chunk-contexts", "4", "--quiet", "--out", str(out))
+    run = _posctx(
+        "extract",
+        "--model",
+        str(tiny_models["bert"]),
+        "--contexts",
+        "9",
+        "--length",
+        "12",
+        "--chunk-contexts",
+        "4",
+        "--quiet",
+        "--out",
+        str(out),
+    )
     assert run.returncode == 0, run.stderr
     assert "created" in run.stdout and "3 blocks written" in run.stdout
     info = _posctx("info", str(out))
@@ -62,7 +74,9 @@ def test_user_errors_are_one_line_with_status_2(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_demo_small(tmp_path: Path) -> None:
-    run = _posctx("demo", "--out", str(tmp_path / "demo"), "--contexts", "24", "--length", "32", "--quiet")
+    run = _posctx(
+        "demo", "--out", str(tmp_path / "demo"), "--contexts", "24", "--length", "32", "--quiet"
+    )
     assert run.returncode == 0, run.stderr
     assert "variance shares" in run.stdout and "block_6" in run.stdout
     assert (tmp_path / "demo" / "hidden.zarr").is_dir()

@@ -19,7 +19,9 @@ from tests import faults
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def reference(
+    tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("concurrency-reference")
     config = faults.tiny_config(tiny_models["bert"], contexts=24)
     assert faults.run(config, root / "ref.zarr", count_file=root / "count") == 0
@@ -31,7 +33,9 @@ def reference(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFac
     }
 
 
-def test_shards_started_together_create_one_store_and_fill_it(reference: dict[str, Any], tmp_path: Path) -> None:
+def test_shards_started_together_create_one_store_and_fill_it(
+    reference: dict[str, Any], tmp_path: Path
+) -> None:
     path = tmp_path / "sharded.zarr"
     procs = [faults.start(reference["config"], path, shard=(i, 3)) for i in range(3)]
     assert [faults.wait(p) for p in procs] == [0, 0, 0]
@@ -39,7 +43,9 @@ def test_shards_started_together_create_one_store_and_fill_it(reference: dict[st
     assert not faults.leftovers(path)  # the losers' half-built copies are gone too
 
 
-def test_a_killed_shard_loses_nothing_of_the_others(reference: dict[str, Any], tmp_path: Path) -> None:
+def test_a_killed_shard_loses_nothing_of_the_others(
+    reference: dict[str, Any], tmp_path: Path
+) -> None:
     path = tmp_path / "sharded.zarr"
     kill = faults.Kill(where="hidden/c/4/", mode="torn")  # shard 1's second block, mid-write
     procs = [
@@ -68,15 +74,21 @@ def test_one_shared_marker_chunk_loses_updates_and_posctx_markers_do_not(tmp_pat
     store = zarr.open_group(str(tmp_path / "own.zarr"), mode="w")
     store.create_array("done", shape=(n,), chunks=(1,), dtype="u1", fill_value=0)
     faults.set_markers_concurrently(tmp_path / "own.zarr", "done", n)
-    assert np.asarray(zarr.open_array(str(tmp_path / "own.zarr"), path="done")[:]).tolist() == [1] * n
+    assert (
+        np.asarray(zarr.open_array(str(tmp_path / "own.zarr"), path="done")[:]).tolist() == [1] * n
+    )
 
 
 def test_store_markers_have_one_chunk_per_block(reference: dict[str, Any]) -> None:
-    marker = zarr.open_group(str(reference["path"]), mode="r", use_consolidated=False)["block_complete"]
+    marker = zarr.open_group(str(reference["path"]), mode="r", use_consolidated=False)[
+        "block_complete"
+    ]
     assert marker.chunks == (1,) and marker.shape == (12,)
 
 
-def test_readers_during_extraction_see_only_finished_blocks(reference: dict[str, Any], tmp_path: Path) -> None:
+def test_readers_during_extraction_see_only_finished_blocks(
+    reference: dict[str, Any], tmp_path: Path
+) -> None:
     path = tmp_path / "live.zarr"
     expected = reference["contents"]["hidden"]
     proc = faults.start(reference["config"], path, pause=0.08)
@@ -111,7 +123,9 @@ def test_readers_during_extraction_see_only_finished_blocks(reference: dict[str,
     assert not faults.differences(reference["contents"], faults.store_contents(path))
 
 
-def test_plan_only_then_shards_and_extensions_need_one_planner(reference: dict[str, Any], tmp_path: Path) -> None:
+def test_plan_only_then_shards_and_extensions_need_one_planner(
+    reference: dict[str, Any], tmp_path: Path
+) -> None:
     from posctx.errors import StoreError
     from posctx.extraction import extract
 

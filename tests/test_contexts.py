@@ -7,14 +7,13 @@ import sysconfig
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from pydoc_data.topics import topics as pydoc_topics
 from typing import Any
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from pydoc_data.topics import topics as pydoc_topics
 
 from posctx.config import CorpusConfig
 from posctx.corpus import ContextPlan, Document, open_corpus, sample_contexts
@@ -100,8 +99,14 @@ def test_plan_shapes_and_dtypes() -> None:
 
 def test_special_tokens_only_at_the_ends() -> None:
     corpus = ListCorpus(make_docs({"a": [80] * 10, "b": [50] * 10}))
-    plan = _sample(corpus, n_contexts=12, length=16, prefix_ids=[CLS], suffix_ids=[SEP],
-                   separator_ids=[DOC_SEP])
+    plan = _sample(
+        corpus,
+        n_contexts=12,
+        length=16,
+        prefix_ids=[CLS],
+        suffix_ids=[SEP],
+        separator_ids=[DOC_SEP],
+    )
     specials = np.isin(plan.token_ids, [CLS, SEP])
     assert (plan.token_ids[:, 0] == CLS).all() and (plan.token_ids[:, -1] == SEP).all()
     assert not specials[:, 1:-1].any()
@@ -139,14 +144,16 @@ def test_windows_are_exact_slices_of_the_topic_stream(separator: list[int]) -> N
             assert 0 <= offset < len(doc.text)  # never starts inside a separator
             begin = starts[doc.source] + offset
             assert plan.token_ids[r].tolist() == stream[begin : begin + length]
-        assert all(b - a >= length for a, b in zip(positions, positions[1:]))  # no overlap
+        assert all(
+            b - a >= length for a, b in zip(positions, positions[1:], strict=False)
+        )  # no overlap
 
 
 def test_window_decodes_to_the_source_text_at_its_offset() -> None:
     docs = make_docs({"a": [400], "b": [400]}, seed=5)
     plan = _sample(ListCorpus(docs), n_contexts=10, length=25, prefix_ids=[CLS], suffix_ids=[SEP])
     text = {d.source: d.text for d in docs}
-    for ids, source, offset in zip(plan.token_ids, plan.source, plan.offset):
+    for ids, source, offset in zip(plan.token_ids, plan.source, plan.offset, strict=True):
         assert decode(ids[1:-1]) == text[str(source)][offset : offset + 23]
 
 
@@ -162,8 +169,14 @@ def test_token_ids_above_uint16_survive() -> None:
     def big(text: str) -> list[int]:
         return [70_000 + ord(ch) for ch in text]
 
-    plan = _sample(ListCorpus(make_docs({"a": [300]})), encode=big, n_contexts=4, length=12,
-                   prefix_ids=[100_000], suffix_ids=[2**31 - 1])
+    plan = _sample(
+        ListCorpus(make_docs({"a": [300]})),
+        encode=big,
+        n_contexts=4,
+        length=12,
+        prefix_ids=[100_000],
+        suffix_ids=[2**31 - 1],
+    )
     assert plan.token_ids.dtype == np.int32
     assert plan.token_ids[:, 1:-1].min() > 70_000
     assert (plan.token_ids[:, 0] == 100_000).all() and (plan.token_ids[:, -1] == 2**31 - 1).all()
@@ -171,8 +184,12 @@ def test_token_ids_above_uint16_survive() -> None:
 
 def test_encoded_ids_out_of_range_are_refused() -> None:
     with pytest.raises(CorpusError, match="token ids outside"):
-        _sample(ListCorpus(make_docs({"a": [300]})), encode=lambda s: [-1] * len(s),
-                n_contexts=1, length=4)
+        _sample(
+            ListCorpus(make_docs({"a": [300]})),
+            encode=lambda s: [-1] * len(s),
+            n_contexts=1,
+            length=4,
+        )
     with pytest.raises(CorpusError, match="prefix_ids has token ids outside"):
         _sample(ListCorpus(make_docs({"a": [300]})), n_contexts=1, length=4, prefix_ids=[2**31])
 
@@ -242,8 +259,8 @@ def test_allocate_quotas_is_as_even_as_capacity_allows(
     random.Random(seed).shuffle(priority)
     quotas = allocate_quotas(capacity, n, priority)
     assert sum(quotas) == min(n, sum(capacity))
-    assert all(0 <= q <= c for q, c in zip(quotas, capacity))
-    open_quotas = [q for q, c in zip(quotas, capacity) if q < c]
+    assert all(0 <= q <= c for q, c in zip(quotas, capacity, strict=True))
+    open_quotas = [q for q, c in zip(quotas, capacity, strict=True) if q < c]
     if open_quotas:  # a topic left below capacity is never more than one behind any other
         assert max(quotas) - min(open_quotas) <= 1
 
@@ -267,8 +284,13 @@ def test_too_few_windows_in_total() -> None:
 
 def test_length_without_room_for_content() -> None:
     with pytest.raises(CorpusError, match="--length 2 leaves no content tokens.*--length 3"):
-        _sample(ListCorpus(make_docs({"a": [100]})), n_contexts=1, length=2, prefix_ids=[CLS],
-                suffix_ids=[SEP])
+        _sample(
+            ListCorpus(make_docs({"a": [100]})),
+            n_contexts=1,
+            length=2,
+            prefix_ids=[CLS],
+            suffix_ids=[SEP],
+        )
     with pytest.raises(CorpusError, match="--contexts must be >= 1"):
         _sample(ListCorpus(make_docs({"a": [100]})), n_contexts=0, length=5)
 
@@ -343,16 +365,33 @@ def test_progress_bar_goes_to_stderr(capsys: pytest.CaptureFixture[str]) -> None
 
 def test_stdlib_corpus_end_to_end() -> None:
     corpus = open_corpus(CorpusConfig(spec="stdlib"))
-    plan = _sample(corpus, n_contexts=30, length=64, prefix_ids=[CLS], suffix_ids=[SEP],
-                   separator_ids=[DOC_SEP], seed=1)
+    plan = _sample(
+        corpus,
+        n_contexts=30,
+        length=64,
+        prefix_ids=[CLS],
+        suffix_ids=[SEP],
+        separator_ids=[DOC_SEP],
+        seed=1,
+    )
     assert Counter(plan.topic.tolist()) == {"reference": 10, "docstrings": 10, "code": 10}
-    assert _plans_equal(plan, _sample(corpus, n_contexts=30, length=64, prefix_ids=[CLS],
-                                      suffix_ids=[SEP], separator_ids=[DOC_SEP], seed=1))
+    assert _plans_equal(
+        plan,
+        _sample(
+            corpus,
+            n_contexts=30,
+            length=64,
+            prefix_ids=[CLS],
+            suffix_ids=[SEP],
+            separator_ids=[DOC_SEP],
+            seed=1,
+        ),
+    )
     root = Path(sysconfig.get_paths()["stdlib"])
-    for ids, source, offset in zip(plan.token_ids, plan.source, plan.offset):
+    for ids, source, offset in zip(plan.token_ids, plan.source, plan.offset, strict=True):
         head = decode(ids[1:-1]).split(chr(DOC_SEP))[0]  # the part inside the starting document
         if source.startswith("pydoc:"):
-            text = pydoc_topics[source[len("pydoc:"):]]
+            text = pydoc_topics[source[len("pydoc:") :]]
         elif source.startswith("module:"):
             continue  # docstring documents are assembled, not read verbatim
         else:

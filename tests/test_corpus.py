@@ -314,8 +314,16 @@ def test_module_name_and_docstrings() -> None:
 
 
 def test_stdlib_file_listing_skips_excluded_folders_and_big_files(tmp_path: Path) -> None:
-    for rel in ["os.py", "json/__init__.py", "json/tests/t.py", "test/x.py", "idlelib/a.py",
-                "site-packages/pkg.py", "json/__pycache__/c.py", "data.txt"]:
+    for rel in [
+        "os.py",
+        "json/__init__.py",
+        "json/tests/t.py",
+        "test/x.py",
+        "idlelib/a.py",
+        "site-packages/pkg.py",
+        "json/__pycache__/c.py",
+        "data.txt",
+    ]:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("'''Doc.'''\n", encoding="utf-8")
     (tmp_path / "big.py").write_text("#" * 200_001, encoding="utf-8")

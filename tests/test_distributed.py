@@ -37,7 +37,9 @@ def _assert_same_store(a_path: Path, b_path: Path) -> None:
 def cluster_client():  # type: ignore[no-untyped-def]
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+    ) as cluster:
         with Client(cluster) as client:
             yield client
 
@@ -49,7 +51,9 @@ def test_cluster_extraction_equals_single_process_bit_for_bit(
 ) -> None:
     name = str(tiny_models["bert"]) if model == "tiny-bert" else "minilm"
     extract(_config(name), str(tmp_path / "local.zarr"), progress=False)
-    result = extract(_config(name), str(tmp_path / "cluster.zarr"), progress=False, client=cluster_client)
+    result = extract(
+        _config(name), str(tmp_path / "cluster.zarr"), progress=False, client=cluster_client
+    )
     assert result.blocks_written == 6 and result.tokens_written == 24 * 32
     _assert_same_store(tmp_path / "local.zarr", tmp_path / "cluster.zarr")
 
@@ -62,7 +66,12 @@ def test_killed_worker_blocks_are_redone(tmp_path: Path) -> None:
     config = _config("minilm", contexts=40, chunk=2, batch=1)
     extract(config, str(tmp_path / "reference.zarr"), progress=False)
     out = tmp_path / "cluster.zarr"
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         pids = list(client.run(os.getpid).values())
         loaded = load_model(config.model)
         prepare_store(config, str(out), loaded, progress=False)
@@ -95,11 +104,17 @@ def test_cluster_decomposition_equals_threaded(tmp_path: Path, cluster_client: o
         str(path), n_contexts=30, length=8, n_layers=2, n_dims=5, chunk_contexts=4
     )
     ds = posctx.open_hidden(str(path))
-    threaded = posctx.decompose(ds, positions=slice(1, None), moments=True).compute(scheduler="threads")
-    posctx.write_decomposition(posctx.decompose(ds, positions=slice(1, None), moments=True), tmp_path / "d.zarr")
+    threaded = posctx.decompose(ds, positions=slice(1, None), moments=True).compute(
+        scheduler="threads"
+    )
+    posctx.write_decomposition(
+        posctx.decompose(ds, positions=slice(1, None), moments=True), tmp_path / "d.zarr"
+    )
     on_cluster = posctx.open_decomposition(tmp_path / "d.zarr").compute()
     for name in threaded.data_vars:
-        np.testing.assert_allclose(on_cluster[name].values, threaded[name].values, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(
+            on_cluster[name].values, threaded[name].values, rtol=1e-10, atol=1e-12
+        )
 
 
 @pytest.mark.slow
@@ -109,10 +124,26 @@ def test_cli_workers_flag(tiny_models: dict[str, Path], tmp_path: Path) -> None:
 
     def run(*extra: str, out: Path) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "posctx", "extract", "--model", str(tiny_models["gpt2"]),
-             "--contexts", "12", "--length", "16", "--chunk-contexts", "4", "--quiet",
-             "--out", str(out), *extra],
-            capture_output=True, text=True,
+            [
+                sys.executable,
+                "-m",
+                "posctx",
+                "extract",
+                "--model",
+                str(tiny_models["gpt2"]),
+                "--contexts",
+                "12",
+                "--length",
+                "16",
+                "--chunk-contexts",
+                "4",
+                "--quiet",
+                "--out",
+                str(out),
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
         )
 
     assert run(out=tmp_path / "local.zarr").returncode == 0

@@ -13,7 +13,11 @@ import posctx
 
 MODULES = sorted(
     {"posctx"}
-    | {m.name for m in pkgutil.walk_packages(posctx.__path__, "posctx.") if m.name != "posctx.__main__"}
+    | {
+        m.name
+        for m in pkgutil.walk_packages(posctx.__path__, "posctx.")
+        if m.name != "posctx.__main__"
+    }
 )
 
 
@@ -27,7 +31,5 @@ def test_docstring_examples_run(name: str) -> None:
 def test_examples_exist() -> None:
     """Guard against the parametrised test above passing because nothing was collected."""
     finder = doctest.DocTestFinder()
-    n = sum(
-        len(t.examples) for name in MODULES for t in finder.find(importlib.import_module(name))
-    )
+    n = sum(len(t.examples) for name in MODULES for t in finder.find(importlib.import_module(name)))
     assert len(MODULES) > 10 and n > 30

@@ -54,7 +54,9 @@ class Block:
 
     @property
     def where(self) -> str:
-        return f"docs/{self.page} block {self.number} (line {self.line}, {self.lang or 'no language'})"
+        return (
+            f"docs/{self.page} block {self.number} (line {self.line}, {self.lang or 'no language'})"
+        )
 
 
 def fenced_blocks(path: Path) -> list[Block]:
@@ -106,8 +108,12 @@ RUNNABLE_PAGES = sorted(
 
 
 def _run_doctest(block: Block, namespace: dict[str, object]) -> None:
-    test = doctest.DocTestParser().get_doctest(block.code, namespace, block.where, block.page, block.line)
-    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE | doctest.FAIL_FAST)
+    test = doctest.DocTestParser().get_doctest(
+        block.code, namespace, block.where, block.page, block.line
+    )
+    runner = doctest.DocTestRunner(
+        optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE | doctest.FAIL_FAST
+    )
     report = io.StringIO()
     result = runner.run(test, out=report.write, clear_globs=False)
     namespace.update(test.globs)  # DocTest works on a copy: later blocks see its names
@@ -216,9 +222,11 @@ def _all_command_lines() -> list[tuple[str, str]]:
         blocks = ALL_BLOCKS.get(path.name) if path.parent == DOCS else fenced_blocks(path)
         for block in blocks or []:
             if block.lang in SHELL_LANGS:
-                found += [(f"{where} line {block.line}", line) for line in _command_lines(block.code)]
+                found += [
+                    (f"{where} line {block.line}", line) for line in _command_lines(block.code)
+                ]
         inside = {n for b in blocks or [] for n in range(b.line, b.end + 1)}
-        prose = "\n".join(l for n, l in enumerate(text.splitlines(), 1) if n not in inside)
+        prose = "\n".join(s for n, s in enumerate(text.splitlines(), 1) if n not in inside)
         found += [(where, " ".join(m[1].split())) for m in _INLINE.finditer(prose)]
     return found
 

@@ -16,7 +16,9 @@ from posctx.extraction import config_differences, extract
 from posctx.model import forward_hidden, load_model
 
 
-def _config(model: Path | str, *, contexts: int = 12, length: int = 16, chunk: int = 4, **kw: object) -> ExtractConfig:
+def _config(
+    model: Path | str, *, contexts: int = 12, length: int = 16, chunk: int = 4, **kw: object
+) -> ExtractConfig:
     corpus = kw.pop("corpus", "stdlib")
     seed = kw.pop("seed", 0)
     return ExtractConfig(
@@ -82,7 +84,10 @@ def test_layer_subset_and_float16_storage(tiny_models: dict[str, Path], tmp_path
     extract(config, str(out), progress=False)
     ds = xr.open_zarr(out)
     assert ds.hidden.dtype == np.float16
-    assert list(ds.layer.values) == [0, 2] and list(ds.layer_name.values) == ["embeddings", "block_2"]
+    assert list(ds.layer.values) == [0, 2] and list(ds.layer_name.values) == [
+        "embeddings",
+        "block_2",
+    ]
     assert np.isfinite(ds.hidden.values).all()
 
 
@@ -96,7 +101,9 @@ def test_rerun_complete_store_does_nothing(tiny_models: dict[str, Path], tmp_pat
     assert _tree_digest(out) == before
 
 
-def test_different_settings_are_refused_and_store_kept(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+def test_different_settings_are_refused_and_store_kept(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
     out = tmp_path / "h.zarr"
     extract(_config(tiny_models["gpt2"]), str(out), progress=False)
     before = _tree_digest(out)
@@ -106,7 +113,9 @@ def test_different_settings_are_refused_and_store_kept(tiny_models: dict[str, Pa
         _config(tiny_models["llama"]),
         _config(tiny_models["gpt2"], corpus=tmp_path),
     ):
-        with pytest.raises(StoreError, match="was made with different settings.*choose another --out"):
+        with pytest.raises(
+            StoreError, match="was made with different settings.*choose another --out"
+        ):
             extract(changed, str(out), progress=False)
     assert _tree_digest(out) == before
 
@@ -116,15 +125,23 @@ def test_config_differences_names_fields() -> None:
     assert config_differences(a, b) == ["corpus.seed", "store.contexts"]
 
 
-def test_bad_inputs_fail_clearly_without_side_effects(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+def test_bad_inputs_fail_clearly_without_side_effects(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
     with pytest.raises(ModelError, match="cannot load model 'no/such-model-here'.*pass 'minilm'"):
         extract(_config("no/such-model-here"), str(tmp_path / "a.zarr"), progress=False)
     with pytest.raises(CorpusError, match="not 'stdlib'"):
-        extract(_config(tiny_models["gpt2"], corpus=tmp_path / "nope"), str(tmp_path / "b.zarr"), progress=False)
+        extract(
+            _config(tiny_models["gpt2"], corpus=tmp_path / "nope"),
+            str(tmp_path / "b.zarr"),
+            progress=False,
+        )
     small = tmp_path / "small.txt"
     small.write_text("only a few words here")
     with pytest.raises(CorpusError, match="fewer than one context"):
-        extract(_config(tiny_models["gpt2"], corpus=small), str(tmp_path / "c.zarr"), progress=False)
+        extract(
+            _config(tiny_models["gpt2"], corpus=small), str(tmp_path / "c.zarr"), progress=False
+        )
     with pytest.raises(ModelError, match="--length 100 exceeds the 64 positions"):
         extract(_config(tiny_models["bert"], length=100), str(tmp_path / "d.zarr"), progress=False)
     blocker = tmp_path / "file"
@@ -134,7 +151,9 @@ def test_bad_inputs_fail_clearly_without_side_effects(tiny_models: dict[str, Pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "small.txt"]
 
 
-def test_overflow_is_refused_and_finished_blocks_kept(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+def test_overflow_is_refused_and_finished_blocks_kept(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
     """float16 storage of states above 65504 would be inf: refuse, keep what is written."""
     import torch
 
@@ -150,7 +169,9 @@ def test_overflow_is_refused_and_finished_blocks_kept(tiny_models: dict[str, Pat
     with torch.no_grad():  # make the embedding LayerNorm emit values beyond float16's range
         loaded.model.embeddings.LayerNorm.weight.mul_(1e6)
     hot = tmp_path / "hot.zarr"
-    with pytest.raises(NonFiniteError, match="NaN/inf hidden states at layers.*use --dtype float32"):
+    with pytest.raises(
+        NonFiniteError, match="NaN/inf hidden states at layers.*use --dtype float32"
+    ):
         extract(config, str(hot), progress=False, loaded=loaded)
     assert not xr.open_zarr(hot).block_complete.values.any()  # nothing bad was marked done
     np.testing.assert_array_equal(xr.open_zarr(out).hidden.values, finished)

@@ -16,8 +16,9 @@ from posctx.testing import write_large_planted_store
 @pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
 def test_equals_zarr_including_edges_and_missing_chunks(tmp_path: Path, dtype: str) -> None:
     path = str(tmp_path / "a")
-    z = zarr.create_array(path, shape=(11, 5, 3), chunks=(4, 2, 3), dtype=dtype,
-                          compressors=None, fill_value=np.nan)
+    z = zarr.create_array(
+        path, shape=(11, 5, 3), chunks=(4, 2, 3), dtype=dtype, compressors=None, fill_value=np.nan
+    )
     values = np.random.default_rng(0).normal(size=(11, 5, 3)).astype(dtype)
     z[:8] = values[:8]  # chunks of rows 8..10 never written
     x = direct_array(path)
@@ -50,10 +51,17 @@ def _layer_chunked_store(path: str) -> np.ndarray:
     rng = np.random.default_rng(3)
     values = (rng.normal(size=(11, 6, 5, 4)) + 3).astype(np.float32)
     ds, enc = build_dataset(
-        token_ids=np.zeros((11, 6), np.int32), topic=np.array(["a", "b"] * 5 + ["a"]),
-        source=np.array(["s"] * 11), offset=np.zeros(11), layers=tuple(range(5)),
-        layer_names=tuple(f"l{i}" for i in range(5)), hidden_size=4, storage_dtype="float32",
-        chunk_contexts=4, chunk_layers=2, attrs={"posctx_kind": "hidden", "posctx_schema": 1, "posctx": {}},
+        token_ids=np.zeros((11, 6), np.int32),
+        topic=np.array(["a", "b"] * 5 + ["a"]),
+        source=np.array(["s"] * 11),
+        offset=np.zeros(11),
+        layers=tuple(range(5)),
+        layer_names=tuple(f"l{i}" for i in range(5)),
+        hidden_size=4,
+        storage_dtype="float32",
+        chunk_contexts=4,
+        chunk_layers=2,
+        attrs={"posctx_kind": "hidden", "posctx_schema": 1, "posctx": {}},
     )
     create_store(path, ds, enc)
     writer = BlockWriter(path)
@@ -64,7 +72,12 @@ def _layer_chunked_store(path: str) -> np.ndarray:
 
 @pytest.mark.parametrize(
     ("positions", "contexts"),
-    [(None, None), (slice(1, None), None), (slice(2, 4), [9, 1, 2, 3, 10, 0]), (slice(1, None), slice(3, 8))],
+    [
+        (None, None),
+        (slice(1, None), None),
+        (slice(2, 4), [9, 1, 2, 3, 10, 0]),
+        (slice(1, None), slice(3, 8)),
+    ],
 )
 def test_statistics_from_files_equal_the_general_path(
     tmp_path: Path, positions: slice | None, contexts: object
@@ -77,7 +90,12 @@ def test_statistics_from_files_equal_the_general_path(
     dec = posctx.decompose(ds, positions=positions, contexts=contexts)
     assert any(name.startswith("posctx-file-stats") for name in dec.ctx_sum.data.dask.layers)
     got = dec.compute()
-    ref = decompose_numpy(ds.hidden.sel(position=positions or slice(None), context=contexts if contexts is not None else slice(None)).values)
+    ref = decompose_numpy(
+        ds.hidden.sel(
+            position=positions or slice(None),
+            context=contexts if contexts is not None else slice(None),
+        ).values
+    )
     for name in ("mu", "pos", "ctx", "ss_total", "ss_pos", "ss_ctx", "ss_resid"):
         np.testing.assert_allclose(got[name].values, ref[name], rtol=1e-12, atol=1e-12)
     assert values.shape == (11, 6, 5, 4)

@@ -23,7 +23,9 @@ EXHAUSTIVE = os.environ.get("POSCTX_FAULTS") == "all"
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def reference(
+    tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
     """An uninterrupted run: its store's contents, its number of store writes, its time."""
     root = tmp_path_factory.mktemp("fault-reference")
     config = faults.tiny_config(tiny_models["bert"], contexts=12, chunk=2)
@@ -50,7 +52,9 @@ def _check(reference: dict[str, Any], path: Path, label: str) -> None:
     assert not faults.leftovers(path), f"{label}: temporary files left: {faults.leftovers(path)}"
 
 
-def test_kill_at_every_store_write_then_resume_is_identical(reference: dict[str, Any], tmp_path: Path) -> None:
+def test_kill_at_every_store_write_then_resume_is_identical(
+    reference: dict[str, Any], tmp_path: Path
+) -> None:
     n = reference["writes"]
     assert n > 30  # creation (metadata, labels, token ids) plus data and marker of 6 blocks
     cases = [
@@ -72,7 +76,9 @@ def test_kill_at_every_store_write_then_resume_is_identical(reference: dict[str,
     print(f"\n{killed} kills at {n} store writes, {len(cases)} resumed stores identical")
 
 
-def test_kills_at_random_times_then_resume_is_identical(reference: dict[str, Any], tmp_path: Path) -> None:
+def test_kills_at_random_times_then_resume_is_identical(
+    reference: dict[str, Any], tmp_path: Path
+) -> None:
     rng = random.Random(0)
     # Timed now, not with the reference: the machine's load changes how long a run takes.
     start = time.perf_counter()
@@ -103,7 +109,9 @@ def test_kill_during_the_resume_too(reference: dict[str, Any], tmp_path: Path) -
         _check(reference["contents"], path, f"kills at writes {first} then {second}")
 
 
-def test_kill_during_an_extension_then_resume_is_identical(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+def test_kill_during_an_extension_then_resume_is_identical(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
     """Growing 7 contexts to 12 (blocks of 3: the short last block grows) survives any kill."""
     small = faults.tiny_config(tiny_models["bert"], contexts=7, chunk=3)
     large = faults.tiny_config(tiny_models["bert"], contexts=12, chunk=3)
@@ -118,7 +126,9 @@ def test_kill_during_an_extension_then_resume_is_identical(tiny_models: dict[str
     for k in range(n):
         path = tmp_path / f"ext-{k}.zarr"
         shutil.copytree(base, path)
-    cases = [(k, m) for k in range(n) for m in (faults.MODES if EXHAUSTIVE else (faults.MODES[k % 3],))]
+    cases = [
+        (k, m) for k in range(n) for m in (faults.MODES if EXHAUSTIVE else (faults.MODES[k % 3],))
+    ]
     for k, mode in cases:
         path = tmp_path / f"ext-{k}-{mode}.zarr"
         shutil.copytree(base, path)

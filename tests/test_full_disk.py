@@ -53,8 +53,22 @@ fsspec.register_implementation("quotamem", QuotaMemoryFileSystem, clobber=True)
 
 def _args(model: Path, out: str) -> list[str]:
     return [
-        "extract", "--model", str(model), "--corpus", "stdlib", "--contexts", "12",
-        "--length", "16", "--chunk-contexts", "2", "--batch-size", "3", "--quiet", "--out", out,
+        "extract",
+        "--model",
+        str(model),
+        "--corpus",
+        "stdlib",
+        "--contexts",
+        "12",
+        "--length",
+        "16",
+        "--chunk-contexts",
+        "2",
+        "--batch-size",
+        "3",
+        "--quiet",
+        "--out",
+        out,
     ]
 
 
@@ -96,7 +110,11 @@ def reference(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFac
 
 
 def _fill_then_resume(
-    model: Path, out: str, quota: FillingUp, reference: np.ndarray, capsys: pytest.CaptureFixture[str]
+    model: Path,
+    out: str,
+    quota: FillingUp,
+    reference: np.ndarray,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     quota.allowed = 3
     code, output = _posctx(_args(model, out), capsys)

@@ -97,14 +97,18 @@ def test_combined_record_names_both_kernels(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_choice_errors_name_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(fused.KERNEL_ENV, "cuda")
-    with pytest.raises(posctx.PosctxError, match="POSCTX_KERNEL='cuda' is not a kernel: set it to auto"):
+    with pytest.raises(
+        posctx.PosctxError, match="POSCTX_KERNEL='cuda' is not a kernel: set it to auto"
+    ):
         fused.kernel_name()
     ds, _ = planted_hidden(6, 4, 2, 3)
     with pytest.raises(posctx.PosctxError, match="is not a kernel"):
         posctx.decompose(ds)  # refused while building the graph, before any data is read
 
 
-def test_without_numba_auto_falls_back_and_numba_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_numba_auto_falls_back_and_numba_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setitem(sys.modules, "numba", None)  # import numba now raises ImportError
     fused._forget()
     try:

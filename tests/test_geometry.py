@@ -74,7 +74,9 @@ def embed(parts: Array, basis: Array) -> Array:
     return (parts @ basis.T)[:, np.newaxis, :]
 
 
-def clustered(n_contexts: int, n_topics: int, basis: Array, seed: int, spread: float = 0.3) -> tuple[Array, npt.NDArray[np.int64]]:
+def clustered(
+    n_contexts: int, n_topics: int, basis: Array, seed: int, spread: float = 0.3
+) -> tuple[Array, npt.NDArray[np.int64]]:
     """ctx of ``n_topics`` clusters inside the span of ``basis`` ``(d, k)``; the topics."""
     rng = np.random.default_rng(seed)
     topics = np.arange(n_contexts) % n_topics
@@ -210,7 +212,9 @@ def test_params_validate_and_round_trip() -> None:
 # --- the measurements recover planted truth ------------------------------------------------
 
 
-def test_planted_helix_low_rank_against_numpy(orthogonal_case: Any, orthogonal_metrics: xr.Dataset) -> None:
+def test_planted_helix_low_rank_against_numpy(
+    orthogonal_case: Any, orthogonal_metrics: xr.Dataset
+) -> None:
     _, dec, _, _ = orthogonal_case
     m = orthogonal_metrics.isel(layer=0)
     s = np.linalg.svd(dec.pos.isel(layer=0).values, compute_uv=False)
@@ -223,25 +227,39 @@ def test_planted_helix_low_rank_against_numpy(orthogonal_case: Any, orthogonal_m
     assert float(m.spiral_pc_share) == pytest.approx(1.0)
 
 
-def test_planted_norms_and_shares_against_the_full_matrices(orthogonal_case: Any, orthogonal_metrics: xr.Dataset) -> None:
+def test_planted_norms_and_shares_against_the_full_matrices(
+    orthogonal_case: Any, orthogonal_metrics: xr.Dataset
+) -> None:
     ds, dec, h, _ = orthogonal_case
     m = orthogonal_metrics.isel(layer=0)
     n_contexts, n_positions, _, n_dims = h.shape
     big_h = h[:, :, 0].reshape(-1, n_dims)  # CT x d, mean included
     big_pos = np.tile(dec.pos.isel(layer=0).values, (n_contexts, 1))  # pos repeated per context
     assert float(m.hidden_norm) == pytest.approx(np.linalg.norm(big_h, 2), rel=1e-10)
-    assert float(m.relative_norm) == pytest.approx(np.linalg.norm(big_pos, 2) / np.linalg.norm(big_h, 2), rel=1e-10)
-    resid = (big_h - dec.mu.isel(layer=0).values - big_pos
-             - np.repeat(dec.ctx.isel(layer=0).values, n_positions, axis=0))
-    np.testing.assert_allclose(m.resid_sv.values, np.linalg.svd(resid, compute_uv=False), rtol=1e-6, atol=1e-8)
+    assert float(m.relative_norm) == pytest.approx(
+        np.linalg.norm(big_pos, 2) / np.linalg.norm(big_h, 2), rel=1e-10
+    )
+    resid = (
+        big_h
+        - dec.mu.isel(layer=0).values
+        - big_pos
+        - np.repeat(dec.ctx.isel(layer=0).values, n_positions, axis=0)
+    )
+    np.testing.assert_allclose(
+        m.resid_sv.values, np.linalg.svd(resid, compute_uv=False), rtol=1e-6, atol=1e-8
+    )
     s_ctx = np.linalg.svd(dec.ctx.isel(layer=0).values, compute_uv=False)
     # From the Gram matrix: zero singular values come out at rounding level, ~1e-8 s_1.
     np.testing.assert_allclose(m.ctx_sv.values[:n_dims], s_ctx, rtol=1e-9, atol=1e-7 * s_ctx[0])
     for part in ("pos", "ctx", "resid"):
-        assert float(m[f"share_{part}"]) == pytest.approx(float(dec[f"ss_{part}"][0] / dec.ss_total[0]))
+        assert float(m[f"share_{part}"]) == pytest.approx(
+            float(dec[f"ss_{part}"][0] / dec.ss_total[0])
+        )
 
 
-def test_planted_spiral_is_smooth_and_winds(orthogonal_case: Any, orthogonal_metrics: xr.Dataset) -> None:
+def test_planted_spiral_is_smooth_and_winds(
+    orthogonal_case: Any, orthogonal_metrics: xr.Dataset
+) -> None:
     _, dec, _, _ = orthogonal_case
     m = orthogonal_metrics.isel(layer=0)
     # Reference: the top-2 PC curve from numpy's SVD, its angle unwrapped by numpy.
@@ -353,7 +371,9 @@ def test_context_sample_bounds_pairwise_work_but_not_the_ctx_spectrum() -> None:
     np.testing.assert_allclose(m.ctx_sv.isel(layer=0).values, full, rtol=1e-9, atol=1e-9)
 
 
-def test_relative_norm_missing_or_given(orthogonal_case: Any, orthogonal_metrics: xr.Dataset) -> None:
+def test_relative_norm_missing_or_given(
+    orthogonal_case: Any, orthogonal_metrics: xr.Dataset
+) -> None:
     _, dec, _, _ = orthogonal_case
     missing = measure_geometry(dec, params=GeometryParams(n_random=1))
     assert np.isnan(missing.relative_norm).all() and np.isnan(missing.resid_sv).all()
@@ -361,15 +381,21 @@ def test_relative_norm_missing_or_given(orthogonal_case: Any, orthogonal_metrics
     norm = orthogonal_metrics.hidden_norm
     given = measure_geometry(dec, hidden_spectral_norm=norm, params=GeometryParams(n_random=1))
     np.testing.assert_allclose(given.relative_norm, orthogonal_metrics.relative_norm)
-    given = measure_geometry(dec, hidden_spectral_norm=list(norm.values), params=GeometryParams(n_random=1))
+    given = measure_geometry(
+        dec, hidden_spectral_norm=list(norm.values), params=GeometryParams(n_random=1)
+    )
     np.testing.assert_allclose(given.relative_norm, orthogonal_metrics.relative_norm)
     with pytest.raises(PosctxError, match="one value per layer"):
         measure_geometry(dec, hidden_spectral_norm=[1.0, 2.0])
 
 
-def test_unknown_variables_are_ignored_and_missing_ones_named(orthogonal_case: Any, orthogonal_metrics: xr.Dataset) -> None:
+def test_unknown_variables_are_ignored_and_missing_ones_named(
+    orthogonal_case: Any, orthogonal_metrics: xr.Dataset
+) -> None:
     _, dec, _, _ = orthogonal_case
-    extra = dec.assign(sumsq=dec.ss_total * 2, m2_resid=(("layer", "dim", "dim2"), np.zeros((1, N_DIMS, N_DIMS))))
+    extra = dec.assign(
+        sumsq=dec.ss_total * 2, m2_resid=(("layer", "dim", "dim2"), np.zeros((1, N_DIMS, N_DIMS)))
+    )
     again = measure_geometry(extra.drop_vars([v for v in ("pos_sum", "ctx_sum") if v in extra]))
     np.testing.assert_allclose(again.pos_stable_rank, orthogonal_metrics.pos_stable_rank)
     with pytest.raises(PosctxError, match="missing \\['ctx'\\]"):
@@ -380,7 +406,10 @@ def test_a_foreign_hidden_store_is_refused(orthogonal_case: Any) -> None:
     _, dec, _, _ = orthogonal_case
     other, _ = planted_hidden(10, 4, 1, N_DIMS)
     with pytest.raises(PosctxError, match="provenance differs"):
-        collect_inputs(dec.assign_attrs(posctx={"model": "a"}), hidden=other.assign_attrs(posctx={"model": "b"}))
+        collect_inputs(
+            dec.assign_attrs(posctx={"model": "a"}),
+            hidden=other.assign_attrs(posctx={"model": "b"}),
+        )
     with pytest.raises(PosctxError, match="lacks context labels"):
         collect_inputs(dec, hidden=other.assign_attrs(posctx=dec.attrs["posctx"]))
 
@@ -429,7 +458,9 @@ def test_minilm_shows_the_papers_findings(minilm_metrics: xr.Dataset) -> None:
 
 
 @pytest.mark.slow
-def test_minilm_pos_and_ctx_are_nearly_orthogonal_but_not_below_random(minilm_metrics: xr.Dataset) -> None:
+def test_minilm_pos_and_ctx_are_nearly_orthogonal_but_not_below_random(
+    minilm_metrics: xr.Dataset,
+) -> None:
     """What MiniLM shows about orthogonality, which is not the paper's "far below random".
 
     pos and ctx are nearly orthogonal in absolute terms: mean |cos| 0.03-0.07, max |cos|
@@ -445,7 +476,9 @@ def test_minilm_pos_and_ctx_are_nearly_orthogonal_but_not_below_random(minilm_me
     assert (m.orth_mean_cos < 0.1).all() and (m.orth_max_cos < 0.6).all()
     assert (m.orth_max_cos > 0.8 * m.orth_max_cos_random).all()
     block_5 = m.sel(layer=5)
-    assert float(block_5.orth_top_principal_cos) > 1.5 * float(block_5.orth_top_principal_cos_random)
+    assert float(block_5.orth_top_principal_cos) > 1.5 * float(
+        block_5.orth_top_principal_cos_random
+    )
 
 
 def test_moments_decomposition_gives_the_relative_norm_without_the_store() -> None:

@@ -43,16 +43,16 @@ def test_position_share_is_large_at_the_embedding_layer(minilm_store: Path) -> N
     embedding layer pos carries more variance than ctx and several times its share at the
     last layer, where ctx dominates pos (measured by `posctx demo`: 0.11 vs 0.04 at layer 0, 0.015 vs
     0.17 at layer 6 for 512 contexts of 128 tokens)."""
-    dec = posctx.decompose(posctx.open_hidden(str(minilm_store)), positions=slice(1, None)).compute()
+    dec = posctx.decompose(
+        posctx.open_hidden(str(minilm_store)), positions=slice(1, None)
+    ).compute()
     rows = variance_shares(dec)
     first, last = rows[0], rows[-1]
     assert first["pos"] > 0.05
     assert first["pos"] > first["ctx"]
     assert first["pos"] > 3 * last["pos"]
     assert last["ctx"] > last["pos"]
-    np.testing.assert_allclose(
-        dec.ss_pos + dec.ss_ctx + dec.ss_resid, dec.ss_total, rtol=1e-9
-    )
+    np.testing.assert_allclose(dec.ss_pos + dec.ss_ctx + dec.ss_resid, dec.ss_total, rtol=1e-9)
     # With position 0 ([CLS], a constant token) kept, pos takes an even larger share.
     with_cls = posctx.decompose(posctx.open_hidden(str(minilm_store))).compute()
     assert variance_shares(with_cls)[0]["pos"] > first["pos"]

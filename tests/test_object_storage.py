@@ -177,7 +177,9 @@ def test_decompose_on_s3_equals_local(
     posctx.extract(config, url, storage_options=opts, progress=False)
     ds = posctx.open_hidden(url, storage_options=opts)
     posctx.write_decomposition(posctx.decompose(ds), dec_url, storage_options=opts)
-    posctx.write_decomposition(posctx.decompose(posctx.open_hidden(str(local))), tmp_path / "d.zarr")
+    posctx.write_decomposition(
+        posctx.decompose(posctx.open_hidden(str(local))), tmp_path / "d.zarr"
+    )
     remote = posctx.open_decomposition(dec_url, storage_options=opts).compute()
     expected = posctx.open_decomposition(tmp_path / "d.zarr").compute()
     xr.testing.assert_equal(remote, expected)  # exact; attrs name the source and the time
@@ -197,7 +199,9 @@ def test_decompose_on_s3_equals_local(
         "--storage-option", f"client_kwargs={json.dumps(opts['client_kwargs'])}",
     ]  # fmt: skip
     for out in (f"{bucket}/d-cli.zarr", str(tmp_path / "d-cli.zarr")):
-        run = CliRunner().invoke(cli, ["decompose", url, "--out", out, "--positions", "all", *options])
+        run = CliRunner().invoke(
+            cli, ["decompose", url, "--out", out, "--positions", "all", *options]
+        )
         assert run.exit_code == 0, run.output
         assert "embeddings" in run.output
         xr.testing.assert_equal(

@@ -44,13 +44,20 @@ def test_spectra_match_numpy_on_every_scheduler(scheduler: str) -> None:
     if scheduler == "distributed":
         from distributed import Client, LocalCluster
 
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, Client(cluster):
+        with (
+            LocalCluster(
+                n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0"
+            ) as cluster,
+            Client(cluster),
+        ):
             got = dec.compute()
     else:
         got = dec.compute(scheduler=scheduler)
     ref = _numpy_spectra(ds.hidden.values)
     for name, expected in ref.items():
-        np.testing.assert_allclose(got[name].values, expected, rtol=2e-5, atol=1e-5 * np.abs(expected).max())
+        np.testing.assert_allclose(
+            got[name].values, expected, rtol=2e-5, atol=1e-5 * np.abs(expected).max()
+        )
     # The residual's energy is the sum of its squared singular values.
     np.testing.assert_allclose((got.sv_resid**2).sum("component"), got.ss_resid, rtol=1e-5)
 
@@ -127,11 +134,30 @@ def test_cli_moments_and_incremental(tmp_path: Path) -> None:
     path = tmp_path / "h.zarr"
     write_planted_store(str(path), n_contexts=12, length=5, n_layers=2, n_dims=3, chunks_context=4)
     runner = CliRunner()
-    res = runner.invoke(cli, ["decompose", str(path), "--out", str(tmp_path / "a.zarr"), "--moments",
-                              "--contexts", "0:7"])
+    res = runner.invoke(
+        cli,
+        [
+            "decompose",
+            str(path),
+            "--out",
+            str(tmp_path / "a.zarr"),
+            "--moments",
+            "--contexts",
+            "0:7",
+        ],
+    )
     assert res.exit_code == 0, res.output
-    res = runner.invoke(cli, ["decompose", str(path), "--out", str(tmp_path / "b.zarr"),
-                              "--from", str(tmp_path / "a.zarr")])
+    res = runner.invoke(
+        cli,
+        [
+            "decompose",
+            str(path),
+            "--out",
+            str(tmp_path / "b.zarr"),
+            "--from",
+            str(tmp_path / "a.zarr"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "4 new contexts" in res.output
     b = posctx.open_decomposition(tmp_path / "b.zarr")

@@ -37,7 +37,9 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A planted hidden store and its decomposition on disk, as the CLI sees them."""
     root = tmp_path_factory.mktemp("report")
     hidden, dec = root / "hidden.zarr", root / "dec.zarr"
-    write_planted_store(str(hidden), n_contexts=45, length=21, n_layers=3, n_dims=16, chunks_context=10)
+    write_planted_store(
+        str(hidden), n_contexts=45, length=21, n_layers=3, n_dims=16, chunks_context=10
+    )
     posctx.write_decomposition(
         posctx.decompose(posctx.open_hidden(str(hidden)), positions=slice(1, None)), str(dec)
     )
@@ -94,9 +96,13 @@ def test_index_html_is_self_contained(report: ReportResult) -> None:
         assert text in page
 
 
-def test_report_without_hidden_says_what_is_missing(stores: tuple[Path, Path], tmp_path: Path) -> None:
+def test_report_without_hidden_says_what_is_missing(
+    stores: tuple[Path, Path], tmp_path: Path
+) -> None:
     _, dec = stores
-    result = write_report(posctx.open_decomposition(str(dec)), tmp_path, params=FAST, progress=False)
+    result = write_report(
+        posctx.open_decomposition(str(dec)), tmp_path, params=FAST, progress=False
+    )
     page = result.index.read_text()
     assert "--hidden HIDDEN_STORE" in page
     assert np.isnan(result.metrics.relative_norm).all()
@@ -116,7 +122,18 @@ def test_cli_report(stores: tuple[Path, Path], tmp_path: Path) -> None:
     hidden, dec = stores
     out = tmp_path / "cli-report"
     result = CliRunner().invoke(
-        cli, ["report", str(dec), "--out", str(out), "--hidden", str(hidden), "--quiet", "--max-contexts", "30"]
+        cli,
+        [
+            "report",
+            str(dec),
+            "--out",
+            str(out),
+            "--hidden",
+            str(hidden),
+            "--quiet",
+            "--max-contexts",
+            "30",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "block_2" in result.output and "index.html" in result.output

@@ -15,9 +15,25 @@ import xarray as xr
 
 def _command(out: Path) -> list[str]:
     return [
-        sys.executable, "-m", "posctx", "extract", "--model", "minilm", "--corpus", "stdlib",
-        "--contexts", "40", "--length", "128", "--chunk-contexts", "2", "--batch-size", "1",
-        "--quiet", "--out", str(out),
+        sys.executable,
+        "-m",
+        "posctx",
+        "extract",
+        "--model",
+        "minilm",
+        "--corpus",
+        "stdlib",
+        "--contexts",
+        "40",
+        "--length",
+        "128",
+        "--chunk-contexts",
+        "2",
+        "--batch-size",
+        "1",
+        "--quiet",
+        "--out",
+        str(out),
     ]
 
 

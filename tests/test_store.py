@@ -23,7 +23,9 @@ from posctx.store import (
 )
 
 
-def _make(path: Path, n_contexts: int = 10, length: int = 4, chunk: int = 4, dtype: str = "float32") -> None:
+def _make(
+    path: Path, n_contexts: int = 10, length: int = 4, chunk: int = 4, dtype: str = "float32"
+) -> None:
     rng = np.random.default_rng(0)
     ds, enc = build_dataset(
         token_ids=rng.integers(0, 100_000, size=(n_contexts, length)),
@@ -131,7 +133,9 @@ def test_build_folders_of_dead_creators_are_removed_and_live_ones_kept(tmp_path:
 
     from posctx.store import remove_dead_creations
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     host = socket.gethostname()
     orphan = tmp_path / f".h.zarr.creating-{host}-{dead.stdout.strip()}-abc"
     live = tmp_path / f".h.zarr.creating-{host}-{os.getpid()}-def"

@@ -24,8 +24,15 @@ from posctx.store.location import consolidate
 from posctx.validate import ValidationReport, validate_store
 
 CHECKS = [
-    "schema", "labels", "provenance", "completeness", "partial_files", "finite", "token_ids",
-    "special_tokens", "rerun",
+    "schema",
+    "labels",
+    "provenance",
+    "completeness",
+    "partial_files",
+    "finite",
+    "token_ids",
+    "special_tokens",
+    "rerun",
 ]
 CLS, SEP, BERT_VOCAB = 101, 102, 30522
 
@@ -114,7 +121,10 @@ def test_unmarked_blocks_are_holes_and_never_scanned_or_rerun(store: Path) -> No
     assert report.verdict() == "FAIL: 1 check failed (completeness)"
 
     group["block_complete"][2] = 0  # adjacent holes are one range
-    assert "contexts 4-11 (8 contexts)" in validate_store(store, scan=False).check("completeness").detail
+    assert (
+        "contexts 4-11 (8 contexts)"
+        in validate_store(store, scan=False).check("completeness").detail
+    )
 
 
 def test_nan_in_a_marked_block_fails_the_scan(store: Path) -> None:
@@ -124,7 +134,12 @@ def test_nan_in_a_marked_block_fails_the_scan(store: Path) -> None:
     report = validate_store(store)
     finite = report.check("finite")
     assert finite.status == "fail", finite
-    assert finite.figures["first"] == {"context": 5, "position": 3, "layer": 1, "layer_name": "block_1"}
+    assert finite.figures["first"] == {
+        "context": 5,
+        "position": 3,
+        "layer": 1,
+        "layer_name": "block_1",
+    }
     assert (finite.figures["nan"], finite.figures["inf"], finite.figures["vectors"]) == (1, 32, 2)
     assert finite.figures["contexts"] == [5, 9] and finite.figures["blocks"] == [1, 2]
     assert "context=5, position=3, layer=1" in finite.detail and "markers lie" in finite.detail
@@ -146,7 +161,9 @@ def test_token_ids_outside_the_vocabulary_fail(store: Path) -> None:
     record["model"] = {k: v for k, v in record["model"].items() if k != "vocab_size"}
     _set_attrs(store, posctx=record)
     old = validate_store(store, scan=False)
-    assert old.check("token_ids").status == "warn" and "no vocab_size" in old.check("token_ids").detail
+    assert (
+        old.check("token_ids").status == "warn" and "no vocab_size" in old.check("token_ids").detail
+    )
     assert old.ok
 
     # A context whose batch holds an id the model has no embedding for cannot be recomputed.
@@ -205,14 +222,20 @@ def test_other_schema_version_and_mismatched_record_fail(store: Path) -> None:
     assert "store schema version 2, this posctx reads schema 1: upgrade posctx" in schema.detail
 
     _set_attrs(store, posctx_schema=1, posctx_kind=None)
-    assert "posctx_kind is None, not 'hidden'" in validate_store(store, scan=False).check("schema").detail
+    assert (
+        "posctx_kind is None, not 'hidden'"
+        in validate_store(store, scan=False).check("schema").detail
+    )
     _set_attrs(store, posctx_kind="hidden")
     record = dict(_group(store).attrs["posctx"])
     record["config"] = {**record["config"], "store": {**record["config"]["store"], "contexts": 8}}
     _set_attrs(store, posctx=record)
     provenance = validate_store(store, scan=False).check("provenance")
     assert provenance.status == "fail"
-    assert "config says 8 contexts, the arrays hold 12: an extension to 12 contexts" in provenance.detail
+    assert (
+        "config says 8 contexts, the arrays hold 12: an extension to 12 contexts"
+        in provenance.detail
+    )
 
     _set_attrs(store, posctx={"config": "nonsense"})
     report = validate_store(store, scan=False)
@@ -248,7 +271,9 @@ def test_tampered_values_and_other_weights_fail_the_rerun(store: Path) -> None:
 
 
 @pytest.mark.parametrize(("kind", "frame"), [("gpt2", "text"), ("llama", "<s> + text")])
-def test_decoder_stores_validate(kind: str, frame: str, tiny_models: dict[str, Path], tmp_path: Path) -> None:
+def test_decoder_stores_validate(
+    kind: str, frame: str, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
     out = tmp_path / "h.zarr"
     extract(_config(tiny_models[kind], contexts=6), str(out), progress=False)
     report = validate_store(out, rerun=2)
@@ -269,9 +294,13 @@ def test_rerun_falls_back_to_the_cpu_when_the_recorded_device_is_missing(store: 
     assert rerun.status == "ok" and "(on cpu: device 'cuda:7'" in rerun.detail, rerun.detail
 
 
-def test_float16_store_reruns_within_its_tolerance(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+def test_float16_store_reruns_within_its_tolerance(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
     out = tmp_path / "f16.zarr"
-    extract(_config(tiny_models["bert"], contexts=6, storage_dtype="float16"), str(out), progress=False)
+    extract(
+        _config(tiny_models["bert"], contexts=6, storage_dtype="float16"), str(out), progress=False
+    )
     report = validate_store(out, rerun=2)
     assert report.ok, report.format()
     assert report.check("rerun").figures["tolerance"] == 2e-3
@@ -301,23 +330,32 @@ def test_not_a_hidden_store_raises(good: Path, tmp_path: Path) -> None:
     (folder / "keep.txt").write_text("x")
     with pytest.raises(StoreError, match="is not a Zarr v3 store"):
         validate_store(folder)
-    zarr.open_group(str(tmp_path / "other.zarr"), mode="w").create_array("x", shape=(2,), dtype="i4")
+    zarr.open_group(str(tmp_path / "other.zarr"), mode="w").create_array(
+        "x", shape=(2,), dtype="i4"
+    )
     with pytest.raises(StoreError, match="not a posctx hidden-state store"):
         validate_store(tmp_path / "other.zarr")
     dec = tmp_path / "dec.zarr"
     posctx.write_decomposition(posctx.decompose(posctx.open_hidden(str(good))), dec)
-    with pytest.raises(StoreError, match="is a posctx decomposition store, not a hidden-state store"):
+    with pytest.raises(
+        StoreError, match="is a posctx decomposition store, not a hidden-state store"
+    ):
         validate_store(dec)
 
 
-def test_object_storage_store(tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_object_storage_store(
+    tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An S3 store (moto's server on localhost) validates through fsspec, with no local checks."""
     boto3 = pytest.importorskip("boto3")
     moto_server = pytest.importorskip("moto.server")
     for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": "/nonexistent",
+        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
     }.items():
         monkeypatch.setenv(name, value)
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -325,9 +363,14 @@ def test_object_storage_store(tiny_models: dict[str, Path], monkeypatch: pytest.
     try:
         host, port = server.get_host_and_port()
         endpoint = f"http://{host}:{port}"
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="posctx-validate")
-        opts = {"key": "testing", "secret": "testing",
-                "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(
+            Bucket="posctx-validate"
+        )
+        opts = {
+            "key": "testing",
+            "secret": "testing",
+            "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+        }
         url = "s3://posctx-validate/h.zarr"
         extract(_config(tiny_models["bert"], contexts=8), url, storage_options=opts, progress=False)
         report = validate_store(url, storage_options=opts, rerun=1)
@@ -345,7 +388,9 @@ def test_object_storage_store(tiny_models: dict[str, Path], monkeypatch: pytest.
         server.stop()
 
 
-def _cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+def _cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[int, str, str]:
     """Run the console entry point in-process: (exit status, stdout, stderr)."""
     monkeypatch.setattr(sys, "argv", ["posctx", "validate", *args])
     try:
@@ -358,7 +403,11 @@ def _cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *a
 
 
 def test_cli_exit_codes_and_json(
-    good: Path, store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    good: Path,
+    store: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     code, out, _ = _cli(monkeypatch, capsys, "--help")
     assert code == 0 and "Usage:" in out and "--clean-partial" in out

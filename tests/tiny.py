@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import pydoc_data.topics
 import re
 from collections import Counter
 from pathlib import Path
-
-import pydoc_data.topics
 
 _WORD = re.compile(r"\w+|[^\w\s]")
 
@@ -25,8 +24,12 @@ def save_tiny_bert(path: Path, minilm_dir: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(str(minilm_dir))
     cfg = BertConfig(
-        vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64,
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
     )
     BertModel(cfg).save_pretrained(path)
     tok.save_pretrained(path)
@@ -73,9 +76,16 @@ def save_tiny_llama(path: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     tok = _word_level_tokenizer(first_id=70_000, bos=True)
     cfg = LlamaConfig(
-        vocab_size=71_000, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        vocab_size=71_000,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
     )
     LlamaModel(cfg).save_pretrained(path)
     tok.save_pretrained(path)  # type: ignore[attr-defined]  # PreTrainedTokenizerFast

@@ -36,6 +36,7 @@ def _f64(tensor: Any) -> F64:
     out: F64 = tensor.detach().to("cpu").double().numpy()
     return out
 
+
 def _norm_arrays(norm: Any, kind: str) -> tuple[F64 | None, F64 | None, float]:
     weight = getattr(norm, "weight", None)
     bias = getattr(norm, "bias", None)
@@ -80,9 +81,18 @@ def _bert_weights(model: Any, layer: int, positions: npt.NDArray[np.integer]) ->
     w_q, b_q = _linear(attn.query, heads, head_dim)
     w_k, b_k = _linear(attn.key, heads, head_dim)
     return AttentionWeights(
-        model_type=str(model.config.model_type), norm="none", norm_weight=None, norm_bias=None,
-        norm_eps=0.0, w_q=w_q, b_q=b_q, w_k=w_k, b_k=b_k,
-        scaling=float(getattr(attn, "scaling", head_dim**-0.5)), rope_cos=None, rope_sin=None,
+        model_type=str(model.config.model_type),
+        norm="none",
+        norm_weight=None,
+        norm_bias=None,
+        norm_eps=0.0,
+        w_q=w_q,
+        b_q=b_q,
+        w_k=w_k,
+        b_k=b_k,
+        scaling=float(getattr(attn, "scaling", head_dim**-0.5)),
+        rope_cos=None,
+        rope_sin=None,
         causal=bool(getattr(model.config, "is_decoder", False)),
     )
 
@@ -96,12 +106,19 @@ def _gpt2_weights(model: Any, layer: int, positions: npt.NDArray[np.integer]) ->
     weight, bias = _f64(attn.c_attn.weight), _f64(attn.c_attn.bias)  # Conv1D: (in, 3 * width)
     gamma, beta, eps = _norm_arrays(block.ln_1, "LayerNorm")
     return AttentionWeights(
-        model_type="gpt2", norm="layernorm", norm_weight=gamma, norm_bias=beta, norm_eps=eps,
+        model_type="gpt2",
+        norm="layernorm",
+        norm_weight=gamma,
+        norm_bias=beta,
+        norm_eps=eps,
         w_q=np.ascontiguousarray(weight[:, :width].reshape(-1, heads, head_dim)),
         b_q=bias[:width].reshape(heads, head_dim),
         w_k=np.ascontiguousarray(weight[:, width : 2 * width].reshape(-1, heads, head_dim)),
         b_k=bias[width : 2 * width].reshape(heads, head_dim),
-        scaling=float(attn.scaling), rope_cos=None, rope_sin=None, causal=True,
+        scaling=float(attn.scaling),
+        rope_cos=None,
+        rope_sin=None,
+        causal=True,
     )
 
 
@@ -116,9 +133,19 @@ def _llama_weights(model: Any, layer: int, positions: npt.NDArray[np.integer]) -
     gamma, _, eps = _norm_arrays(block.input_layernorm, "RMSNorm")
     cos, sin = _rope(model, positions)
     return AttentionWeights(
-        model_type=str(cfg.model_type), norm="rmsnorm", norm_weight=gamma, norm_bias=None,
-        norm_eps=eps, w_q=w_q, b_q=b_q, w_k=w_k, b_k=b_k, scaling=float(attn.scaling),
-        rope_cos=cos, rope_sin=sin, causal=True,
+        model_type=str(cfg.model_type),
+        norm="rmsnorm",
+        norm_weight=gamma,
+        norm_bias=None,
+        norm_eps=eps,
+        w_q=w_q,
+        b_q=b_q,
+        w_k=w_k,
+        b_k=b_k,
+        scaling=float(attn.scaling),
+        rope_cos=cos,
+        rope_sin=sin,
+        causal=True,
     )
 
 
@@ -162,9 +189,7 @@ def _n_blocks(model: Any) -> int:
     return int(getattr(cfg, "num_hidden_layers", 0) or getattr(cfg, "n_layer", 0))
 
 
-def attention_weights(
-    model: Any, layer: int, positions: npt.ArrayLike
-) -> AttentionWeights:
+def attention_weights(model: Any, layer: int, positions: npt.ArrayLike) -> AttentionWeights:
     """The pre-attention norm and query/key maps of block ``layer`` of a HuggingFace model.
 
     Parameters

@@ -201,15 +201,19 @@ def dissect_attention(
 
     at = {LAYER: int(layer)}
     x = np.asarray(
-        hidden[HIDDEN].sel({**at, CONTEXT: labels, POSITION: positions})
-        .transpose(CONTEXT, POSITION, DIM).values,
+        hidden[HIDDEN]
+        .sel({**at, CONTEXT: labels, POSITION: positions})
+        .transpose(CONTEXT, POSITION, DIM)
+        .values,
         dtype=np.float64,
     )
     mu = np.asarray(decomposition["mu"].sel(at).values, dtype=np.float64)
     pos = np.asarray(decomposition["pos"].sel(at).transpose(POSITION, DIM).values, dtype=np.float64)
     parts = dissect_kernel(x, mu + pos, weights, chosen)
 
-    token_ids = np.asarray(hidden[TOKEN_ID].sel({CONTEXT: labels}).transpose(CONTEXT, POSITION).values)
+    token_ids = np.asarray(
+        hidden[TOKEN_ID].sel({CONTEXT: labels}).transpose(CONTEXT, POSITION).values
+    )
     pattern, fresh = _forward_attention(model, token_ids, int(layer), index, chosen)
 
     layer_name = (
@@ -243,7 +247,10 @@ def dissect_attention(
         KEY: positions,
     }
     if TOPIC in hidden.coords:
-        coords[TOPIC] = (CONTEXT, np.array([str(t) for t in hidden[TOPIC].sel({CONTEXT: labels}).values]))
+        coords[TOPIC] = (
+            CONTEXT,
+            np.array([str(t) for t in hidden[TOPIC].sel({CONTEXT: labels}).values]),
+        )
     attrs = {k: v for k, v in record.items() if not isinstance(v, list)}
     attrs[ATTENTION_ATTR] = json.dumps(record, sort_keys=True)
     return xr.Dataset(data, coords=coords, attrs=attrs)
@@ -399,28 +406,42 @@ def write_attention_dissection(
         shares = toeplitz_share(ds)
         all_shares.append(shares)
         first = ds[CONTEXT].values[0]
-        for name, context in ((f"attention_layer{layer}.png", None), (f"attention_layer{layer}_context{first}.png", first)):
+        for name, context in (
+            (f"attention_layer{layer}.png", None),
+            (f"attention_layer{layer}_context{first}.png", first),
+        ):
             path = target / name
             path.write_bytes(png_bytes(plot_attention_dissection(ds, context=context)))
             figures.append(path)
         for i, head in enumerate(shares[HEAD].values):
             for j, part in enumerate(shares[PART].values):
-                rows.append({
-                    "layer": int(layer), "layer_name": ds.attrs["layer_name"], "head": int(head),
-                    "part": str(part), "share": _finite(shares.share.values[i, j]),
-                    "std": _finite(shares["std"].values[i, j]), "chance": shares.attrs["chance"],
-                })
+                rows.append(
+                    {
+                        "layer": int(layer),
+                        "layer_name": ds.attrs["layer_name"],
+                        "head": int(head),
+                        "part": str(part),
+                        "share": _finite(shares.share.values[i, j]),
+                        "std": _finite(shares["std"].values[i, j]),
+                        "chance": shares.attrs["chance"],
+                    }
+                )
     json_path, csv_path = target / "toeplitz.json", target / "toeplitz.csv"
-    json_path.write_text(json.dumps({
-        "hidden": str(hidden_path),
-        "decomposition": str(decomposition_path),
-        "model": loaded.config.name,
-        "weights_hash": loaded.weights_hash,
-        "contexts": int(contexts),
-        "measure": "share of each part's within-context variance explained by its mean along "
-                   "each diagonal (query - key), pooled over contexts; causal models: key <= query",
-        "rows": rows,
-    }, indent=2))
+    json_path.write_text(
+        json.dumps(
+            {
+                "hidden": str(hidden_path),
+                "decomposition": str(decomposition_path),
+                "model": loaded.config.name,
+                "weights_hash": loaded.weights_hash,
+                "contexts": int(contexts),
+                "measure": "share of each part's within-context variance explained by its mean along "
+                "each diagonal (query - key), pooled over contexts; causal models: key <= query",
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
     with csv_path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["layer"])
         writer.writeheader()
@@ -432,7 +453,6 @@ def write_attention_dissection(
 
 def _finite(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
-
 
 
 __all__ = [

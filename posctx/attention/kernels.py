@@ -201,10 +201,19 @@ def dissect_kernel(
     a_full = np.broadcast_to(np.asarray(a, dtype=np.float64), x.shape)
     b = x - a_full
     na, nb = split_norm(a_full, b, weights)
-    q_a, q_b = project(na, weights.w_q, weights.b_q, weights), project(nb, weights.w_q, None, weights)
-    k_a, k_b = project(na, weights.w_k, weights.b_k, weights), project(nb, weights.w_k, None, weights)
+    q_a, q_b = (
+        project(na, weights.w_q, weights.b_q, weights),
+        project(nb, weights.w_q, None, weights),
+    )
+    k_a, k_b = (
+        project(na, weights.w_k, weights.b_k, weights),
+        project(nb, weights.w_k, None, weights),
+    )
     n = apply_norm(x, weights)
-    q, k = project(n, weights.w_q, weights.b_q, weights), project(n, weights.w_k, weights.b_k, weights)
+    q, k = (
+        project(n, weights.w_q, weights.b_q, weights),
+        project(n, weights.w_k, weights.b_k, weights),
+    )
     return {
         "pos_pos": head_scores(q_a, k_a, weights, heads),
         "pos_ctx": head_scores(q_a, k_b, weights, heads),

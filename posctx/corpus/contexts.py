@@ -233,7 +233,7 @@ def _collect(
     targets: dict[str, int] | None = None
     if known is not None:
         quotas = allocate_quotas([n_contexts] * len(known), n_contexts, _priority(seed, len(known)))
-        targets = dict(zip(known, quotas))
+        targets = dict(zip(known, quotas, strict=True))
 
     def new_stream(topic: str) -> _TopicStream:
         # Balanced with known topics: nothing beyond the quota is ever used. Otherwise keep up
@@ -396,7 +396,7 @@ def sample_contexts(
             )
     if balance:
         quotas = allocate_quotas([n_contexts] * len(topics), n_contexts, priority)
-        short = [(t, a, q) for t, a, q in zip(topics, available, quotas) if a < q]
+        short = [(t, a, q) for t, a, q in zip(topics, available, quotas, strict=True) if a < q]
         if short:
             detail = ", ".join(
                 f"topic {t!r} has {a} windows of {content} tokens, needs {q}" for t, a, q in short

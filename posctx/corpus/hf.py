@@ -116,8 +116,10 @@ class HFCorpus:
             text = record.get(self.text_column)
             if is_missing(text):
                 continue
-            topic = self.name if self.topic_column is None else self._label(
-                record.get(self.topic_column), row
+            topic = (
+                self.name
+                if self.topic_column is None
+                else self._label(record.get(self.topic_column), row)
             )
             yield Document(text=str(text), topic=topic, source=f"row:{row}")
 

@@ -65,7 +65,9 @@ def open_corpus(config: CorpusConfig) -> Corpus:
         except OSError as exc:
             raise unreadable_error(path, exc) from exc
         if empty:
-            raise CorpusError(f"corpus file '{path}' is empty: add text to it or pass another --corpus")
+            raise CorpusError(
+                f"corpus file '{path}' is empty: add text to it or pass another --corpus"
+            )
     if path.is_dir():
         return folder_corpus(path)
     if path.is_file() and path.suffix in TABLE_SUFFIXES:
@@ -98,7 +100,11 @@ def check_topic_column(config: CorpusConfig) -> None:
         return
     if corpus.columns is None:
         return  # a stream that lists no columns: rows are checked as they are read
-    what = f"table '{corpus.path}'" if isinstance(corpus, TableCorpus) else f"dataset {corpus.spec.name!r}"
+    what = (
+        f"table '{corpus.path}'"
+        if isinstance(corpus, TableCorpus)
+        else f"dataset {corpus.spec.name!r}"
+    )
     raise CorpusError(
         f"{what} has no topic column {config.topic_column!r}: its columns are "
         f"{', '.join(map(repr, corpus.columns)) or 'none'}; choose one with --topic-column, or "

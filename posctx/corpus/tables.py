@@ -108,12 +108,16 @@ class TableCorpus:
             # dtype=str and no NA parsing: "NA" or "null" are words of a text, not missing values
             try:
                 with pd.read_csv(
-                    self.path, usecols=cols, dtype=str, keep_default_na=False, chunksize=_CSV_CHUNK_ROWS
+                    self.path,
+                    usecols=cols,
+                    dtype=str,
+                    keep_default_na=False,
+                    chunksize=_CSV_CHUNK_ROWS,
                 ) as reader:
                     for chunk in reader:
                         texts = chunk[text_col].tolist()
                         topics = chunk[topic_col].tolist() if topic_col else [None] * len(texts)
-                        yield from zip(texts, topics)
+                        yield from zip(texts, topics, strict=True)
             except UnicodeDecodeError as exc:
                 raise not_utf8_error(self.path) from exc
         else:
@@ -123,7 +127,7 @@ class TableCorpus:
                 table = parquet.read_row_group(group, columns=cols)
                 texts = table.column(text_col).to_pylist()
                 topics = table.column(topic_col).to_pylist() if topic_col else [None] * len(texts)
-                yield from zip(texts, topics)
+                yield from zip(texts, topics, strict=True)
 
     def documents(self, seed: int) -> Iterator[Document]:
         """Stream the rows in file order (``seed`` is unused: a shuffle would read it all)."""

@@ -16,7 +16,8 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -66,7 +67,7 @@ def _choice() -> str:
     return os.environ.get(KERNEL_ENV, "auto").strip().lower() or "auto"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _numba(choice: str) -> Any:
     """The numba module if ``choice`` means to use it and it imports, else ``None``."""
     if choice not in ("auto", "numba", "numpy"):
@@ -87,7 +88,7 @@ def _numba(choice: str) -> Any:
     return numba
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _kernel(numba: Any) -> SlabKernel:
     try:
         return _compiled(numba, cache=True)

@@ -162,7 +162,10 @@ def assemble_statistics(
         name = f"posctx-{stat}-partial-{token}"
         layer = {
             (name, i, j, k, *(0,) * (len(chunks) - 3)): (
-                take_stat, (stats_name, i, j, k), stat, lead
+                take_stat,
+                (stats_name, i, j, k),
+                stat,
+                lead,
             )
             for i, j, k in blocks
         }

@@ -157,8 +157,12 @@ def centred_moments(x: npt.NDArray[Any], mean: Float64Array) -> dict[str, Float6
 
 
 def merge_moments(
-    n_a: float, mean_a: Float64Array, m2_a: Float64Array,
-    n_b: float, mean_b: Float64Array, m2_b: Float64Array,
+    n_a: float,
+    mean_a: Float64Array,
+    m2_a: Float64Array,
+    n_b: float,
+    mean_b: Float64Array,
+    m2_b: Float64Array,
 ) -> tuple[float, Float64Array, Float64Array]:
     """Merge two groups' counts, means and centred second moments (Chan et al.).
 

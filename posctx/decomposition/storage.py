@@ -22,7 +22,6 @@ from posctx.store import open_labelled, writing_consolidated, zarr_location
 from posctx.store.location import exists
 from posctx.types import CONTEXT, PathLike
 
-
 #: Codecs of the stored outputs: none, as for the hidden states. zarr's default (``"auto"``,
 #: zstd) shrank a decomposition store by 17% and made writing ``ctx_sum`` and ``ctx`` (two
 #: C x L x D float64 arrays) its slowest step (``bench/decompose.py``, route posctx-prior).
@@ -164,7 +163,9 @@ def _to_zarr(
         # Data only: chunking coordinates too would turn string labels into object-dtype dask
         # arrays that xarray must load to choose a Zarr dtype.
         if isinstance(var.data, da.Array):
-            ds[name] = var.copy(data=var.data.rechunk({i: sizes[d] for i, d in enumerate(var.dims)}))
+            ds[name] = var.copy(
+                data=var.data.rechunk({i: sizes[d] for i, d in enumerate(var.dims)})
+            )
     encoding = {name: {"compressors": OUTPUT_COMPRESSORS} for name in ds.data_vars}
     location, options = zarr_location(target, storage_options)
     try:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -119,13 +120,19 @@ def extract(
             f"{path} does not exist yet: on object storage, create it with one process first "
             "(the same command without --shard, with --plan-only), then start the shards"
         )
-    if shard is not None and stored is not None and config.store.contexts > stored["config"]["store"]["contexts"]:
+    if (
+        shard is not None
+        and stored is not None
+        and config.store.contexts > stored["config"]["store"]["contexts"]
+    ):
         raise StoreError(
             f"{path} holds {stored['config']['store']['contexts']} contexts: extend it to "
             f"{config.store.contexts} with one process first (the same command without --shard, "
             "with --plan-only), then start the shards"
         )
-    resumed = prepare_store(config, path, loaded, storage_options=storage_options, progress=progress)
+    resumed = prepare_store(
+        config, path, loaded, storage_options=storage_options, progress=progress
+    )
     remove_dead_creations(path)  # e.g. killed between its rename and its own clean-up
     if shard is None:
         # The only writer: what killed processes left half-written is garbage now.

@@ -4,7 +4,8 @@ resume whose settings, weights or interrupted extension do not match what is sto
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -203,8 +204,9 @@ def prepare_store(
         # join it once it is shown to be the very store they would have made.
         stored = read_provenance(path, storage_options) or {}
         _refuse_other_weights(path, stored, config, loaded)
-        if not np.array_equal(BlockWriter(path, storage_options).token_ids(
-            Block(0, 0, config.store.contexts)), plan.token_ids
+        if not np.array_equal(
+            BlockWriter(path, storage_options).token_ids(Block(0, 0, config.store.contexts)),
+            plan.token_ids,
         ):
             raise StoreError(
                 f"{path} was created meanwhile by another process from a different corpus: "

@@ -7,7 +7,8 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -99,7 +100,12 @@ class Progress:
         from tqdm.auto import tqdm
 
         self._bar = tqdm(
-            total=total, initial=done, unit="ctx", desc="extract", disable=not enabled, dynamic_ncols=True
+            total=total,
+            initial=done,
+            unit="ctx",
+            desc="extract",
+            disable=not enabled,
+            dynamic_ncols=True,
         )
         self._start = time.perf_counter()
         self.tokens = 0

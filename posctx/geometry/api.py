@@ -52,7 +52,10 @@ REQUIRED = ("mu", "pos", "ctx", "ss_total", "ss_pos", "ss_ctx", "ss_resid")
 METRICS: dict[str, tuple[tuple[str, ...], str]] = {
     "pos_sv": ((LAYER, COMPONENT), "singular values of pos (T x d), zero-padded to d"),
     "ctx_sv": ((LAYER, COMPONENT), "singular values of ctx (C x d, all contexts)"),
-    "resid_sv": ((LAYER, COMPONENT), "singular values of resid (CT x d); NaN without the hidden store"),
+    "resid_sv": (
+        (LAYER, COMPONENT),
+        "singular values of resid (CT x d); NaN without the hidden store",
+    ),
     "pos_norm": ((LAYER,), "spectral norm of pos (T x d)"),
     "pos_stable_rank": ((LAYER,), "sum s^2 / s_1^2 of pos"),
     "pos_screenot_rank": ((LAYER,), "rank kept by the ScreeNOT optimal hard threshold"),
@@ -60,12 +63,18 @@ METRICS: dict[str, tuple[tuple[str, ...], str]] = {
     "pos_screenot_share": ((LAYER,), "share of sum s kept by the ScreeNOT rank"),
     "pos_rank90": ((LAYER,), "components for 90% of sum s^2"),
     "pos_rank99": ((LAYER,), "components for 99% of sum s^2"),
-    "hidden_norm": ((LAYER,), "spectral norm of the CT x d hidden states (with mu); NaN if unknown"),
+    "hidden_norm": (
+        (LAYER,),
+        "spectral norm of the CT x d hidden states (with mu); NaN if unknown",
+    ),
     "relative_norm": ((LAYER,), "sqrt(C) |pos|_2 / |H|_2 (the paper's); NaN if |H|_2 unknown"),
     "share_pos": ((LAYER,), "ss_pos / ss_total"),
     "share_ctx": ((LAYER,), "ss_ctx / ss_total"),
     "share_resid": ((LAYER,), "ss_resid / ss_total"),
-    "smooth_low_share": ((LAYER,), "share of the DCT energy of the pos Gram in the lowest k x k frequencies"),
+    "smooth_low_share": (
+        (LAYER,),
+        "share of the DCT energy of the pos Gram in the lowest k x k frequencies",
+    ),
     "smooth_low_share_shuffled": ((LAYER,), "the same with positions randomly permuted"),
     "spiral_pc_share": ((LAYER,), "share of pos energy in its top 3 principal components"),
     "spiral_step_cos": ((LAYER,), "mean cosine of consecutive steps of the top-3 PC curve"),
@@ -82,8 +91,14 @@ METRICS: dict[str, tuple[tuple[str, ...], str]] = {
     "orth_mean_cos": ((LAYER,), "mean |cos| between pos and ctx vectors"),
     "orth_max_cos_random": ((LAYER,), "orth_max_cos with the pos set randomly rotated"),
     "orth_mean_cos_random": ((LAYER,), "orth_mean_cos with the pos set randomly rotated"),
-    "orth_principal_cos": ((LAYER, ANGLE), "cosines of principal angles, top-k pos vs ctx subspaces"),
-    "orth_principal_cos_random": ((LAYER, ANGLE), "the same for a random rotation of the pos subspace"),
+    "orth_principal_cos": (
+        (LAYER, ANGLE),
+        "cosines of principal angles, top-k pos vs ctx subspaces",
+    ),
+    "orth_principal_cos_random": (
+        (LAYER, ANGLE),
+        "the same for a random rotation of the pos subspace",
+    ),
     "orth_top_principal_cos": ((LAYER,), "largest principal cosine (smallest angle)"),
     "orth_top_principal_cos_random": ((LAYER,), "the same for random subspaces of the same dims"),
 }
@@ -153,8 +168,11 @@ def _hidden_gram(hidden: xr.Dataset, dec: xr.Dataset) -> xr.DataArray:
             "(posctx.open_hidden) the decomposition was made from"
         )
     ours, theirs = dec.attrs.get("posctx"), hidden.attrs.get("posctx")
-    if ours is not None and theirs is not None and json.dumps(ours, sort_keys=True, default=str) != json.dumps(
-        theirs, sort_keys=True, default=str
+    if (
+        ours is not None
+        and theirs is not None
+        and json.dumps(ours, sort_keys=True, default=str)
+        != json.dumps(theirs, sort_keys=True, default=str)
     ):
         raise PosctxError(
             "the hidden-state store's provenance differs from the decomposition's: pass the "
@@ -162,7 +180,10 @@ def _hidden_gram(hidden: xr.Dataset, dec: xr.Dataset) -> xr.DataArray:
         )
     h = hidden[HIDDEN].transpose(*HIDDEN_DIMS)
     h = h.isel(
-        {dim: _label_indexer(h.indexes[dim], dec.indexes[dim], dim) for dim in (CONTEXT, POSITION, LAYER)}
+        {
+            dim: _label_indexer(h.indexes[dim], dec.indexes[dim], dim)
+            for dim in (CONTEXT, POSITION, LAYER)
+        }
     )
     if h.sizes[DIM] != dec.sizes[DIM]:
         raise PosctxError(f"hidden has {h.sizes[DIM]} dims, the decomposition {dec.sizes[DIM]}")
@@ -367,8 +388,10 @@ def measure_geometry(
     ('layer',)
     """
     params = params or GeometryParams()
-    inputs = dec if INPUTS_ATTR in dec.attrs else collect_inputs(
-        dec, hidden=hidden, params=params, progress=progress
+    inputs = (
+        dec
+        if INPUTS_ATTR in dec.attrs
+        else collect_inputs(dec, hidden=hidden, params=params, progress=progress)
     )
     record = _inputs_record(inputs)
     n_contexts, n_positions = record["n_contexts"], record["n_positions"]
@@ -437,7 +460,9 @@ def measure_geometry(
         "topics": unique_topics,
         "relative_norm": "given"
         if hidden_spectral_norm is not None
-        else ("hidden store" if "hidden_gram" in inputs else "missing: pass the hidden-state store"),
+        else (
+            "hidden store" if "hidden_gram" in inputs else "missing: pass the hidden-state store"
+        ),
         "resid_spectrum": "hidden_gram" in inputs,
     }
     return xr.Dataset(
@@ -507,7 +532,9 @@ def metrics_to_dict(metrics: xr.Dataset) -> dict[str, Any]:
         layers.append(row)
     return {
         "geometry": geometry_record(metrics),
-        "descriptions": {str(k): str(v.attrs.get("description", "")) for k, v in metrics.data_vars.items()},
+        "descriptions": {
+            str(k): str(v.attrs.get("description", "")) for k, v in metrics.data_vars.items()
+        },
         "layers": layers,
     }
 

@@ -6,7 +6,8 @@ import contextlib
 import errno
 import os
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -117,9 +118,7 @@ def _write_failure(path: str, block: Block, exc: OSError) -> str:
     )
 
 
-def completed_blocks(
-    path: str, storage_options: Mapping[str, Any] | None = None
-) -> np.ndarray:
+def completed_blocks(path: str, storage_options: Mapping[str, Any] | None = None) -> np.ndarray:
     """Boolean array, one entry per block: ``True`` where the block is fully written."""
     group = open_group(path, "r", storage_options)
     done: np.ndarray = np.asarray(group[BLOCK_COMPLETE][:]) == 1

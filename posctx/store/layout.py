@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -113,7 +114,9 @@ def build_dataset(
     )
     ds[HIDDEN].attrs["long_name"] = "hidden state"
     ds[TOKEN_ID].attrs["long_name"] = "input token id"
-    ds[BLOCK_COMPLETE].attrs["long_name"] = "1 when contexts block_start[b]:block_start[b+1] are written"
+    ds[BLOCK_COMPLETE].attrs["long_name"] = (
+        "1 when contexts block_start[b]:block_start[b+1] are written"
+    )
     encoding = {
         # zstd shrinks hidden states ~8% but makes decoding 4x slower: store them raw.
         HIDDEN: {"chunks": hidden_chunks, "compressors": None},

@@ -7,8 +7,9 @@ import json
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from posctx.errors import StoreError
 

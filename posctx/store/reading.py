@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -78,7 +79,8 @@ def open_hidden(
         )
     stops = np.append(starts[1:], ds.sizes[CONTEXT])
     keep = np.concatenate(
-        [np.arange(a, b) for a, b, ok in zip(starts, stops, done) if ok] or [np.array([], int)]
+        [np.arange(a, b) for a, b, ok in zip(starts, stops, done, strict=True) if ok]
+        or [np.array([], int)]
     )
     ds = ds.isel({CONTEXT: keep})
     # Whatever is computed from this dataset carries the record of what it left out.

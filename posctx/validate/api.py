@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from posctx.errors import StoreError
 from posctx.store import is_remote, remove_partial_files
@@ -44,7 +45,11 @@ def _open(path: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any
             f"{path} is a posctx {kind} store, not a hidden-state store: validate the "
             "hidden-state store it was made from"
         )
-    if kind is None and PROVENANCE_ATTR not in attrs and not _has_member(path, storage_options, HIDDEN):
+    if (
+        kind is None
+        and PROVENANCE_ATTR not in attrs
+        and not _has_member(path, storage_options, HIDDEN)
+    ):
         raise StoreError(
             f"{path} is a Zarr store but not a posctx hidden-state store (no posctx attrs, no "
             "`hidden` array): give the path of a store made by `posctx extract`"
@@ -66,8 +71,10 @@ def clean_partial_files(path: str) -> tuple[int, int]:
     indistinguishable from a dead one's.
     """
     if is_remote(path):
-        raise StoreError(f"{path}: --clean-partial applies to local stores only (object stores "
-                         "leave no partial files)")
+        raise StoreError(
+            f"{path}: --clean-partial applies to local stores only (object stores "
+            "leave no partial files)"
+        )
     return remove_partial_files(path)
 
 
@@ -155,11 +162,20 @@ def validate_store(
         ("provenance", lambda: _check_provenance(st), None),
         ("completeness", lambda: _check_completeness(st), None),
         ("partial_files", lambda: _check_partial(st, removed), None),
-        ("finite", lambda: _check_finite(st, progress), None if scan else "not requested (--no-scan / scan=False)"),
+        (
+            "finite",
+            lambda: _check_finite(st, progress),
+            None if scan else "not requested (--no-scan / scan=False)",
+        ),
         ("token_ids", lambda: _check_token_ids(st, progress), None),
         ("special_tokens", lambda: _check_special_tokens(st, progress), None),
-        ("rerun", lambda: _check_rerun(st, rerun, seed),
-         None if rerun > 0 else "not requested (--rerun N / rerun=N recomputes N contexts with the model)"),
+        (
+            "rerun",
+            lambda: _check_rerun(st, rerun, seed),
+            None
+            if rerun > 0
+            else "not requested (--rerun N / rerun=N recomputes N contexts with the model)",
+        ),
     ]
     checks: list[Check] = []
     skipped: list[tuple[str, str]] = []

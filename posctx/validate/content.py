@@ -6,7 +6,8 @@ the size of the store.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -25,11 +26,13 @@ def _hidden_reader(st: _Store) -> Callable[[slice, slice], np.ndarray]:
 
         direct = direct_array(local_path(st.path) / HIDDEN)
         if direct is not None and direct.shape == arr.shape:
-            return lambda c, l: np.asarray(direct[c, :, l].compute(scheduler="synchronous"))
-    return lambda c, l: np.asarray(arr[c, :, l])
+            return lambda c, k: np.asarray(direct[c, :, k].compute(scheduler="synchronous"))
+    return lambda c, k: np.asarray(arr[c, :, k])
 
 
-def _chunks(st: _Store, blocks: Sequence[Block], progress: bool, what: str) -> Iterator[tuple[Block, slice, np.ndarray]]:
+def _chunks(
+    st: _Store, blocks: Sequence[Block], progress: bool, what: str
+) -> Iterator[tuple[Block, slice, np.ndarray]]:
     """``hidden`` one block and one layer chunk at a time: memory stays at one chunk."""
     from tqdm.auto import tqdm
 
@@ -66,22 +69,32 @@ def _check_finite(st: _Store, progress: bool) -> Check:
             c, t, k = (int(v) for v in np.argwhere(bad)[0])
             first = (block.start + c, t, layers.start + k)
     figures: dict[str, Any] = {
-        "values_scanned": n_values, "blocks_scanned": len(blocks), "blocks_unmarked": n_unmarked,
-        **counts, "blocks": bad_blocks, "contexts": sorted(bad_contexts)[:100],
+        "values_scanned": n_values,
+        "blocks_scanned": len(blocks),
+        "blocks_unmarked": n_unmarked,
+        **counts,
+        "blocks": bad_blocks,
+        "contexts": sorted(bad_contexts)[:100],
     }
     skipped = f"; {_plural(n_unmarked, 'unmarked block')} not scanned" if n_unmarked else ""
     if first is None:
         return Check(
-            "finite", "ok",
+            "finite",
+            "ok",
             f"all {n_values:,} values of {_plural(len(blocks), 'marked block')} are finite{skipped}",
             figures,
         )
     c, t, k = first
-    figures["first"] = {CONTEXT: c, POSITION: st.label(POSITION, t), LAYER: st.label(LAYER, k),
-                        LAYER_NAME: st.label(LAYER_NAME, k)}
+    figures["first"] = {
+        CONTEXT: c,
+        POSITION: st.label(POSITION, t),
+        LAYER: st.label(LAYER, k),
+        LAYER_NAME: st.label(LAYER_NAME, k),
+    }
     shown = ", ".join(map(str, sorted(bad_contexts)[:10]))
     return Check(
-        "finite", "fail",
+        "finite",
+        "fail",
         f"{counts['nan'] + counts['inf']:,} non-finite values ({counts['nan']:,} NaN, "
         f"{counts['inf']:,} inf) in {_plural(counts['vectors'], 'hidden vector')} of contexts "
         f"[{shown}{', ...' if len(bad_contexts) > 10 else ''}], blocks {bad_blocks} marked written; "
@@ -100,7 +113,9 @@ def _token_blocks(st: _Store, progress: bool, what: str) -> Iterator[tuple[Block
     arr = st.array(TOKEN_ID)
     if arr.ndim != 2:
         raise _Skip("`token_id` is not (context, position)")
-    for block in tqdm(st.blocks(), desc=what, unit="block", disable=not progress, dynamic_ncols=True):
+    for block in tqdm(
+        st.blocks(), desc=what, unit="block", disable=not progress, dynamic_ncols=True
+    ):
         yield block, np.asarray(arr[block.start : block.stop])
 
 
@@ -125,7 +140,8 @@ def _check_token_ids(st: _Store, progress: bool) -> Check:
     if first is not None:
         c, t, value = first
         return Check(
-            "token_ids", "fail",
+            "token_ids",
+            "fail",
             f"{n_bad:,} of {n_ids:,} token ids outside {allowed} (the model's vocabulary); "
             f"first at context={c}, position={t}: {value}; the token ids no longer match the "
             "model: re-extract into a new store",
@@ -133,7 +149,8 @@ def _check_token_ids(st: _Store, progress: bool) -> Check:
         )
     if limit is None:
         return Check(
-            "token_ids", "warn",
+            "token_ids",
+            "warn",
             f"all {n_ids:,} ids >= 0 (range {lo}..{hi}), but the record has no vocab_size (a store "
             "made by an older posctx): the upper bound was not checked",
             figures,
@@ -144,8 +161,11 @@ def _check_token_ids(st: _Store, progress: bool) -> Check:
 def _check_special_tokens(st: _Store, progress: bool) -> Check:
     special = st.record.get("special_tokens")
     if not isinstance(special, dict) or "prefix_ids" not in special:
-        return Check("special_tokens", "warn",
-                     "no special_tokens record: the framing of contexts cannot be checked")
+        return Check(
+            "special_tokens",
+            "warn",
+            "no special_tokens record: the framing of contexts cannot be checked",
+        )
     prefix = [int(v) for v in special.get("prefix_ids") or []]
     suffix = [int(v) for v in special.get("suffix_ids") or []]
     # Separator ids are text tokens placed between documents, legitimately mid-context.
@@ -159,30 +179,51 @@ def _check_special_tokens(st: _Store, progress: bool) -> Check:
         length = ids.shape[1]
         n_contexts += len(ids)
         if p + s > length:
-            return Check("special_tokens", "fail",
-                         f"contexts of {length} tokens cannot hold {p} prefix and {s} suffix ids")
+            return Check(
+                "special_tokens",
+                "fail",
+                f"contexts of {length} tokens cannot hold {p} prefix and {s} suffix ids",
+            )
         if p:
-            rows["prefix"] += (block.start + np.flatnonzero((ids[:, :p] != prefix).any(axis=1))).tolist()
+            rows["prefix"] += (
+                block.start + np.flatnonzero((ids[:, :p] != prefix).any(axis=1))
+            ).tolist()
         if s:
-            rows["suffix"] += (block.start + np.flatnonzero((ids[:, length - s :] != suffix).any(axis=1))).tolist()
+            rows["suffix"] += (
+                block.start + np.flatnonzero((ids[:, length - s :] != suffix).any(axis=1))
+            ).tolist()
         if forbidden:
             hits = np.argwhere(np.isin(ids[:, p : length - s], forbidden))
             n_mid += len(hits)
             for c, t in hits[: max(0, 10 - len(mid))].tolist():  # the first ten, as examples
                 mid.append((block.start + c, p + t, int(ids[c, p + t])))
-    tokens = dict(zip(prefix + suffix, (special.get("prefix_tokens") or []) + (special.get("suffix_tokens") or [])))
+    tokens = dict(
+        zip(
+            prefix + suffix,
+            (special.get("prefix_tokens") or []) + (special.get("suffix_tokens") or []),
+            strict=False,
+        )
+    )
     figures: dict[str, Any] = {
-        "prefix_ids": prefix, "suffix_ids": suffix, "policy": special.get("policy"),
-        "bad_prefix_contexts": rows["prefix"][:100], "bad_suffix_contexts": rows["suffix"][:100],
-        "mid_context": n_mid, "mid_context_first": [list(m) for m in mid],
+        "prefix_ids": prefix,
+        "suffix_ids": suffix,
+        "policy": special.get("policy"),
+        "bad_prefix_contexts": rows["prefix"][:100],
+        "bad_suffix_contexts": rows["suffix"][:100],
+        "mid_context": n_mid,
+        "mid_context_first": [list(m) for m in mid],
     }
     problems = []
     if rows["prefix"]:
-        problems.append(f"{len(rows['prefix'])} of {n_contexts} contexts do not start with "
-                        f"{prefix} (first: context {rows['prefix'][0]})")
+        problems.append(
+            f"{len(rows['prefix'])} of {n_contexts} contexts do not start with "
+            f"{prefix} (first: context {rows['prefix'][0]})"
+        )
     if rows["suffix"]:
-        problems.append(f"{len(rows['suffix'])} of {n_contexts} contexts do not end with "
-                        f"{suffix} (first: context {rows['suffix'][0]})")
+        problems.append(
+            f"{len(rows['suffix'])} of {n_contexts} contexts do not end with "
+            f"{suffix} (first: context {rows['suffix'][0]})"
+        )
     if n_mid:
         c, t, value = mid[0]
         problems.append(
@@ -191,14 +232,22 @@ def _check_special_tokens(st: _Store, progress: bool) -> Check:
             "[CLS]/BOS/[SEP] there"
         )
     if problems:
-        return Check("special_tokens", "fail",
-                     "; ".join(problems) + "; re-extract into a new store", figures)
-    frame = " + ".join(filter(None, [
-        " ".join(map(str, special.get("prefix_tokens") or prefix)), "text",
-        " ".join(map(str, special.get("suffix_tokens") or suffix)),
-    ]))
+        return Check(
+            "special_tokens", "fail", "; ".join(problems) + "; re-extract into a new store", figures
+        )
+    frame = " + ".join(
+        filter(
+            None,
+            [
+                " ".join(map(str, special.get("prefix_tokens") or prefix)),
+                "text",
+                " ".join(map(str, special.get("suffix_tokens") or suffix)),
+            ],
+        )
+    )
     return Check(
-        "special_tokens", "ok",
+        "special_tokens",
+        "ok",
         f"policy {special.get('policy')!r}: every context is {frame}; no "
         f"{'prefix/suffix id' if forbidden else 'special id (none recorded)'} mid-context",
         figures,

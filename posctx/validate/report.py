@@ -6,8 +6,9 @@ JSON data for programs (:meth:`ValidationReport.to_dict`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import numpy as np
 
@@ -27,8 +28,12 @@ class Check:
     figures: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "status": self.status, "detail": self.detail,
-                "figures": _plain(self.figures)}
+        return {
+            "name": self.name,
+            "status": self.status,
+            "detail": self.detail,
+            "figures": _plain(self.figures),
+        }
 
 
 @dataclass(frozen=True)

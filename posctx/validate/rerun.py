@@ -6,8 +6,9 @@ imports torch and transformers), so importing :mod:`posctx.validate` stays light
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -58,10 +59,14 @@ def _check_rerun(st: _Store, n: int, seed: int) -> Check:
     config = ExtractConfig.from_dict(record["config"])
     hidden, token_id = st.array(HIDDEN), st.array(TOKEN_ID)
     complete = st.complete_blocks()
-    candidates = np.concatenate([np.arange(b.start, b.stop) for b in complete] or [np.array([], int)])
+    candidates = np.concatenate(
+        [np.arange(b.start, b.stop) for b in complete] or [np.array([], int)]
+    )
     if candidates.size == 0:
         raise _Skip("no block is marked written")
-    picks = np.sort(np.random.default_rng(seed).choice(candidates, size=min(n, candidates.size), replace=False))
+    picks = np.sort(
+        np.random.default_rng(seed).choice(candidates, size=min(n, candidates.size), replace=False)
+    )
     try:
         loaded, note = _rerun_model(record["config"].get("model") or {})
     except ModelError as exc:
@@ -69,16 +74,23 @@ def _check_rerun(st: _Store, n: int, seed: int) -> Check:
     recorded = (record.get("model") or {}).get("weights_hash")
     if loaded.weights_hash != recorded:
         return Check(
-            "rerun", "fail",
+            "rerun",
+            "fail",
             f"the model loaded now is not the one that made this store: weights hash "
             f"{loaded.weights_hash} loaded, {recorded} recorded; values not compared",
             {"weights_hash_loaded": loaded.weights_hash, "weights_hash_recorded": recorded},
         )
     layers = st.values(LAYER).tolist() if LAYER in st.arrays else None
     if layers is not None and list(loaded.layers) != layers:
-        return Check("rerun", "fail", f"the model gives layers {list(loaded.layers)}, the store holds {layers}")
+        return Check(
+            "rerun",
+            "fail",
+            f"the model gives layers {list(loaded.layers)}, the store holds {layers}",
+        )
     storage = str(hidden.dtype)
-    tolerance = max(RERUN_TOLERANCE.get(storage, 1e-4), RERUN_TOLERANCE.get(config.model.dtype, 1e-4))
+    tolerance = max(
+        RERUN_TOLERANCE.get(storage, 1e-4), RERUN_TOLERANCE.get(config.model.dtype, 1e-4)
+    )
     batch = config.model.batch_size
     vocab = getattr(loaded.model.config, "vocab_size", None)
     worst_abs, worst_rel, worst_at = 0.0, 0.0, (int(picks[0]), 0, 0)
@@ -104,13 +116,21 @@ def _check_rerun(st: _Store, n: int, seed: int) -> Check:
                 worst_rel, worst_at = float(rel.max()), (c, t, k)
     bad = sorted(c for c, r in per_context.items() if not r <= tolerance)
     not_run = (
-        f"; contexts {sorted(failed)} not recomputed ({next(iter(failed.values()))})" if failed else ""
+        f"; contexts {sorted(failed)} not recomputed ({next(iter(failed.values()))})"
+        if failed
+        else ""
     )
     figures: dict[str, Any] = {
-        "contexts": picks.tolist(), "max_abs_diff": worst_abs, "max_rel_diff": worst_rel,
-        "tolerance": tolerance, "batch_size": batch, "storage_dtype": storage,
-        "compute_dtype": config.model.dtype, "mismatched_contexts": bad,
-        "weights_hash": loaded.weights_hash, "not_recomputed": sorted(failed),
+        "contexts": picks.tolist(),
+        "max_abs_diff": worst_abs,
+        "max_rel_diff": worst_rel,
+        "tolerance": tolerance,
+        "batch_size": batch,
+        "storage_dtype": storage,
+        "compute_dtype": config.model.dtype,
+        "mismatched_contexts": bad,
+        "weights_hash": loaded.weights_hash,
+        "not_recomputed": sorted(failed),
     }
     done = sorted(per_context)
     summary = (
@@ -121,7 +141,8 @@ def _check_rerun(st: _Store, n: int, seed: int) -> Check:
     if bad:
         c, t, k = worst_at
         return Check(
-            "rerun", "fail",
+            "rerun",
+            "fail",
             f"{summary}; contexts {bad} differ from what the model computes (worst at "
             f"context={c}, position={st.label(POSITION, t)}, layer={st.label(LAYER, k)}): the "
             "stored values were changed after extraction or belong to other token ids",
@@ -145,7 +166,9 @@ def _differences(new: np.ndarray, stored: np.ndarray) -> tuple[float, np.ndarray
     return float(diff.max(initial=0.0)), rel
 
 
-def _batches(blocks: Sequence[Block], picks: np.ndarray, batch: int) -> dict[tuple[int, int], list[int]]:
+def _batches(
+    blocks: Sequence[Block], picks: np.ndarray, batch: int
+) -> dict[tuple[int, int], list[int]]:
     """The extraction batch ``(start, stop)`` of each picked context, with the picks in it.
 
     Extraction splits every block into batches of ``batch`` contexts from its start.

@@ -9,7 +9,8 @@ left behind.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +39,13 @@ from posctx.validate.report import Check, _plural, _Skip
 
 #: Keys every provenance record written by ``posctx extract`` has.
 REQUIRED_PROVENANCE = (
-    "config", "model", "corpus", "special_tokens", "chunk_contexts", "posctx_version", "created",
+    "config",
+    "model",
+    "corpus",
+    "special_tokens",
+    "chunk_contexts",
+    "posctx_version",
+    "created",
 )
 
 # Every array of the schema: dims and the dtype kinds ("f" float, "i"/"u" integer, "T"/"U"/"O"
@@ -181,10 +188,11 @@ def _check_schema(st: _Store) -> Check:
     if notes:
         return Check("schema", "warn", "; ".join(notes), figures)
     h = st.arrays[HIDDEN]
-    shape = ", ".join(f"{d}={n}" for d, n in zip(HIDDEN_DIMS, h.shape))
+    shape = ", ".join(f"{d}={n}" for d, n in zip(HIDDEN_DIMS, h.shape, strict=False))
     n_blocks = st.arrays[BLOCK_COMPLETE].shape[0]
     return Check(
-        "schema", "ok",
+        "schema",
+        "ok",
         f"schema {version}; hidden ({shape}) {h.dtype} in chunks {tuple(h.chunks)}; "
         f"token_id {st.arrays[TOKEN_ID].dtype}; {_plural(n_blocks, 'block')} of "
         f"{st.chunk_contexts()} contexts; every coordinate present",
@@ -203,7 +211,7 @@ def _shape_problems(st: _Store) -> list[str]:
             if arr is not None:
                 problems.append(f"`{name}` has {len(arr.shape)} dims, expected {len(dims)}")
             continue
-        for dim, n in zip(dims, arr.shape):
+        for dim, n in zip(dims, arr.shape, strict=False):
             if dim not in sizes:
                 sizes[dim] = int(n)
             elif sizes[dim] != n:
@@ -239,8 +247,10 @@ def _consolidated_notes(st: _Store) -> list[str]:
             stale.append(name)
     stale += [n for n in _SCHEMA if n in consolidated and n not in st.arrays]
     if stale:
-        return [f"consolidated metadata is stale for {sorted(set(stale))}: xr.open_zarr sees "
-                f"other shapes or arrays than the store holds; {fix}"]
+        return [
+            f"consolidated metadata is stale for {sorted(set(stale))}: xr.open_zarr sees "
+            f"other shapes or arrays than the store holds; {fix}"
+        ]
     return []
 
 
@@ -252,8 +262,10 @@ def _check_labels(st: _Store) -> Check:
             values = st.values(name)
             wrong = np.flatnonzero(values != np.arange(values.size))
             if wrong.size:
-                problems.append(f"`{name}` is not 0..{values.size - 1} (index {int(wrong[0])} "
-                                f"holds {values[wrong[0]]!r})")
+                problems.append(
+                    f"`{name}` is not 0..{values.size - 1} (index {int(wrong[0])} "
+                    f"holds {values[wrong[0]]!r})"
+                )
             else:
                 found.append(f"{name} 0..{values.size - 1}")
     if LAYER in st.arrays:
@@ -267,8 +279,10 @@ def _check_labels(st: _Store) -> Check:
             values = st.values(name).tolist()
             empty = [i for i, v in enumerate(values) if not (isinstance(v, str) and v)]
             if empty:
-                problems.append(f"`{name}` is empty or not a string at "
-                                f"{_plural(len(empty), 'index')} (first {empty[:5]})")
+                problems.append(
+                    f"`{name}` is empty or not a string at "
+                    f"{_plural(len(empty), 'index')} (first {empty[:5]})"
+                )
             else:
                 found.append(f"{len(set(values))} distinct {name}s")
     if OFFSET in st.arrays:
@@ -284,8 +298,10 @@ def _check_labels(st: _Store) -> Check:
             planned = None  # no block size to plan with: the schema check says why
         starts = st.values(BLOCK_START)
         if planned is not None and not np.array_equal(starts, planned):
-            problems.append(f"`block_start` is {starts[:8].tolist()}, the planned block starts "
-                            f"are {planned[:8].tolist()}")
+            problems.append(
+                f"`block_start` is {starts[:8].tolist()}, the planned block starts "
+                f"are {planned[:8].tolist()}"
+            )
         elif planned is not None:
             found.append(f"{starts.size} block starts as planned")
     if not problems and not found:
@@ -301,15 +317,22 @@ def _check_provenance(st: _Store) -> Check:
 
     raw = st.attrs.get(PROVENANCE_ATTR)
     if not isinstance(raw, dict):
-        return Check("provenance", "fail",
-                     f"no `{PROVENANCE_ATTR}` record in the root attrs: nothing says how this "
-                     "store was made (it was not written by `posctx extract`)")
+        return Check(
+            "provenance",
+            "fail",
+            f"no `{PROVENANCE_ATTR}` record in the root attrs: nothing says how this "
+            "store was made (it was not written by `posctx extract`)",
+        )
     record = raw
     missing = [k for k in REQUIRED_PROVENANCE if k not in record]
     problems = [f"record lacks {missing}"] if missing else []
     if not isinstance(record.get("config"), dict):
-        return Check("provenance", "fail", "; ".join(problems or ["config is not a mapping"]),
-                     {"missing": missing})
+        return Check(
+            "provenance",
+            "fail",
+            "; ".join(problems or ["config is not a mapping"]),
+            {"missing": missing},
+        )
     try:
         config = ExtractConfig.from_dict(record["config"])
     except (PosctxError, TypeError, ValueError, AttributeError) as exc:
@@ -319,13 +342,19 @@ def _check_provenance(st: _Store) -> Check:
     if not model.get("weights_hash"):
         problems.append("model record has no weights_hash")
     problems += _config_vs_arrays(st, config, record)
-    figures = {"missing": missing, "contexts": config.store.contexts, "length": config.store.length,
-               "model": model.get("name"), "weights_hash": model.get("weights_hash"),
-               "posctx_version": record.get("posctx_version")}
+    figures = {
+        "missing": missing,
+        "contexts": config.store.contexts,
+        "length": config.store.length,
+        "model": model.get("name"),
+        "weights_hash": model.get("weights_hash"),
+        "posctx_version": record.get("posctx_version"),
+    }
     if problems:
         return Check("provenance", "fail", "; ".join(problems), figures)
     return Check(
-        "provenance", "ok",
+        "provenance",
+        "ok",
         f"record complete; config parses and matches the arrays (C={config.store.contexts}, "
         f"T={config.store.length}, {config.store.storage_dtype}); model {model.get('name')} "
         f"weights {str(model.get('weights_hash'))[:12]}; made {record.get('created')} by posctx "
@@ -342,7 +371,9 @@ def _config_vs_arrays(st: _Store, config: Any, record: Mapping[str, Any]) -> lis
         if n != store.contexts:
             hint = (
                 f": an extension to {n} contexts was interrupted; re-run `posctx extract` with "
-                f"--contexts {n} to finish it" if n > store.contexts else ""
+                f"--contexts {n} to finish it"
+                if n > store.contexts
+                else ""
             )
             problems.append(f"config says {store.contexts} contexts, the arrays hold {n}{hint}")
         if length != store.length:
@@ -350,13 +381,17 @@ def _config_vs_arrays(st: _Store, config: Any, record: Mapping[str, Any]) -> lis
     if HIDDEN in st.arrays:
         h = st.arrays[HIDDEN]
         if str(h.dtype) != store.storage_dtype:
-            problems.append(f"config says storage dtype {store.storage_dtype}, `hidden` is {h.dtype}")
+            problems.append(
+                f"config says storage dtype {store.storage_dtype}, `hidden` is {h.dtype}"
+            )
         size = (record.get("model") or {}).get("hidden_size")
         if h.ndim == 4 and size is not None and size != h.shape[3]:
             problems.append(f"model hidden_size {size}, `hidden` has dim={h.shape[3]}")
     chunk = record.get("chunk_contexts")
     if store.chunk_contexts and chunk != store.chunk_contexts:
-        problems.append(f"config asks chunks of {store.chunk_contexts} contexts, record says {chunk}")
+        problems.append(
+            f"config asks chunks of {store.chunk_contexts} contexts, record says {chunk}"
+        )
     if LAYER in st.arrays:
         n_states = (record.get("model") or {}).get("n_hidden_states")
         expected = list(config.model.layers) or (list(range(n_states)) if n_states else None)
@@ -382,7 +417,8 @@ def _check_completeness(st: _Store) -> Check:
     where = ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in holes[:10])
     more = f" and {len(holes) - 10} more ranges" if len(holes) > 10 else ""
     return Check(
-        "completeness", "fail",
+        "completeness",
+        "fail",
         f"{len(missing)} of {len(blocks)} blocks never marked written: contexts {where}{more} "
         f"({figures['contexts_missing']} contexts); re-run the same `posctx extract` command to "
         "finish them, or use only the finished contexts (`posctx decompose --complete-only`, "
@@ -418,14 +454,16 @@ def _check_partial(st: _Store, removed: tuple[int, int]) -> Check:
     if found:
         rel = [os.path.relpath(p, local_path(st.path)) for p, _ in found[:3]]
         return Check(
-            "partial_files", "warn",
+            "partial_files",
+            "warn",
             f"{_plural(len(found), 'leftover .partial file')} ({figures['bytes']:,} bytes, e.g. "
             f"{', '.join(rel)}) from a killed writer: harmless to readers; `posctx validate "
             "--clean-partial` removes them when no extraction is running",
             figures,
         )
     gone = (
-        f"removed {_plural(n_removed, 'leftover .partial file')} "
-        f"({removed_bytes:,} bytes); " if n_removed else ""
+        f"removed {_plural(n_removed, 'leftover .partial file')} ({removed_bytes:,} bytes); "
+        if n_removed
+        else ""
     )
     return Check("partial_files", "ok", f"{gone}no leftover .partial chunk files", figures)

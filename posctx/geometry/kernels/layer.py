@@ -64,7 +64,11 @@ def layer_geometry(
     out["pos_stable_rank"] = stable_rank(s)
     # A larger bound than the imputation allows (2k + 1 < min(T, d)) is lowered to the maximum.
     k_max = max(0, (min(pos.shape) - 2) // 2)
-    k = default_screenot_k(*pos.shape) if params.screenot_k is None else min(params.screenot_k, k_max)
+    k = (
+        default_screenot_k(*pos.shape)
+        if params.screenot_k is None
+        else min(params.screenot_k, k_max)
+    )
     threshold, rank = screenot_threshold(pos, k)
     out["pos_screenot_threshold"] = threshold
     out["pos_screenot_rank"] = rank
@@ -88,9 +92,7 @@ def layer_geometry(
     out["ctx_within_pc"], out["ctx_between_pc"] = topic_similarity(
         scores_from_svd(u_ctx, s_ctx, params.n_pcs), labels
     )
-    out["ctx_ari"], out["ctx_nmi"], out["ctx_silhouette"] = cluster_scores(
-        ctx, labels, params.seed
-    )
+    out["ctx_ari"], out["ctx_nmi"], out["ctx_silhouette"] = cluster_scores(ctx, labels, params.seed)
 
     # pos and ctx are nearly orthogonal; the baseline turns the pos set by a random rotation,
     # which keeps the shape of each set and makes the pos span a random subspace.

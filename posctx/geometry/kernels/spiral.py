@@ -62,7 +62,9 @@ def curve_smoothness(points: npt.ArrayLike) -> tuple[float, float]:
     z = np.asarray(points, dtype=np.float64)
     steps = np.diff(z, axis=0)
     unit = normalise_rows(steps)
-    step_cos = float(np.mean(np.sum(unit[1:] * unit[:-1], axis=1))) if len(steps) > 1 else float("nan")
+    step_cos = (
+        float(np.mean(np.sum(unit[1:] * unit[:-1], axis=1))) if len(steps) > 1 else float("nan")
+    )
     spread = float(np.mean(np.sum((z - z.mean(axis=0)) ** 2, axis=1)))
     rough = float(np.mean(np.sum(steps**2, axis=1)) / (2 * spread)) if spread > 0 else float("nan")
     return step_cos, rough
