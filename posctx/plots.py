@@ -29,9 +29,10 @@ import numpy as np
 import numpy.typing as npt
 import xarray as xr
 
+from posctx._deprecated import moved_names
 from posctx.geometry import kernels
 from posctx.geometry.api import geometry_record
-from posctx.types import CONTEXT, HEAD, KEY, LAYER, LAYER_NAME, QUERY, TOPIC
+from posctx.types import CONTEXT, LAYER, LAYER_NAME, TOPIC
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -46,7 +47,7 @@ GRAM_CONTEXTS = 96
 SCATTER_CONTEXTS = 1500
 
 
-def _label(ax: Any, title: str, xlabel: str, ylabel: str | None = None) -> None:
+def style_panel(ax: Any, title: str, xlabel: str, ylabel: str | None = None) -> None:
     """The one style of every panel: small title, axis labels and ticks."""
     ax.set_title(title, fontsize=9)
     ax.set_xlabel(xlabel, fontsize=8)
@@ -106,7 +107,7 @@ def pos_curves_2d(inputs: xr.Dataset) -> Figure:
         z = kernels.pca_scores(_pos(inputs, i), 2)
         ax.plot(z[:, 0], z[:, 1], color="0.75", linewidth=0.8, zorder=1)
         points = ax.scatter(z[:, 0], z[:, 1], c=positions, cmap="viridis", s=9, zorder=2)
-        _label(ax, title, "PC1", "PC2")
+        style_panel(ax, title, "PC1", "PC2")
     fig.colorbar(points, ax=axes, label="position", shrink=0.8)
     fig.suptitle("pos in its top two principal components (coloured by position)", fontsize=11)
     return fig
@@ -216,7 +217,7 @@ def dct_heatmaps(inputs: xr.Dataset, *, n_frequencies: int = 32) -> Figure:
             norm=LogNorm(vmin=top * 1e-4, vmax=top),
             interpolation="nearest",
         )
-        _label(ax, title, "frequency", "frequency")
+        style_panel(ax, title, "frequency", "frequency")
     fig.colorbar(image, ax=axes, label="|coefficient|", shrink=0.8)
     fig.suptitle("pos Gram matrix in the DCT-II basis (lowest frequencies, log scale)", fontsize=11)
     return fig
@@ -261,7 +262,7 @@ def spectra(metrics: xr.Dataset) -> Figure:
             keep = np.isfinite(s) & (s > 1e-6 * top)
             if keep.any():
                 ax.semilogy(k[keep], s[keep], color=colour, linewidth=1.2, label=name)
-        _label(ax, title, "component")
+        style_panel(ax, title, "component")
     axes[0].legend(fontsize=7)
     note = (
         ""
@@ -293,7 +294,7 @@ def ctx_pcs(inputs: xr.Dataset, *, seed: int = 0) -> Figure:
         for j, name in enumerate(names):
             mask = topics[shown] == name
             ax.scatter(z[mask, 0], z[mask, 1], s=5, alpha=0.6, color=f"C{j % 10}", label=name)
-        _label(ax, title, "PC1", "PC2")
+        style_panel(ax, title, "PC1", "PC2")
     axes[0].legend(fontsize=7, markerscale=2)
     fig.suptitle("ctx in its top two principal components (coloured by topic)", fontsize=11)
     return fig
@@ -403,99 +404,6 @@ FIGURES: dict[str, tuple[str, str, Callable[[xr.Dataset, xr.Dataset], Figure]]] 
 }
 
 
-def plot_attention_dissection(ds: xr.Dataset, *, heads: Any = None, context: Any = None) -> Figure:
-    """Per head, the attention pattern beside the pos-pos, pos-ctx, ctx-pos and ctx-ctx parts.
-
-    One row per head: the model's attention probabilities, then the four parts of the
-    pre-softmax scores (:func:`posctx.attention.dissect_attention`), each on a diverging
-    colour map centred on 0 with its own symmetric range (in the panel title). For causal
-    models the masked entries (key after query) are left blank.
-
-    Parameters
-    ----------
-    ds
-        From :func:`posctx.attention.dissect_attention`.
-    heads
-        Head labels to draw; all by default.
-    context
-        A context label; ``None`` draws the mean over the dissected contexts.
-
-    Examples
-    --------
-    >>> import numpy as np, xarray as xr
-    >>> from posctx.attention import PARTS, SCORE_DIMS
-    >>> rng = np.random.default_rng(0)
-    >>> ds = xr.Dataset({n: (SCORE_DIMS, rng.normal(size=(2, 3, 5, 5)))
-    ...                  for n in (*PARTS, "scores", "pattern")},
-    ...                 coords={"context": [4, 7], "head": [0, 1, 2], "query": np.arange(1, 6),
-    ...                         "key": np.arange(1, 6)}, attrs={"layer": 1, "causal": True})
-    >>> len(plot_attention_dissection(ds, heads=[0, 2], context=7).axes)
-    10
-    """
-    from matplotlib import colormaps
-    from matplotlib.figure import Figure
-
-    from posctx.attention import PARTS, causal_mask
-
-    data = ds if heads is None else ds.sel({HEAD: list(heads)})
-    if context is None:
-        data = data.mean(CONTEXT)
-        shown = f"mean over {ds.sizes[CONTEXT]} contexts"
-    else:
-        data = data.sel({CONTEXT: context})
-        topic = f", {data[TOPIC].item()}" if TOPIC in data.coords else ""
-        shown = f"context {context}{topic}"
-    query, key = data[QUERY].values, data[KEY].values
-    hidden = (
-        ~causal_mask(query, key)
-        if ds.attrs.get("causal")
-        else np.zeros((query.size, key.size), bool)
-    )
-    contiguous = bool(np.all(np.diff(query) == 1) and np.all(np.diff(key) == 1))
-    extent = (key[0] - 0.5, key[-1] + 0.5, query[-1] + 0.5, query[0] - 0.5) if contiguous else None
-    columns = [("pattern", "pattern"), *((p, p.replace("_", "-")) for p in PARTS)]
-    n_heads = data.sizes[HEAD]
-    fig = Figure(figsize=(2.3 * len(columns), 2.2 * n_heads + 0.6), layout="constrained")
-    axes = fig.subplots(n_heads, len(columns), squeeze=False)
-    for row, head in enumerate(data[HEAD].values):
-        for col, (name, title) in enumerate(columns):
-            ax = axes[row, col]
-            values = np.where(hidden, np.nan, data[name].sel({HEAD: head}).values)
-            finite = np.isfinite(values).any()
-            if name == "pattern":
-                top = float(np.nanmax(values)) if finite else 1.0
-                cmap, vmin, vmax, label = "magma", 0.0, top or 1.0, title
-            else:
-                limit = (float(np.nanmax(np.abs(values))) if finite else 0.0) or 1.0
-                cmap, vmin, vmax, label = "RdBu_r", -limit, limit, f"{title} (±{limit:.3g})"
-            ax.imshow(
-                values,
-                cmap=colormaps[cmap].with_extremes(bad="0.92"),
-                vmin=vmin,
-                vmax=vmax,
-                extent=extent,
-                interpolation="nearest",
-            )
-            _label(
-                ax,
-                label,
-                "key" if row == n_heads - 1 else "",
-                f"head {int(head)}: query" if col == 0 else None,
-            )
-            # Tick labels on the outer panels only: fewer texts for the layout to place.
-            ax.tick_params(labelbottom=row == n_heads - 1, labelleft=col == 0)
-    layer = ds.attrs.get("layer")
-    layer_name = ds.attrs.get("layer_name")
-    where = f"layer {layer}" + (
-        f" ({layer_name})" if layer_name and str(layer_name) != str(layer) else ""
-    )
-    fig.suptitle(
-        f"{where}: attention pattern and its pre-softmax scores split into pos/ctx parts, {shown}",
-        fontsize=11,
-    )
-    return fig
-
-
 def png_bytes(fig: Figure, *, dpi: int = 80) -> bytes:
     """Render a figure to PNG bytes (Agg, matplotlib's default for PNG; no pyplot involved).
 
@@ -516,9 +424,13 @@ __all__ = [
     "dct_heatmaps",
     "gram_heatmaps",
     "layer_summary",
-    "plot_attention_dissection",
     "png_bytes",
+    "style_panel",
     "pos_curves_2d",
     "pos_curves_3d",
     "spectra",
 ]
+
+__getattr__ = moved_names(
+    __name__, {"plot_attention_dissection": "posctx.attention.figures:plot_attention_dissection"}
+)

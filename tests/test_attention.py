@@ -352,7 +352,8 @@ def test_causal_mask_by_labels() -> None:
 
 
 def test_plot(tiny_stores: dict[str, tuple[str, LoadedModel]]) -> None:
-    from posctx.plots import plot_attention_dissection, png_bytes
+    from posctx.attention import plot_attention_dissection
+    from posctx.plots import png_bytes
 
     path, loaded = tiny_stores["llama"]
     ds = posctx.open_hidden(path)
@@ -436,3 +437,11 @@ def test_minilm_pos_pos_is_more_toeplitz_than_ctx_ctx(minilm_store: str) -> None
         assert _relative_error(parts) < 1e-12
         shares = toeplitz_share(parts).share.mean("head")
         assert float(shares.sel(part="pos_pos")) > float(shares.sel(part="ctx_ctx")) + 0.2
+
+
+def test_plots_still_serves_the_moved_attention_figure() -> None:
+    import posctx.plots
+    from posctx.attention import plot_attention_dissection
+
+    with pytest.warns(FutureWarning, match="posctx.attention.figures.plot_attention_dissection"):
+        assert posctx.plots.plot_attention_dissection is plot_attention_dissection

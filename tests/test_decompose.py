@@ -27,7 +27,7 @@ from posctx.decomposition import (
     write_decomposition,
 )
 from posctx.decomposition.graph import OUTPUT_NAMES, decompose_arrays
-from posctx.decomposition.kernels import block_stats, combine_sum, decompose_numpy, take_stat
+from posctx.decomposition.kernels import chunk_stats, combine_sum, decompose_numpy, take_stat
 from posctx.errors import PosctxError, StoreError
 from posctx.testing import (
     hidden_dataset,
@@ -61,9 +61,9 @@ def assert_matches_reference(
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
-def test_block_stats_sums_in_float64(dtype: str) -> None:
+def test_chunk_stats_sums_in_float64(dtype: str) -> None:
     x = random_hidden((3, 4, 2, 5)).astype(dtype)
-    stats = block_stats(x)
+    stats = chunk_stats(x)
     x64 = x.astype(np.float64)
     assert all(value.dtype == np.float64 for value in stats.values())
     np.testing.assert_allclose(stats["pos_sum"], x64.sum(axis=0))
@@ -71,13 +71,13 @@ def test_block_stats_sums_in_float64(dtype: str) -> None:
     np.testing.assert_allclose(stats["sumsq"], (x64**2).sum(axis=(0, 1, 3)))
 
 
-def test_block_stats_rejects_wrong_rank() -> None:
+def test_chunk_stats_rejects_wrong_rank() -> None:
     with pytest.raises(ValueError, match="context, position, layer, dim"):
-        block_stats(np.zeros((2, 3, 4)))
+        chunk_stats(np.zeros((2, 3, 4)))
 
 
 def test_combine_and_take_stat() -> None:
-    a, b = block_stats(np.ones((2, 3, 1, 2))), block_stats(np.ones((2, 1, 1, 2)))
+    a, b = chunk_stats(np.ones((2, 3, 1, 2))), chunk_stats(np.ones((2, 1, 1, 2)))
     np.testing.assert_array_equal(combine_sum("ctx_sum", a, b), np.full((2, 1, 2), 4.0))
     assert a["ctx_sum"][0, 0, 0] == 3.0  # combine_sum must not add into its inputs
     assert take_stat(a, "sumsq", 2).shape == (1, 1, 1)
@@ -251,7 +251,7 @@ def test_graph_has_one_kernel_task_per_input_chunk() -> None:
     inputs = [key for key in dsk if isinstance(key, tuple) and key[0] == x.name]
     assert len(inputs) == _input_chunk_count(x)
     assert all(len(dependents[key]) == 1 for key in inputs)
-    kernel_keys = [k for k in dsk if isinstance(k, tuple) and "block-stats" in str(k[0])]
+    kernel_keys = [k for k in dsk if isinstance(k, tuple) and "chunk-stats" in str(k[0])]
     assert len(kernel_keys) == _input_chunk_count(x)
 
 
@@ -531,3 +531,13 @@ def test_update_from_an_interrupted_store_records_what_it_used(tmp_path: Path) -
     record = json.loads(open_decomposition(str(tmp_path / "b.zarr")).attrs["posctx_decomposition"])
     assert record["contexts_used"] == [[0, 8]]
     assert record["complete_only"] == {"blocks_used": 2, "blocks_total": 3, "contexts_total": 12}
+
+
+def test_block_stats_is_a_deprecated_name_of_chunk_stats() -> None:
+    from posctx.decomposition import kernels
+
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2)
+    with pytest.warns(FutureWarning, match="block_stats .* chunk_stats"):
+        old = kernels.block_stats(x)
+    for name, value in kernels.chunk_stats(x).items():
+        np.testing.assert_array_equal(old[name], value)

@@ -10,7 +10,7 @@ import pytest
 
 import posctx
 from posctx.decomposition import fused
-from posctx.decomposition.kernels import ContextSums, block_stats
+from posctx.decomposition.kernels import ContextSums, chunk_stats
 from posctx.testing import planted_hidden
 
 numba = pytest.importorskip("numba", reason="the fused kernel needs numba (posctx[fast])")
@@ -24,7 +24,7 @@ def _fresh_choice(monkeypatch: pytest.MonkeyPatch) -> None:
 def _stats(x: np.ndarray, kernel: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, np.ndarray]:
     monkeypatch.setenv(fused.KERNEL_ENV, kernel)
     assert fused.kernel_name() == kernel
-    return block_stats(x)
+    return chunk_stats(x)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
@@ -138,6 +138,6 @@ def test_an_unwritable_numba_cache_falls_back_to_compiling_each_time(
         assert fused.kernel_name() == "numba" and asked == []  # choosing compiles nothing
         assert fused.slab_kernel() is not None and asked == [True, False]
         x = np.random.default_rng(4).normal(size=(3, 4, 2, 5)).astype(np.float32)
-        np.testing.assert_allclose(block_stats(x)["sumsq"], (x.astype(float) ** 2).sum((0, 1, 3)))
+        np.testing.assert_allclose(chunk_stats(x)["sumsq"], (x.astype(float) ** 2).sum((0, 1, 3)))
     finally:
         fused._forget()

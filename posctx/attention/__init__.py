@@ -31,10 +31,10 @@ probabilities from a forward pass; :func:`toeplitz_share` measures how much of e
 variance its mean along each diagonal (query - key) explains; :func:`write_attention_dissection`
 is the ``posctx attention`` command.
 
-The package has three layers, as the rest of posctx:
+The package has three numeric layers, as the rest of posctx:
 
 * :mod:`~posctx.attention.adapters`: everything that touches a torch model. Per-family
-  adapters (:data:`FAMILIES`) turn a block's torch modules into float64 numpy arrays
+  adapters (:data:`FAMILIES`) turn a transformer block's torch modules into float64 arrays
   (:class:`AttentionWeights`); the model's own forward gives ``pattern``;
   :func:`model_from_store` loads the model that made a store. torch is imported inside the
   functions that need it, never at module level;
@@ -42,8 +42,11 @@ The package has three layers, as the rest of posctx:
   :func:`project`, :func:`head_scores`, :func:`dissect_kernel`, :func:`toeplitz_kernel`...),
   with neither torch nor xarray;
 * :mod:`~posctx.attention.api`: the thin xarray layer, which checks and selects by label and
-  attaches coordinates (:func:`dissect_attention`, :func:`toeplitz_share`,
-  :func:`write_attention_dissection`).
+  attaches coordinates (:func:`dissect_attention`, :func:`toeplitz_share`);
+
+and, on top, :mod:`~posctx.attention.figures` (:func:`plot_attention_dissection`) and
+:mod:`~posctx.attention.writers` (:func:`write_attention_dissection`: figures, JSON and CSV
+files).
 
 The dimension names (``head``, ``query``, ``key``, ``part``) are in :mod:`posctx.types`.
 
@@ -64,12 +67,11 @@ from posctx.attention.api import (
     ATTENTION_ATTR,
     PARTS,
     SCORE_DIMS,
-    AttentionResult,
     dissect_attention,
     format_toeplitz_table,
     toeplitz_share,
-    write_attention_dissection,
 )
+from posctx.attention.figures import plot_attention_dissection
 from posctx.attention.kernels import (
     AttentionWeights,
     apply_norm,
@@ -81,6 +83,7 @@ from posctx.attention.kernels import (
     split_norm,
     toeplitz_kernel,
 )
+from posctx.attention.writers import AttentionResult, write_attention_dissection
 from posctx.types import HEAD, KEY, PART, QUERY
 
 __all__ = [
@@ -103,6 +106,7 @@ __all__ = [
     "format_toeplitz_table",
     "head_scores",
     "model_from_store",
+    "plot_attention_dissection",
     "project",
     "softmax_scores",
     "split_norm",

@@ -23,7 +23,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from posctx.corpus.sources import Document, interleave, seeded_shuffle
+from posctx.corpus.documents import Document, interleave, seeded_shuffle
 from posctx.errors import CorpusError
 
 TOPICS = ("reference", "docstrings", "code")

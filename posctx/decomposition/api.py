@@ -26,8 +26,8 @@ from posctx.decomposition.graph import (
     statistics_from_files,
 )
 from posctx.errors import PosctxError
-from posctx.fastread import direct_source
 from posctx.store import COMPLETE_ONLY_ATTR
+from posctx.store.direct import direct_source
 from posctx.types import (
     COMPONENT,
     CONTEXT,

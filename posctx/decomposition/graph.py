@@ -1,15 +1,15 @@
 """Dask graph of the position/context decomposition.
 
 The graph has one kernel task per input chunk, each calling
-:func:`posctx.decomposition.kernels.block_stats`; everything else reads the small per-chunk sums.
+:func:`posctx.decomposition.kernels.chunk_stats`; everything else reads the small per-chunk sums.
 So when all outputs are computed together (one ``dask.compute`` or one ``to_zarr``), every
 chunk of the hidden states is read and converted to float64 exactly once::
 
-    hidden chunk (i, j, k) --block_stats--> {pos_sum, ctx_sum, sumsq}   one task per chunk
-        ctx_sum   (C, L, D)          one task per (context block, layer block): sums the
-                                     position blocks' partials
-        pos_sum   (n_cblocks, T, L, D) -> .sum(axis=0)      tree reduction over context blocks
-        sumsq     (n_cblocks, n_tblocks, L) -> .sum(axis=(0, 1))
+    hidden chunk (i, j, k) --chunk_stats--> {pos_sum, ctx_sum, sumsq}   one task per chunk
+        ctx_sum   (C, L, D)          one task per (context chunk, layer chunk): sums the
+                                     position chunks' partials
+        pos_sum   (n_cchunks, T, L, D) -> .sum(axis=0)      tree reduction over context chunks
+        sumsq     (n_cchunks, n_tchunks, L) -> .sum(axis=(0, 1))
     finalize (lazy): mu, pos, ctx, ss_total, ss_pos, ss_ctx, ss_resid
 
 All tasks are module-level functions with plain arguments, so the graph pickles and runs on
@@ -26,7 +26,15 @@ import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph, Layer, MaterializedLayer
 
-from posctx.decomposition.kernels import block_stats, combine_sum, singular_values, take_stat
+from posctx.decomposition.kernels import (
+    ContextSums,
+    chunk_stats,
+    combine_sum,
+    singular_values,
+    take_stat,
+)
+from posctx.store.direct import DirectSource
+from posctx.types import Float64Array
 
 #: Keys of the dict returned by :func:`decompose_arrays`, in a stable order.
 OUTPUT_NAMES = ("mu", "pos", "ctx", "ss_total", "ss_pos", "ss_ctx", "ss_resid")
@@ -91,10 +99,10 @@ def statistics_arrays(h: da.Array, moments: bool = False) -> dict[str, da.Array]
         raise ValueError(f"cannot decompose an empty table of shape {h.shape}")
     c_chunks, t_chunks, l_chunks, _ = h.chunks
     token = tokenize(h.name, moments)
-    # Chunk: one block_stats task per input chunk -- the only tasks that touch `h`.
-    stats_name = f"posctx-block-stats-{token}"
+    # Chunk: one chunk_stats task per input chunk -- the only tasks that touch `h`.
+    stats_name = f"posctx-chunk-stats-{token}"
     stats_layer = {
-        (stats_name, i, j, k): (block_stats, (h.name, i, j, k, 0), moments)
+        (stats_name, i, j, k): (chunk_stats, (h.name, i, j, k, 0), moments)
         for i in range(len(c_chunks))
         for j in range(len(t_chunks))
         for k in range(len(l_chunks))
@@ -103,8 +111,22 @@ def statistics_arrays(h: da.Array, moments: bool = False) -> dict[str, da.Array]
     return assemble_statistics(graph, stats_name, h.chunks, moments, token)
 
 
+def file_chunk_stats(
+    source: DirectSource, index: tuple[int, ...], rows: tuple[int, ...], start: int, stop: int
+) -> dict[str, Float64Array]:
+    """:func:`~posctx.decomposition.kernels.chunk_stats` of rows ``rows`` of one chunk file,
+    positions ``start:stop``, folded in one context slab at a time as the store reads them
+    (:meth:`~posctx.store.direct.DirectSource.rows`): the chunk is never whole in memory.
+    """
+    n_layers = source.chunk_bounds(index)[2]
+    sums = ContextSums(len(rows), stop - start, n_layers, source.shape[3])
+    for i, slab in enumerate(source.rows(index, rows)):
+        sums.add(i, slab[start:stop, :n_layers])
+    return sums.result()
+
+
 def statistics_from_files(
-    source: Any,
+    source: DirectSource,
     groups: list[tuple[int, tuple[int, ...]]],
     start: int,
     stop: int,
@@ -113,19 +135,16 @@ def statistics_from_files(
 
     ``groups`` lists, in output order, ``(chunk index along context, rows of that chunk)``;
     positions ``start:stop`` are used and every layer. One task per (group, layer chunk)
-    reads its rows slab by slab (:func:`posctx.fastread.file_block_stats`), so no chunk is
-    ever materialised: the same statistics as :func:`statistics_arrays`, with less memory
-    traffic.
+    reads its rows slab by slab (:func:`file_chunk_stats`), so no chunk is ever materialised:
+    the same statistics as :func:`statistics_arrays`, with less memory traffic.
     """
-    from posctx.fastread import file_block_stats
-
     n_layers, n_dims = source.shape[2], source.shape[3]
     lc = source.chunk_shape[2]
     l_chunks = tuple(min(lc, n_layers - s) for s in range(0, n_layers, lc))
     token = tokenize(source, groups, start, stop)
     stats_name = f"posctx-file-stats-{token}"
     layer = {
-        (stats_name, g, 0, k): (file_block_stats, source, (i, 0, k, 0), rows, start, stop)
+        (stats_name, g, 0, k): (file_chunk_stats, source, (i, 0, k, 0), rows, start, stop)
         for g, (i, rows) in enumerate(groups)
         for k in range(len(l_chunks))
     }
@@ -141,22 +160,22 @@ def assemble_statistics(
     moments: bool,
     token: str,
 ) -> dict[str, da.Array]:
-    """Sufficient statistics from a layer of per-block :func:`block_stats`-like results.
+    """Sufficient statistics from a layer of per-chunk :func:`chunk_stats`-like results.
 
-    ``graph`` holds a task ``(stats_name, i, j, k)`` for every block ``(i, j, k)`` of a
+    ``graph`` holds a task ``(stats_name, i, j, k)`` for every chunk ``(i, j, k)`` of a
     ``(context, position, layer, dim)`` table chunked as ``chunks`` (``dim`` in one chunk);
-    each returns the dict of :func:`~posctx.decomposition.kernels.block_stats`. Whatever
+    each returns the dict of :func:`~posctx.decomposition.kernels.chunk_stats`. Whatever
     produces those dicts (a dask array's chunks, or chunk files read directly), the
     combining and reducing is this one function.
     """
     c_chunks, t_chunks, l_chunks, d_chunks = chunks
     n_cb, n_tb, n_lb = len(c_chunks), len(t_chunks), len(l_chunks)
-    blocks = [(i, j, k) for i in range(n_cb) for j in range(n_tb) for k in range(n_lb)]
+    indices = [(i, j, k) for i in range(n_cb) for j in range(n_tb) for k in range(n_lb)]
 
     def partials(stat: str, lead: int, chunks: tuple[tuple[int, ...], ...]) -> da.Array:
         """Per-chunk results of ``stat`` with ``lead`` new leading axes indexing the chunk.
 
-        Block ``(i, j, k)`` of the input maps to block ``(i, j, k, 0...)`` of the result:
+        Chunk ``(i, j, k)`` of the input maps to chunk ``(i, j, k, 0...)`` of the result:
         for ``lead == 1`` axis 1 is the position axis itself, for ``lead == 2`` a new one.
         """
         name = f"posctx-{stat}-partial-{token}"
@@ -167,11 +186,11 @@ def assemble_statistics(
                 stat,
                 lead,
             )
-            for i, j, k in blocks
+            for i, j, k in indices
         }
         return da.Array(_add_layer(graph, name, layer, {stats_name}), name, chunks, np.float64)
 
-    # Combine, ctx: few position blocks per context block, so one task each is cheap.
+    # Combine, ctx: few position chunks per context chunk, so one task each is cheap.
     ctx_name = f"posctx-ctx-sum-{token}"
     ctx_layer = {
         (ctx_name, i, k, 0): (combine_sum, "ctx_sum", *[(stats_name, i, j, k) for j in range(n_tb)])
@@ -289,6 +308,7 @@ def decompose_arrays(h: da.Array, moments: bool = False) -> dict[str, da.Array]:
 __all__ = [
     "MOMENT_OUTPUT_NAMES",
     "assemble_statistics",
+    "file_chunk_stats",
     "statistics_from_files",
     "OUTPUT_NAMES",
     "STATISTIC_NAMES",

@@ -6,7 +6,7 @@ and imports neither dask nor xarray. Every kernel works on plain arrays laid out
 
 The decomposition is declared as chunk -> combine -> finalize:
 
-* chunk: :func:`block_stats` turns one chunk of hidden states into three float64 sums;
+* chunk: :func:`chunk_stats` turns one chunk of hidden states into three float64 sums;
 * combine: :func:`combine_sum` adds partial sums of neighbouring chunks;
 * finalize: divide by the counts and centre (done lazily in :mod:`posctx.decomposition.graph`).
 
@@ -21,23 +21,23 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from posctx._deprecated import renamed
 from posctx.decomposition.fused import COMPILED_DTYPES, slab_kernel
+from posctx.types import Float64Array
 
-Float64Array = npt.NDArray[np.float64]
-
-#: Names of the per-chunk sums returned by :func:`block_stats`.
+#: Names of the per-chunk sums returned by :func:`chunk_stats`.
 STAT_NAMES = ("pos_sum", "ctx_sum", "sumsq")
 
 
-def _as_float64(block: npt.ArrayLike) -> Float64Array:  # used by the numpy reference
-    x = np.asarray(block)
+def _as_float64(h: npt.ArrayLike) -> Float64Array:  # used by the numpy reference
+    x = np.asarray(h)
     if x.ndim != 4:
-        raise ValueError(f"expected a (context, position, layer, dim) block, got shape {x.shape}")
+        raise ValueError(f"expected a (context, position, layer, dim) array, got shape {x.shape}")
     # astype(copy=False) keeps float64 input as is and converts float16/float32 once.
     return x.astype(np.float64, copy=False)
 
 
-def block_stats(block: npt.ArrayLike, moments: bool = False) -> dict[str, Float64Array]:
+def chunk_stats(chunk: npt.ArrayLike, moments: bool = False) -> dict[str, Float64Array]:
     """Float64 sums of one ``(context, position, layer, dim)`` chunk of hidden states.
 
     The chunk is read once for every statistic of the decomposition. It is converted to
@@ -47,7 +47,7 @@ def block_stats(block: npt.ArrayLike, moments: bool = False) -> dict[str, Float6
 
     Parameters
     ----------
-    block
+    chunk
         Hidden states of ``c`` contexts, ``t`` positions, ``l`` layers and ``d`` dims, of any
         real floating dtype.
     moments
@@ -71,19 +71,19 @@ def block_stats(block: npt.ArrayLike, moments: bool = False) -> dict[str, Float6
     --------
     >>> import numpy as np
     >>> x = np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2)
-    >>> stats = block_stats(x)
+    >>> stats = chunk_stats(x)
     >>> {k: v.shape for k, v in stats.items()}
     {'pos_sum': (3, 2, 2), 'ctx_sum': (2, 2, 2), 'sumsq': (2,)}
     >>> stats["sumsq"].dtype
     dtype('float64')
     >>> float(stats["sumsq"].sum()) == float((x.astype(np.float64) ** 2).sum())
     True
-    >>> block_stats(x, moments=True)["m2"].shape
+    >>> chunk_stats(x, moments=True)["m2"].shape
     (2, 2, 2)
     """
-    x = np.asarray(block)
+    x = np.asarray(chunk)
     if x.ndim != 4:
-        raise ValueError(f"expected a (context, position, layer, dim) block, got shape {x.shape}")
+        raise ValueError(f"expected a (context, position, layer, dim) chunk, got shape {x.shape}")
     c, t, n_layers, d = x.shape
     sums = ContextSums(c, t, n_layers, d)
     for i in range(c):
@@ -95,10 +95,10 @@ def block_stats(block: npt.ArrayLike, moments: bool = False) -> dict[str, Float6
 
 
 class ContextSums:
-    """Accumulates the sums of :func:`block_stats` one context slab ``(t, l, d)`` at a time.
+    """Accumulates the sums of :func:`chunk_stats` one context slab ``(t, l, d)`` at a time.
 
     Lets a caller that reads slabs itself (straight from a chunk file, see
-    :mod:`posctx.fastread`) take the same sums without ever holding the whole chunk.
+    :mod:`posctx.store.direct`) take the same sums without ever holding the whole chunk.
     """
 
     def __init__(self, n_contexts: int, length: int, n_layers: int, n_dims: int) -> None:
@@ -204,7 +204,7 @@ def singular_values(m2: npt.ArrayLike) -> Float64Array:
 
 
 def take_stat(stats: dict[str, Float64Array], name: str, n_new_axes: int) -> Float64Array:
-    """One sum out of a :func:`block_stats` result, with ``n_new_axes`` leading unit axes.
+    """One sum out of a :func:`chunk_stats` result, with ``n_new_axes`` leading unit axes.
 
     The leading axes index the chunk a partial sum came from, so that partial sums can be
     stacked into an array and reduced with an ordinary (tree) reduction.
@@ -212,7 +212,7 @@ def take_stat(stats: dict[str, Float64Array], name: str, n_new_axes: int) -> Flo
     Examples
     --------
     >>> import numpy as np
-    >>> stats = block_stats(np.ones((2, 3, 1, 4)))
+    >>> stats = chunk_stats(np.ones((2, 3, 1, 4)))
     >>> take_stat(stats, "pos_sum", 1).shape
     (1, 3, 1, 4)
     """
@@ -221,16 +221,16 @@ def take_stat(stats: dict[str, Float64Array], name: str, n_new_axes: int) -> Flo
 
 
 def combine_sum(name: str, *stats: dict[str, Float64Array]) -> Float64Array:
-    """Sum one statistic over several :func:`block_stats` results.
+    """Sum one statistic over several :func:`chunk_stats` results.
 
-    Used to add the partial sums of chunks that share a context block but cover different
+    Used to add the partial sums of chunks that share a context chunk but cover different
     positions; the number of such chunks is small (normally one).
 
     Examples
     --------
     >>> import numpy as np
-    >>> a = block_stats(np.ones((2, 3, 1, 4)))
-    >>> b = block_stats(np.ones((2, 5, 1, 4)))
+    >>> a = chunk_stats(np.ones((2, 3, 1, 4)))
+    >>> b = chunk_stats(np.ones((2, 5, 1, 4)))
     >>> combine_sum("ctx_sum", a, b)[0, 0]
     array([8., 8., 8., 8.])
     """
@@ -301,10 +301,17 @@ def decompose_numpy(h: npt.ArrayLike) -> dict[str, Any]:
     }
 
 
+#: Deprecated name of :func:`chunk_stats` ("block" now means a store block only).
+block_stats = renamed(
+    chunk_stats,
+    "posctx.decomposition.kernels.block_stats",
+    "posctx.decomposition.kernels.chunk_stats",
+)
+
 __all__ = [
     "STAT_NAMES",
     "ContextSums",
-    "block_stats",
+    "chunk_stats",
     "centred_moments",
     "combine_sum",
     "decompose_numpy",

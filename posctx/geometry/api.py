@@ -125,7 +125,7 @@ def _as_dask(var: xr.DataArray) -> da.Array:
 def _gram(x: da.Array, centre: da.Array) -> da.Array:
     """Lazy per-layer ``sum (x - centre)(x - centre)^T`` of ``x`` ``(..., layer, dim)``.
 
-    One :func:`~posctx.geometry.kernels.gram_block` task per chunk of ``x``, then dask's tree
+    One :func:`~posctx.geometry.kernels.gram_chunk` task per chunk of ``x``, then dask's tree
     sum over the leading axes: the input is read once, a ``(layer, d, d)`` block per chunk.
     """
     x = x.rechunk({x.ndim - 1: -1})  # every task needs whole rows
@@ -133,7 +133,7 @@ def _gram(x: da.Array, centre: da.Array) -> da.Array:
     lead = "abcdefgh"[: x.ndim - 2]
     n_dims = x.shape[-1]
     blocks = da.blockwise(
-        kernels.gram_block,
+        kernels.gram_chunk,
         lead + "lde",
         x,
         lead + "ld",

@@ -29,7 +29,7 @@ def zarr_location(
     """Where zarr and xarray should open ``path``, and the keyword arguments they need.
 
     ``file://`` URLs become plain paths: zarr's fsspec route creates no folders for them, and
-    the direct reads of :mod:`posctx.fastread` need a path. Storage options go to URLs only:
+    the direct reads of :mod:`posctx.store.direct` need a path. Storage options go to URLs only:
     zarr refuses them for local paths, and one set of options (the CLI's) may serve a local
     and a remote store in the same command.
     """

@@ -57,9 +57,9 @@ def open_hidden(
         raise StoreError(f"no posctx store at {path}: run `posctx extract ... --out {path}` first")
     ds = open_labelled(path, storage_options=storage_options, chunks=chunks)
     if chunks is None and not is_remote(path):
-        from posctx.fastread import direct_array
+        from posctx.store.direct import direct_array
 
-        # Same values, same chunks, read without zarr's general decode path (see fastread).
+        # Same values, same chunks, read without zarr's general decode path (see store.direct).
         direct = direct_array(local_path(path) / HIDDEN)
         if direct is not None and direct.shape == ds[HIDDEN].shape:
             ds[HIDDEN] = ds[HIDDEN].copy(data=direct)

@@ -22,7 +22,7 @@ def _hidden_reader(st: _Store) -> Callable[[slice, slice], np.ndarray]:
     """Reads ``hidden[contexts, :, layers]`` as numpy, directly from the chunk files if it can."""
     arr = st.array(HIDDEN)
     if not is_remote(st.path):
-        from posctx.fastread import direct_array
+        from posctx.store.direct import direct_array
 
         direct = direct_array(local_path(st.path) / HIDDEN)
         if direct is not None and direct.shape == arr.shape:

@@ -8,7 +8,7 @@ import numpy.typing as npt
 from posctx.types import Float64Array
 
 
-def gram_block(block: npt.ArrayLike, centre: npt.ArrayLike) -> Float64Array:
+def gram_chunk(block: npt.ArrayLike, centre: npt.ArrayLike) -> Float64Array:
     """Per layer, ``sum (x - centre)(x - centre)^T`` over the rows of a ``(..., L, d)`` block.
 
     The dask graph in :mod:`posctx.geometry.api` runs this once per chunk and sums the
@@ -19,7 +19,7 @@ def gram_block(block: npt.ArrayLike, centre: npt.ArrayLike) -> Float64Array:
     --------
     >>> import numpy as np
     >>> x = np.arange(12, dtype=np.float32).reshape(3, 2, 2)  # (rows, layer, dim)
-    >>> g = gram_block(x, np.zeros((2, 2)))
+    >>> g = gram_chunk(x, np.zeros((2, 2)))
     >>> g.shape
     (1, 2, 2, 2)
     >>> bool(np.allclose(g[0, 1], x[:, 1].T.astype(float) @ x[:, 1]))
@@ -71,6 +71,6 @@ def resid_gram(
 
 
 __all__ = [
-    "gram_block",
+    "gram_chunk",
     "resid_gram",
 ]

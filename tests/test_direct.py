@@ -9,7 +9,7 @@ import pytest
 import zarr
 
 import posctx
-from posctx.fastread import direct_array
+from posctx.store.direct import direct_array
 from posctx.testing import write_large_planted_store
 
 
@@ -106,3 +106,67 @@ def test_position_lists_use_the_general_path(tmp_path: Path) -> None:
     _layer_chunked_store(path)
     dec = posctx.decompose(posctx.open_hidden(path), positions=[0, 2, 3])
     assert not any(name.startswith("posctx-file-stats") for name in dec.ctx_sum.data.dask.layers)
+
+
+def test_the_source_travels_in_the_graph_not_in_a_global(tmp_path: Path) -> None:
+    """Two arrays over the same files, one renamed: each finds its source in its own graph."""
+    import pickle
+
+    from posctx.store import direct
+
+    path = str(tmp_path / "a")
+    zarr.create_array(path, shape=(4, 3), chunks=(2, 3), dtype="f4", compressors=None)
+    x = direct_array(path)
+    source = direct.direct_source(x)
+    assert source is not None and source.chunk_shape == (2, 3)
+    assert not any(isinstance(v, dict) and x.name in v for v in vars(direct).values())
+    assert direct.direct_source(pickle.loads(pickle.dumps(x))) == source
+    assert direct.direct_source(x + 1) is None  # a derived array is no longer the files
+    assert direct.direct_source(np.zeros(3)) is None
+
+
+def test_rows_read_into_one_buffer_and_fill_missing_chunks(tmp_path: Path) -> None:
+    from posctx.store.direct import open_source
+
+    path = str(tmp_path / "a")
+    z = zarr.create_array(
+        path, shape=(5, 2, 3), chunks=(2, 2, 3), dtype="f2", compressors=None, fill_value=7
+    )
+    values = np.arange(5 * 6, dtype="f2").reshape(5, 2, 3)
+    z[:4] = values[:4]
+    source = open_source(path)
+    assert source is not None and source.chunk_bounds((2, 0, 0)) == (1, 2, 3)
+    got = [row.copy() for row in source.rows((1, 0, 0), (1, 0))]
+    np.testing.assert_array_equal(np.stack(got), values[[3, 2]])
+    missing = list(source.rows((2, 0, 0), (0,)))
+    np.testing.assert_array_equal(missing[0], np.full((2, 3), 7, "f2"))
+
+
+def test_file_chunk_stats_equal_chunk_stats_of_the_same_rows(tmp_path: Path) -> None:
+    from posctx.decomposition.graph import file_chunk_stats
+    from posctx.decomposition.kernels import chunk_stats
+    from posctx.store.direct import open_source
+
+    path = str(tmp_path / "h.zarr")
+    values = _layer_chunked_store(path)
+    source = open_source(path + "/hidden")
+    assert source is not None
+    got = file_chunk_stats(source, (1, 0, 2, 0), (3, 0), 1, 5)  # contexts 7 and 4, layers 4..5
+    want = chunk_stats(values[[7, 4], 1:5, 4:5])
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name], value, rtol=1e-13)
+
+
+def test_fastread_names_still_resolve_with_a_warning() -> None:
+    import posctx.fastread as old
+    from posctx.decomposition.graph import file_chunk_stats
+    from posctx.store.direct import direct_array as new
+
+    with pytest.warns(
+        FutureWarning, match=r"posctx\.fastread\.direct_array .*posctx\.store\.direct"
+    ):
+        assert old.direct_array is new
+    with pytest.warns(FutureWarning, match="file_chunk_stats"):
+        assert old.file_block_stats is file_chunk_stats
+    with pytest.raises(AttributeError):
+        _ = old.nothing
