@@ -287,7 +287,7 @@ def decompose(
     ds = open_hidden(store, storage_options=opts, complete_only=complete_only)
     start = time.perf_counter()
     if previous:
-        n_new = update_decomposition(previous, ds, out, mode=mode, storage_options=opts)
+        n_new = update_decomposition(ds, previous, out, mode=mode, storage_options=opts)
         click.echo(f"{n_new} new contexts read; the rest came from {previous}")
     else:
         selected = _parse_positions(contexts)

@@ -7,28 +7,47 @@ from typing import Any
 
 import numpy as np
 
+from posctx.types import LAYER, LAYER_NAME
+
+#: The parts whose shares of the total sum of squares are reported.
+SHARE_PARTS = ("pos", "ctx", "resid")
+
 
 def variance_shares(dec: Any) -> list[dict[str, Any]]:
     """Per-layer shares of ``ss_total`` carried by pos, ctx and resid.
 
-    ``dec`` must hold computed (or cheaply computable, e.g. opened from Zarr) ``ss_*``
-    variables; this reads the four per-layer vectors, nothing else.
+    Reads the four per-layer ``ss_*`` vectors in one ``dask.compute``: from a stored
+    decomposition that is a few bytes; a lazy one (:func:`posctx.decompose`) is computed
+    once, whole.
+
+    Examples
+    --------
+    >>> import posctx
+    >>> from posctx.testing import planted_hidden, raise_if_dask_computes
+    >>> ds, _ = planted_hidden(8, 5, 2, 3)
+    >>> with raise_if_dask_computes(max_computes=1):
+    ...     rows = variance_shares(posctx.decompose(ds))
+    >>> [row["name"] for row in rows], round(sum(rows[0][k] for k in ("pos", "ctx", "resid")), 9)
+    (['embeddings', 'block_1'], 1.0)
     """
-    rows = []
-    total = np.asarray(dec["ss_total"].values, dtype=float)
-    parts = {k: np.asarray(dec[f"ss_{k}"].values, dtype=float) for k in ("pos", "ctx", "resid")}
-    names = dec["layer_name"].values if "layer_name" in dec.coords else dec["layer"].values
-    for i, layer in enumerate(dec["layer"].values):
-        rows.append(
-            {
-                "layer": int(layer),
-                "name": str(names[i]),
-                "pos": float(parts["pos"][i] / total[i]),
-                "ctx": float(parts["ctx"][i] / total[i]),
-                "resid": float(parts["resid"][i] / total[i]),
-            }
-        )
-    return rows
+    from dask.base import compute
+
+    names = ("ss_total", "ss_pos", "ss_ctx", "ss_resid")
+    total, *parts = (
+        np.asarray(v, dtype=float) for v in compute(*(dec[name].data for name in names))
+    )
+    labels = dec[LAYER_NAME].values if LAYER_NAME in dec.coords else dec[LAYER].values
+    return [
+        {
+            LAYER: int(layer),
+            "name": str(labels[i]),
+            **{
+                part: float(value[i] / total[i])
+                for part, value in zip(SHARE_PARTS, parts, strict=True)
+            },
+        }
+        for i, layer in enumerate(dec[LAYER].values)
+    ]
 
 
 def format_variance_table(rows: Sequence[Mapping[str, Any]]) -> str:

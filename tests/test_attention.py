@@ -141,7 +141,7 @@ def test_parts_sum_to_the_models_own_scores_and_probabilities(
     n_blocks = loaded.n_hidden_states - 1
     assert len(captured) == n_blocks
     for layer in range(n_blocks):
-        parts = dissect_attention(loaded, ds, dec, layer, contexts=N_CONTEXTS)
+        parts = dissect_attention(ds, dec, layer, model=loaded, contexts=N_CONTEXTS)
         assert parts.scores.dims == ("context", "head", "query", "key")
         assert parts.sizes["query"] == parts.sizes["key"] == LENGTH
         assert _relative_error(parts) < 1e-12
@@ -171,8 +171,10 @@ def test_paper_positions_and_a_subset_of_heads(
     path, loaded = tiny_stores[kind]
     ds = posctx.open_hidden(path)
     dec = posctx.decompose(ds, positions=paper_positions(ds)).compute()
-    everything = dissect_attention(loaded, ds, posctx.decompose(ds).compute(), 1, contexts=[2, 5])
-    parts = dissect_attention(loaded, ds, dec, 1, contexts=[2, 5], heads=[1])
+    everything = dissect_attention(
+        ds, posctx.decompose(ds).compute(), 1, model=loaded, contexts=[2, 5]
+    )
+    parts = dissect_attention(ds, dec, 1, model=loaded, contexts=[2, 5], heads=[1])
     expected = list(range(1, LENGTH - 1)) if kind == "bert" else list(range(1, LENGTH))
     assert parts["query"].values.tolist() == expected == parts["key"].values.tolist()
     assert parts["head"].values.tolist() == [1] and parts["context"].values.tolist() == [2, 5]
@@ -197,7 +199,7 @@ def test_single_context_decomposition_leaves_nothing_to_ctx(
     ds = posctx.open_hidden(path)
     dec = posctx.decompose(ds, contexts=[3]).compute()
     np.testing.assert_allclose(dec.ctx, 0.0, atol=1e-12)
-    parts = dissect_attention(loaded, ds, dec, 0, contexts=[3])
+    parts = dissect_attention(ds, dec, 0, model=loaded, contexts=[3])
     scale = float(np.abs(parts.scores).max())
     for name in ("pos_ctx", "ctx_pos", "ctx_ctx"):
         assert float(np.abs(parts[name]).max()) < 1e-9 * scale, name
@@ -283,11 +285,11 @@ def test_unsupported_architecture_and_bad_layers_or_heads(
     ds = posctx.open_hidden(path)
     dec = posctx.decompose(ds).compute()
     with pytest.raises(ModelError, match=r"layers 0\.\.1"):
-        dissect_attention(loaded, ds, dec, 2)
+        dissect_attention(ds, dec, 2, model=loaded)
     with pytest.raises(PosctxError, match="heads"):
-        dissect_attention(loaded, ds, dec, 0, heads=[7])
+        dissect_attention(ds, dec, 0, model=loaded, heads=[7])
     with pytest.raises(PosctxError, match="not in the hidden-state store"):
-        dissect_attention(loaded, ds, dec, 0, contexts=[99])
+        dissect_attention(ds, dec, 0, model=loaded, contexts=[99])
 
 
 def test_other_weights_are_refused(tiny_stores: dict[str, tuple[str, LoadedModel]]) -> None:
@@ -299,7 +301,7 @@ def test_other_weights_are_refused(tiny_stores: dict[str, tuple[str, LoadedModel
     with pytest.raises(ModelError, match="not the model that made this store"):
         model_from_store(ds)
     with pytest.raises(ModelError, match="not the model that made this store"):
-        dissect_attention(loaded, ds, posctx.decompose(ds).compute(), 0)
+        dissect_attention(ds, posctx.decompose(ds).compute(), 0, model=loaded)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,7 +359,7 @@ def test_plot(tiny_stores: dict[str, tuple[str, LoadedModel]]) -> None:
 
     path, loaded = tiny_stores["llama"]
     ds = posctx.open_hidden(path)
-    parts = dissect_attention(loaded, ds, posctx.decompose(ds).compute(), 1, contexts=3)
+    parts = dissect_attention(ds, posctx.decompose(ds).compute(), 1, model=loaded, contexts=3)
     fig = plot_attention_dissection(parts)
     assert len(fig.axes) == 2 * 5
     assert "mean over 3 contexts" in fig.texts[0].get_text()
@@ -432,7 +434,7 @@ def test_minilm_pos_pos_is_more_toeplitz_than_ctx_ctx(minilm_store: str) -> None
     dec = posctx.decompose(ds, positions=paper_positions(ds)).compute()
     loaded = model_from_store(ds)
     for layer in (1, 3):
-        parts = dissect_attention(loaded, ds, dec, layer, contexts=6)
+        parts = dissect_attention(ds, dec, layer, model=loaded, contexts=6)
         assert parts.sizes["head"] == 12 and parts.sizes["query"] == 46
         assert _relative_error(parts) < 1e-12
         shares = toeplitz_share(parts).share.mean("head")
@@ -445,3 +447,34 @@ def test_plots_still_serves_the_moved_attention_figure() -> None:
 
     with pytest.warns(FutureWarning, match="posctx.attention.figures.plot_attention_dissection"):
         assert posctx.plots.plot_attention_dissection is plot_attention_dissection
+
+
+def test_a_lazy_decomposition_is_computed_once(
+    tiny_stores: dict[str, tuple[str, LoadedModel]],
+) -> None:
+    """Everything dissect_attention reads comes from one dask.compute: hidden, mu, pos, ids."""
+    from posctx.testing import raise_if_dask_computes
+
+    path, loaded = tiny_stores["gpt2"]
+    ds = posctx.open_hidden(path)
+    eager = dissect_attention(ds, posctx.decompose(ds).compute(), 1, model=loaded, contexts=2)
+    with raise_if_dask_computes(max_computes=1) as counter:
+        lazy = dissect_attention(ds, posctx.decompose(ds), 1, model=loaded, contexts=2)
+    assert counter.total_computes == 1
+    for name in (*PARTS, "scores", "pattern"):
+        np.testing.assert_allclose(lazy[name], eager[name], rtol=1e-12, atol=1e-12)
+
+
+def test_the_model_defaults_to_the_recorded_one_and_the_old_order_warns(
+    tiny_stores: dict[str, tuple[str, LoadedModel]],
+) -> None:
+    path, loaded = tiny_stores["llama"]
+    ds = posctx.open_hidden(path)
+    dec = posctx.decompose(ds).compute()
+    recorded = dissect_attention(ds, dec, 1, contexts=[0])  # loads the store's model itself
+    with pytest.warns(FutureWarning, match=r"dissect_attention\(hidden, decomposition, layer"):
+        old = dissect_attention(loaded, ds, dec, 1, contexts=[0])  # type: ignore[arg-type]
+    for name in (*PARTS, "scores", "pattern"):
+        np.testing.assert_array_equal(recorded[name], old[name])
+    with pytest.raises(TypeError, match="3 positional arguments"):
+        dissect_attention(ds, dec, 1, 2)

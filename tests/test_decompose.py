@@ -527,7 +527,7 @@ def test_update_from_an_interrupted_store_records_what_it_used(tmp_path: Path) -
     zarr.open_group(path, mode="r+", use_consolidated=False)["block_complete"][2] = 0
     partial = open_hidden(path, complete_only=True)
     write_decomposition(decompose_store(partial, contexts=slice(0, 3)), str(tmp_path / "a.zarr"))
-    assert update_decomposition(str(tmp_path / "a.zarr"), partial, str(tmp_path / "b.zarr")) == 4
+    assert update_decomposition(partial, str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr")) == 4
     record = json.loads(open_decomposition(str(tmp_path / "b.zarr")).attrs["posctx_decomposition"])
     assert record["contexts_used"] == [[0, 8]]
     assert record["complete_only"] == {"blocks_used": 2, "blocks_total": 3, "contexts_total": 12}
@@ -537,7 +537,19 @@ def test_block_stats_is_a_deprecated_name_of_chunk_stats() -> None:
     from posctx.decomposition import kernels
 
     x = np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2)
-    with pytest.warns(FutureWarning, match="block_stats .* chunk_stats"):
+    with pytest.warns(FutureWarning, match="block_stats .*chunk_stats"):
         old = kernels.block_stats(x)
     for name, value in kernels.chunk_stats(x).items():
         np.testing.assert_array_equal(old[name], value)
+
+
+def test_update_decomposition_takes_the_old_argument_order_with_a_warning(tmp_path: Path) -> None:
+    from posctx import open_decomposition, update_decomposition, write_decomposition
+
+    ds, _ = planted_hidden(10, 4, 2, 3)
+    first = str(tmp_path / "a.zarr")
+    write_decomposition(decompose(ds, contexts=slice(0, 5)), first)
+    with pytest.warns(FutureWarning, match=r"update_decomposition\(ds, previous, out\)"):
+        assert update_decomposition(first, ds, str(tmp_path / "b.zarr")) == 4  # type: ignore[arg-type]
+    got = open_decomposition(str(tmp_path / "b.zarr")).ctx.values
+    np.testing.assert_allclose(got, decompose(ds).ctx.values, rtol=1e-12, atol=1e-12)

@@ -195,7 +195,7 @@ def test_extend_store_equals_fresh_extraction(tiny_models: dict[str, Path], tmp_
     assert a.attrs["posctx"]["config"]["store"]["contexts"] == 19
     assert a.attrs["posctx"]["extensions"][0]["from"] == 10
     # The decomposition of the first 10 contexts updates by reading only the 9 new ones.
-    n_new = posctx.update_decomposition(small, posctx.open_hidden(str(grown)), tmp_path / "u.zarr")
+    n_new = posctx.update_decomposition(posctx.open_hidden(str(grown)), small, tmp_path / "u.zarr")
     assert n_new == 9
     updated = posctx.open_decomposition(tmp_path / "u.zarr")
     scratch = posctx.decompose(posctx.open_hidden(str(fresh))).compute()

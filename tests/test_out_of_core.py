@@ -78,7 +78,7 @@ def test_incremental_update_equals_recomputation_and_reads_only_new(tmp_path: Pa
         posctx.decompose(ds, positions=slice(1, None), contexts=slice(0, 19), moments=True), first
     )
     tracked, reads = track_chunk_reads(ds.hidden.data)
-    n_new = update_decomposition(first, ds.assign(hidden=(ds.hidden.dims, tracked)), updated)
+    n_new = update_decomposition(ds.assign(hidden=(ds.hidden.dims, tracked)), first, updated)
     assert n_new == 10
     assert sorted(reads.counts) == [(4, 0, 0, 0), (5, 0, 0, 0)]  # contexts 20..29 only
     assert set(reads.counts.values()) == {1}
@@ -88,7 +88,7 @@ def test_incremental_update_equals_recomputation_and_reads_only_new(tmp_path: Pa
         np.testing.assert_allclose(got[name].values, scratch[name].values, rtol=1e-9, atol=1e-9)
     assert got.topic.values.tolist() == scratch.topic.values.tolist()
     with pytest.raises(posctx.PosctxError, match="nothing to add"):
-        update_decomposition(updated, ds, tmp_path / "again.zarr")
+        update_decomposition(ds, updated, tmp_path / "again.zarr")
 
 
 def test_combine_refuses_overlap_and_mismatch() -> None:

@@ -18,19 +18,23 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import xarray as xr
+from dask.base import compute
 
+from posctx._deprecated import warn_renamed
 from posctx.attention.adapters import (
     _forward_attention,
     attention_weights,
     check_model,
+    model_from_store,
 )
 from posctx.attention.kernels import F64, dissect_kernel, toeplitz_kernel
 from posctx.errors import PosctxError
+from posctx.model import LoadedModel
 from posctx.types import (
     CONTEXT,
     DIM,
@@ -46,9 +50,6 @@ from posctx.types import (
     TOKEN_ID,
     TOPIC,
 )
-
-if TYPE_CHECKING:  # pragma: no cover
-    from posctx.model import LoadedModel
 
 #: The four parts, in the order (query part, key part): pos-pos, pos-ctx, ctx-pos, ctx-ctx.
 PARTS = ("pos_pos", "pos_ctx", "ctx_pos", "ctx_ctx")
@@ -115,20 +116,20 @@ def _check_pair(hidden: xr.Dataset, dec: xr.Dataset, layer: int) -> None:
 
 
 def dissect_attention(
-    model: LoadedModel,
     hidden: xr.Dataset,
     decomposition: xr.Dataset,
     layer: int,
-    *,
+    *args: Any,
+    model: LoadedModel | None = None,
     contexts: int | slice | Sequence[int] | npt.NDArray[Any] = DEFAULT_CONTEXTS,
     heads: Sequence[int] | None = None,
 ) -> xr.Dataset:
     """Split each head's pre-softmax attention scores at ``layer`` into pos and ctx parts.
 
-    Block ``layer``'s inputs ``x[c, t]`` (the stored ``hidden.sel(layer=layer)``) are split
-    as ``a[t] = mu + pos[t]`` and ``b[c, t] = x[c, t] - a[t] = ctx[c] + resid[c, t]`` with
-    the decomposition of that layer; the norm is linearised with the statistics of the full
-    ``x``, every bias goes with the pos part, and ``scaling * q k^T`` splits into
+    Transformer block ``layer``'s inputs ``x[c, t]`` (the stored ``hidden.sel(layer=layer)``)
+    are split as ``a[t] = mu + pos[t]`` and ``b[c, t] = x[c, t] - a[t] = ctx[c] + resid[c, t]``
+    with the decomposition of that layer; the norm is linearised with the statistics of the
+    full ``x``, every bias goes with the pos part, and ``scaling * q k^T`` splits into
     ``pos_pos + pos_ctx + ctx_pos + ctx_ctx`` (:mod:`posctx.attention`). Scores are among the
     decomposition's positions (usually all but position 0 and a trailing [SEP]).
 
@@ -136,20 +137,22 @@ def dissect_attention(
     (``pattern``) come from a forward pass over the stored token ids with eager attention,
     restricted to the same positions, which also gives fresh inputs to compare the stored
     ones with (``attrs['input_max_abs_diff']``). This reads the selected contexts of one
-    layer of ``hidden`` and computes eagerly.
+    layer of ``hidden`` and computes eagerly: one ``dask.compute`` for everything it reads,
+    so a lazy decomposition is computed once.
 
     Parameters
     ----------
-    model
-        The model that made ``hidden`` (:func:`model_from_store` loads it); a different
-        weights hash is refused.
     hidden
         The hidden-state store (:func:`posctx.open_hidden`).
     decomposition
         Its decomposition (:func:`posctx.open_decomposition` or :func:`posctx.decompose`),
         holding ``layer``.
     layer
-        Hidden-state index ``0..n_blocks-1``: the input of block ``layer``.
+        Hidden-state index ``0..n_blocks-1``: the input of transformer block ``layer``.
+    model
+        The model that made ``hidden``; by default the one its provenance records
+        (:func:`~posctx.attention.adapters.model_from_store`). A different weights hash is
+        refused.
     contexts
         An int ``n``: the decomposition's first ``n`` contexts; or context labels (a slice,
         a sequence or an array). Contexts outside the decomposition are allowed: their ctx
@@ -175,7 +178,22 @@ def dissect_attention(
         ``hidden``.
     PosctxError
         The layer, positions or contexts are not in the stores, or the heads do not exist.
+
+    Notes
+    -----
+    Before posctx 0.2 the model came first: ``dissect_attention(model, hidden,
+    decomposition, layer)``. That order still works, with a FutureWarning, until 0.3.
     """
+    if isinstance(hidden, LoadedModel):  # the order before 0.2: (model, hidden, dec, layer)
+        warn_renamed(
+            "dissect_attention(model, hidden, decomposition, layer)",
+            "dissect_attention(hidden, decomposition, layer, model=model)",
+        )
+        model, hidden, decomposition, layer = hidden, decomposition, layer, args[0]
+    elif args:
+        raise TypeError(f"dissect_attention takes 3 positional arguments, got {3 + len(args)}")
+    if model is None:
+        model = model_from_store(hidden)
     check_model(model, hidden)
     _check_pair(hidden, decomposition, layer)
     labels = _context_labels(contexts, decomposition, hidden)
@@ -194,20 +212,20 @@ def dissect_attention(
     causal = weights.causal
 
     at = {LAYER: int(layer)}
-    x = np.asarray(
+    # One pass for everything read: each `.values` on a lazy decomposition would compute it.
+    x, mu, pos, token_ids = compute(
         hidden[HIDDEN]
         .sel({**at, CONTEXT: labels, POSITION: positions})
         .transpose(CONTEXT, POSITION, DIM)
-        .values,
-        dtype=np.float64,
+        .data,
+        decomposition["mu"].sel(at).data,
+        decomposition["pos"].sel(at).transpose(POSITION, DIM).data,
+        hidden[TOKEN_ID].sel({CONTEXT: labels}).transpose(CONTEXT, POSITION).data,
     )
-    mu = np.asarray(decomposition["mu"].sel(at).values, dtype=np.float64)
-    pos = np.asarray(decomposition["pos"].sel(at).transpose(POSITION, DIM).values, dtype=np.float64)
+    x, mu, pos = (np.asarray(v, dtype=np.float64) for v in (x, mu, pos))
+    token_ids = np.asarray(token_ids)
     parts = dissect_kernel(x, mu + pos, weights, chosen)
 
-    token_ids = np.asarray(
-        hidden[TOKEN_ID].sel({CONTEXT: labels}).transpose(CONTEXT, POSITION).values
-    )
     pattern, fresh = _forward_attention(model, token_ids, int(layer), index, chosen)
 
     layer_name = (

@@ -70,7 +70,9 @@ def write_attention_dissection(
     all_shares: list[xr.Dataset] = []
     rows: list[dict[str, Any]] = []
     for layer in layers:
-        ds = dissect_attention(loaded, hidden, dec, int(layer), contexts=contexts, heads=heads)
+        ds = dissect_attention(
+            hidden, dec, int(layer), model=loaded, contexts=contexts, heads=heads
+        )
         shares = toeplitz_share(ds)
         all_shares.append(shares)
         first = ds[CONTEXT].values[0]

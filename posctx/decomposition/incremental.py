@@ -11,6 +11,7 @@ from typing import Any, Literal
 import numpy as np
 import xarray as xr
 
+from posctx._deprecated import warn_renamed
 from posctx.decomposition.api import (
     DECOMPOSITION_ATTR,
     OUTPUT_DIMS,
@@ -91,8 +92,8 @@ def combine(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
 
 
 def update_decomposition(
-    previous: PathLike,
     ds: xr.Dataset,
+    previous: PathLike,
     out: PathLike,
     *,
     mode: Literal["w", "w-"] = "w-",
@@ -104,10 +105,26 @@ def update_decomposition(
     rest comes from the statistics persisted in ``previous``. The result equals decomposing
     all contexts from scratch (up to float64 rounding).
 
+    Parameters
+    ----------
+    ds
+        The hidden-state store, grown since ``previous`` was made (:func:`posctx.open_hidden`).
+    previous
+        Path or URL of a decomposition store of some of ``ds``'s contexts.
+    out
+        Path or URL of the updated decomposition (not ``previous``).
+    mode, storage_options
+        As for :func:`~posctx.decomposition.write_decomposition`.
+
     Returns
     -------
     int
         The number of new contexts read.
+
+    Notes
+    -----
+    Before posctx 0.2 the order was ``(previous, ds, out)``; that order still works, with a
+    FutureWarning, until 0.3.
 
     Examples
     --------
@@ -119,12 +136,17 @@ def update_decomposition(
     >>> ds, _ = planted_hidden(10, 4, 2, 3)
     >>> tmp = tempfile.mkdtemp()
     >>> write_decomposition(decompose(ds, contexts=slice(0, 5)), os.path.join(tmp, "a.zarr"))
-    >>> update_decomposition(os.path.join(tmp, "a.zarr"), ds, os.path.join(tmp, "b.zarr"))
+    >>> update_decomposition(ds, os.path.join(tmp, "a.zarr"), os.path.join(tmp, "b.zarr"))
     4
     >>> updated = open_decomposition(os.path.join(tmp, "b.zarr"))
     >>> bool(np.allclose(updated.ctx, decompose(ds).ctx))
     True
     """
+    if isinstance(previous, xr.Dataset) and not isinstance(ds, xr.Dataset):
+        warn_renamed(
+            "update_decomposition(previous, ds, out)", "update_decomposition(ds, previous, out)"
+        )
+        ds, previous = previous, ds
     if os.fspath(previous) == os.fspath(out):
         raise PosctxError("write the updated decomposition to a new path: --out must differ")
     prev = open_decomposition(previous, storage_options=storage_options)

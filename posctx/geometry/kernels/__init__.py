@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from posctx.geometry.kernels.clusters import cluster_scores, label_codes, topic_similarity
 from posctx.geometry.kernels.layer import finite_or_none, layer_geometry, sample_indices
-from posctx.geometry.kernels.moments import gram_chunk, resid_gram
+from posctx.geometry.kernels.moments import gram_block, gram_chunk, resid_gram
 from posctx.geometry.kernels.orthogonality import (
     basis_from_svd,
     cross_cosines,
@@ -76,6 +76,7 @@ __all__ = [
     "energy_rank",
     "explained_share",
     "finite_or_none",
+    "gram_block",
     "gram_chunk",
     "gram_spectrum",
     "label_codes",

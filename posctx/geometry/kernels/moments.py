@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from posctx._deprecated import renamed
 from posctx.types import Float64Array
 
 
@@ -70,7 +71,13 @@ def resid_gram(
     return out
 
 
+#: Deprecated name of :func:`gram_chunk` ("block" now means a store block only).
+gram_block = renamed(
+    gram_chunk, "posctx.geometry.kernels.gram_block", "posctx.geometry.kernels.gram_chunk"
+)
+
 __all__ = [
+    "gram_block",
     "gram_chunk",
     "resid_gram",
 ]
