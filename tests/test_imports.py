@@ -6,11 +6,12 @@ function, type-checking imports included), so a cycle hidden behind a lazy impor
 
 from __future__ import annotations
 
-import ast
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.sources import imported_names
+from tests.sources import module_files as _module_files
 
 ROOT = Path(__file__).resolve().parents[1] / "posctx"
 
@@ -41,29 +42,7 @@ KERNEL_FORBIDDEN = ("xarray", "dask", "distributed", "torch", "transformers", "z
 
 def module_files() -> dict[str, Path]:
     """``posctx.a.b`` -> its file, for every module of the package."""
-    out = {}
-    for path in ROOT.rglob("*.py"):
-        parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
-        if parts[-1] == "__init__":
-            parts = parts[:-1]
-        out[".".join(parts)] = path
-    return out
-
-
-def imported_names(path: Path, module: str) -> Iterator[str]:
-    """Every absolute module name ``path`` imports, ``from a import b`` giving ``a`` and ``a.b``."""
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            yield from (alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                name = ".".join([*base, *([node.module] if node.module else [])])
-            else:
-                name = node.module or ""
-            yield name
-            yield from (f"{name}.{alias.name}" for alias in node.names)
+    return _module_files(ROOT)
 
 
 def internal_graph() -> dict[str, set[str]]:
