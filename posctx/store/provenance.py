@@ -30,8 +30,21 @@ def read_provenance(
     """
     if not exists(path, storage_options):
         return None
-    meta = zarr_json(path, storage_options)
-    attrs = (meta or {}).get("attributes", {})
+    fix = (
+        "choose another --out, or delete it yourself if it is disposable"
+        if output
+        else "pass the store `posctx extract` wrote"
+    )
+    try:
+        meta = zarr_json(path, storage_options)
+    except ValueError as exc:  # a zarr.json that is not JSON (or not UTF-8)
+        raise StoreError(
+            f"{path} exists and is not a posctx hidden-state store (its zarr.json does not "
+            f"parse: {exc}): {fix}"
+        ) from exc
+    attrs = meta.get("attributes") if isinstance(meta, dict) else None
+    if not isinstance(attrs, dict):
+        attrs = {}
     kind = attrs.get("posctx_kind")
     if kind == "hidden" and PROVENANCE_ATTR not in attrs:
         # create_store writes the record last on object storage: this one never finished.
@@ -41,11 +54,6 @@ def read_provenance(
         )
     if PROVENANCE_ATTR not in attrs or kind != "hidden":
         what = "is a posctx decomposition store, not" if kind == "decomposition" else "is not"
-        fix = (
-            "choose another --out, or delete it yourself if it is disposable"
-            if output
-            else "pass the store `posctx extract` wrote"
-        )
         raise StoreError(f"{path} exists and {what} a posctx hidden-state store: {fix}")
     schema = attrs.get("posctx_schema")
     if schema != SCHEMA_VERSION:

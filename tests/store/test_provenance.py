@@ -141,3 +141,27 @@ def test_another_schema_version_is_refused(tmp_path: Path, schema: int | None) -
         "upgrade posctx to the version that wrote it (see attrs['posctx']['posctx_version']) "
         "or re-extract it with this one"
     )
+
+
+@pytest.mark.parametrize(
+    ("content", "cause"),
+    [
+        (b"{not json", "its zarr.json does not parse: Expecting property name"),
+        (b"\xff\xfe{}", "its zarr.json does not parse: 'utf-8' codec can't decode"),
+        (b"[1, 2]", None),  # JSON, but not a group's metadata
+        (b'{"attributes": ["posctx"]}', None),
+    ],
+)
+def test_a_damaged_zarr_json_is_refused_as_a_store_error(
+    tmp_path: Path, content: bytes, cause: str | None
+) -> None:
+    path = tmp_path / "h.zarr"
+    path.mkdir()
+    (path / "zarr.json").write_bytes(content)
+    with pytest.raises(StoreError) as info:
+        read_provenance(str(path), output=True)
+    message = str(info.value)
+    assert message.startswith(f"{path} exists and is not a posctx hidden-state store")
+    assert message.endswith(OUTPUT_FIX)
+    if cause:
+        assert cause in message
