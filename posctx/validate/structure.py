@@ -281,7 +281,7 @@ def _check_labels(st: _Store) -> Check:
             if empty:
                 problems.append(
                     f"`{name}` is empty or not a string at "
-                    f"{_plural(len(empty), 'index')} (first {empty[:5]})"
+                    f"{_plural(len(empty), 'index', 'indices')} (first {empty[:5]})"
                 )
             else:
                 found.append(f"{len(set(values))} distinct {name}s")

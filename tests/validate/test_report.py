@@ -97,6 +97,10 @@ def test_plural_and_plain_helpers() -> None:
         "0 blocks",
         "2 blocks",
     )
+    assert (_plural(1, "index", "indices"), _plural(3, "index", "indices")) == (
+        "1 index",
+        "3 indices",
+    )
     assert _plain({"a": np.arange(2), "b": [np.float64(1.5), {"c": np.int8(3)}]}) == {
         "a": [0, 1],
         "b": [1.5, {"c": 3}],
