@@ -264,7 +264,7 @@ def _check_labels(st: _Store) -> Check:
             if wrong.size:
                 problems.append(
                     f"`{name}` is not 0..{values.size - 1} (index {int(wrong[0])} "
-                    f"holds {values[wrong[0]]!r})"
+                    f"holds {values[wrong[0]].tolist()!r})"
                 )
             else:
                 found.append(f"{name} 0..{values.size - 1}")
