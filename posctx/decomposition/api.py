@@ -87,8 +87,21 @@ def hidden_variable(ds: xr.Dataset) -> xr.DataArray:
     return h.transpose(*HIDDEN_DIMS)
 
 
-def _select(h: xr.DataArray, dim: str, selection: Selection) -> xr.DataArray:
-    """Label-select ``selection`` along ``dim`` without dropping the dimension."""
+def label_select(h: xr.DataArray, dim: str, selection: Selection) -> xr.DataArray:
+    """Label-select ``selection`` along ``dim`` without dropping the dimension.
+
+    A scalar label keeps ``dim`` (a table of one row); an empty selection, one that repeats
+    labels or names labels ``h`` lacks is refused with what to choose instead.
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> labels = xr.DataArray([0, 1, 2, 3], dims="context", coords={"context": [0, 1, 2, 3]})
+    >>> label_select(labels, "context", slice(1, 2)).values.tolist()
+    [1, 2]
+    >>> label_select(labels, "context", 3).values.tolist()
+    [3]
+    """
     if selection is None:
         return h
     if isinstance(selection, (int, np.integer)):
@@ -191,8 +204,8 @@ def statistics(
     ['ctx_sum', 'pos_sum', 'sumsq']
     """
     full = hidden_variable(ds)
-    h = _select(full, POSITION, positions)
-    h = _select(h, CONTEXT, contexts)
+    h = label_select(full, POSITION, positions)
+    h = label_select(h, CONTEXT, contexts)
     h = _as_dask(h)
     arrays = None if moments else _statistics_from_files(full, h)
     if arrays is None:
@@ -450,6 +463,7 @@ def norms(ds: xr.Dataset, dec: xr.Dataset) -> xr.Dataset:
 __all__ = [
     "finalize",
     "hidden_variable",
+    "label_select",
     "norms",
     "paper_positions",
     "statistics",

@@ -64,6 +64,7 @@ def extract(
     client: Any = None,
     shard: tuple[int, int] | None = None,
     plan_only: bool = False,
+    require_topic_column: bool = False,
 ) -> ExtractResult:
     """Extract every requested layer's hidden states for a corpus into a Zarr store.
 
@@ -96,6 +97,10 @@ def extract(
         with ``plan_only`` first.
     plan_only
         Create (or extend) the store, with its token ids and labels, and compute nothing.
+    require_topic_column
+        Refuse a table or dataset without ``config.corpus.topic_column`` (the command line
+        sets this when ``--topic-column`` is given): otherwise a missing column puts every
+        row in one topic, which suits the default column name only.
 
     Returns
     -------
@@ -103,9 +108,12 @@ def extract(
         What was done, with the time and token count of the forward-and-write phase.
     """
     from posctx.corpus import open_corpus
+    from posctx.corpus.sources import check_topic_column
     from posctx.model import load_model
 
     check_shard(shard)
+    if require_topic_column:
+        check_topic_column(config.corpus)  # a column named on purpose must exist
     stored = read_provenance(path, storage_options, output=True)  # a foreign store: refused now
     if stored is None:
         check_writable(path, storage_options)
