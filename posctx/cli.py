@@ -417,7 +417,7 @@ def report(
     "--layer",
     "layers",
     required=True,
-    help="Hidden-state index whose block's attention to dissect (0 = the first block, reading the embeddings); comma-separated for several.",
+    help="Hidden-state index whose transformer block's attention to dissect (0 = the first, reading the embeddings); comma-separated for several.",
 )
 @click.option("--out", required=True, help="Folder for the figures (PNG) and toeplitz.json/.csv.")
 @click.option(

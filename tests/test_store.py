@@ -38,7 +38,7 @@ def _make(
         storage_dtype=dtype,
         chunk_contexts=chunk,
         chunk_layers=0,
-        attrs={"posctx_kind": "hidden", "posctx_schema": 1, "posctx": {"config": {"a": 1}}},
+        provenance={"config": {"a": 1}},
     )
     create_store(str(path), ds, enc)
 

@@ -26,26 +26,23 @@ from posctx.decomposition.graph import (
     statistics_from_files,
 )
 from posctx.errors import PosctxError
-from posctx.store import COMPLETE_ONLY_ATTR
 from posctx.store.direct import direct_source
 from posctx.types import (
+    COMPLETE_ONLY_ATTR,
     COMPONENT,
     CONTEXT,
+    DECOMPOSITION_ATTR,
+    DECOMPOSITION_KIND,
     DIM,
     DIM2,
     HIDDEN,
     HIDDEN_DIMS,
+    HIDDEN_KIND,
+    KIND_ATTR,
     LAYER,
     POSITION,
+    PROVENANCE_ATTR,
 )
-
-#: attrs key of the JSON record that says how a decomposition was made.
-DECOMPOSITION_ATTR = "posctx_decomposition"
-
-#: attrs key saying what kind of posctx store a dataset is, and the two kinds involved here.
-KIND_ATTR = "posctx_kind"
-HIDDEN_KIND = "hidden"
-DECOMPOSITION_KIND = "decomposition"
 
 #: Dimensions of each output variable.
 OUTPUT_DIMS: dict[str, tuple[str, ...]] = {
@@ -160,7 +157,7 @@ def paper_positions(ds: xr.Dataset) -> slice:
     >>> paper_positions(ds)
     slice(1, 4, None)
     """
-    record = ds.attrs.get("posctx") or {}
+    record = ds.attrs.get(PROVENANCE_ATTR) or {}
     n_suffix = len((record.get("special_tokens") or {}).get("suffix_ids") or ())
     if not n_suffix:
         return slice(1, None)

@@ -21,7 +21,9 @@ from posctx.store import (
     provenance_record,
     read_provenance,
 )
-from posctx.types import SCHEMA_VERSION, TOKEN_ID
+from posctx.types import (
+    TOKEN_ID,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from posctx.model import LoadedModel
@@ -178,12 +180,6 @@ def prepare_store(
         special_tokens=special.to_dict(),
         chunk_contexts=chunk,
     )
-    attrs = {
-        "title": _title(config),
-        "posctx_kind": "hidden",
-        "posctx_schema": SCHEMA_VERSION,
-        "posctx": record,
-    }
     ds, encoding = build_dataset(
         token_ids=plan.token_ids,
         topic=plan.topic,
@@ -195,7 +191,8 @@ def prepare_store(
         storage_dtype=config.store.storage_dtype,
         chunk_contexts=chunk,
         chunk_layers=config.store.chunk_layers,
-        attrs=attrs,
+        provenance=record,
+        attrs={"title": _title(config)},
     )
     try:
         create_store(path, ds, encoding, storage_options)

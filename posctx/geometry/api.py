@@ -28,22 +28,27 @@ import xarray as xr
 from posctx.errors import PosctxError
 from posctx.geometry import kernels
 from posctx.geometry.kernels import GeometryParams
-from posctx.types import CONTEXT, DIM, HIDDEN, HIDDEN_DIMS, LAYER, LAYER_NAME, POSITION, TOPIC
+from posctx.types import (
+    ANGLE,
+    COMPONENT,
+    CONTEXT,
+    DECOMPOSITION_ATTR,
+    DIM,
+    DIM2,
+    GEOMETRY_ATTR,
+    HIDDEN,
+    HIDDEN_DIMS,
+    INPUTS_ATTR,
+    LAYER,
+    LAYER_NAME,
+    POSITION,
+    PROVENANCE_ATTR,
+    TOPIC,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
 
-#: Second matrix axis of ``(layer, dim, dim2)`` second moments.
-DIM2 = "dim2"
-#: Index of a singular value, largest first.
-COMPONENT = "component"
-#: Index of a principal angle, smallest angle first.
-ANGLE = "angle"
-
-#: attrs key marking a dataset made by :func:`collect_inputs` (a JSON record).
-INPUTS_ATTR = "posctx_geometry_inputs"
-#: attrs key of the JSON record of how the measurements were made.
-GEOMETRY_ATTR = "posctx_geometry"
 
 #: Variables of a decomposition the geometry reads; any others are ignored.
 REQUIRED = ("mu", "pos", "ctx", "ss_total", "ss_pos", "ss_ctx", "ss_resid")
@@ -167,7 +172,7 @@ def _hidden_gram(hidden: xr.Dataset, dec: xr.Dataset) -> xr.DataArray:
             f"hidden has no {HIDDEN!r} variable: pass the hidden-state store "
             "(posctx.open_hidden) the decomposition was made from"
         )
-    ours, theirs = dec.attrs.get("posctx"), hidden.attrs.get("posctx")
+    ours, theirs = dec.attrs.get(PROVENANCE_ATTR), hidden.attrs.get(PROVENANCE_ATTR)
     if (
         ours is not None
         and theirs is not None
@@ -568,9 +573,9 @@ def provenance(dec: Mapping[str, Any] | xr.Dataset) -> dict[str, Any]:
     ['decomposition', 'store']
     """
     attrs = dec.attrs if isinstance(dec, xr.Dataset) else dec
-    record = attrs.get("posctx_decomposition")
+    record = attrs.get(DECOMPOSITION_ATTR)
     return {
-        "store": dict(attrs.get("posctx", {})),
+        "store": dict(attrs.get(PROVENANCE_ATTR, {})),
         "decomposition": json.loads(record) if isinstance(record, str) else record,
     }
 

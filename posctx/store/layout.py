@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from posctx.types import (
     BLOCK,
@@ -16,10 +17,15 @@ from posctx.types import (
     DIM,
     HIDDEN,
     HIDDEN_DIMS,
+    HIDDEN_KIND,
+    KIND_ATTR,
     LAYER,
     LAYER_NAME,
     OFFSET,
     POSITION,
+    PROVENANCE_ATTR,
+    SCHEMA_ATTR,
+    SCHEMA_VERSION,
     SOURCE,
     TOKEN_ID,
     TOPIC,
@@ -62,6 +68,80 @@ def plan_blocks(n_contexts: int, chunk_contexts: int) -> list[Block]:
     ]
 
 
+def schema_dataset(
+    *,
+    hidden: Any,
+    token_ids: Any,
+    block_complete: Any,
+    block_start: npt.ArrayLike,
+    topic: npt.ArrayLike,
+    source: npt.ArrayLike,
+    offset: npt.ArrayLike,
+    layers: Sequence[int],
+    layer_names: Sequence[str],
+    provenance: Mapping[str, Any],
+    attrs: Mapping[str, Any] | None = None,
+) -> Any:
+    """A hidden-state store's schema around given arrays, as an ``xarray.Dataset``.
+
+    The one definition of what a store holds: ``hidden`` ``(context, position, layer, dim)``,
+    ``token_id`` ``(context, position)`` int32 and ``block_complete`` ``(block,)`` uint8;
+    int64 index coordinates ``context``, ``position``, ``layer`` and ``dim``; ``topic``,
+    ``source`` and ``offset`` along context, ``layer_name`` along layer and ``block_start``
+    along block; attrs ``posctx_kind``, ``posctx_schema`` and the provenance record
+    ``posctx``. Extraction (:func:`build_dataset`) and the test helpers
+    (:func:`posctx.testing.hidden_dataset`) both make their stores here.
+
+    Parameters
+    ----------
+    hidden, token_ids, block_complete
+        The data variables (numpy or dask), shaped as above.
+    block_start
+        First context of each block.
+    topic, source, offset
+        Per-context labels.
+    layers, layer_names
+        Hidden-state indices and their names.
+    provenance
+        The record stored under ``attrs["posctx"]``.
+    attrs
+        Further attrs (a title, say).
+    """
+    import xarray as xr
+
+    n_contexts, length, _, n_dims = hidden.shape
+    ds = xr.Dataset(
+        {
+            HIDDEN: (HIDDEN_DIMS, hidden),
+            TOKEN_ID: ((CONTEXT, POSITION), token_ids),
+            BLOCK_COMPLETE: ((BLOCK,), block_complete),
+        },
+        coords={
+            CONTEXT: np.arange(n_contexts, dtype=np.int64),
+            POSITION: np.arange(length, dtype=np.int64),
+            LAYER: np.asarray(layers, dtype=np.int64),
+            DIM: np.arange(n_dims, dtype=np.int64),
+            LAYER_NAME: (LAYER, np.asarray(layer_names, dtype=object)),
+            TOPIC: (CONTEXT, np.asarray(topic, dtype=object)),
+            SOURCE: (CONTEXT, np.asarray(source, dtype=object)),
+            OFFSET: (CONTEXT, np.asarray(offset, dtype=np.int64)),
+            BLOCK_START: (BLOCK, np.asarray(block_start, dtype=np.int64)),
+        },
+        attrs={
+            **(attrs or {}),
+            KIND_ATTR: HIDDEN_KIND,
+            SCHEMA_ATTR: SCHEMA_VERSION,
+            PROVENANCE_ATTR: dict(provenance),
+        },
+    )
+    ds[HIDDEN].attrs["long_name"] = "hidden state"
+    ds[TOKEN_ID].attrs["long_name"] = "input token id"
+    ds[BLOCK_COMPLETE].attrs["long_name"] = (
+        "1 when contexts block_start[b]:block_start[b+1] are written"
+    )
+    return ds
+
+
 def build_dataset(
     *,
     token_ids: np.ndarray,
@@ -74,48 +154,39 @@ def build_dataset(
     storage_dtype: str,
     chunk_contexts: int,
     chunk_layers: int,
-    attrs: Mapping[str, Any],
+    provenance: Mapping[str, Any] | None = None,
+    attrs: Mapping[str, Any] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """The store's schema as a lazy ``xarray.Dataset`` plus the Zarr encoding to write it.
+    """A new store's :func:`schema_dataset`, lazy, plus the Zarr encoding to write it.
 
     ``hidden`` and ``block_complete`` are lazy zeros: writing the dataset with
-    ``compute=False`` creates their metadata without writing a single chunk.
+    ``compute=False`` creates their metadata without writing a single chunk. Without
+    ``provenance``, the record is taken from ``attrs["posctx"]`` (as before posctx 0.2).
     """
     import dask.array as da
-    import xarray as xr
 
+    extra = dict(attrs or {})
+    record = extra.pop(PROVENANCE_ATTR, {}) if provenance is None else provenance
     n_contexts, length = token_ids.shape
     n_layers = len(layers)
     blocks = plan_blocks(n_contexts, chunk_contexts)
     hidden_chunks = (chunk_contexts, length, chunk_layers or n_layers, hidden_size)
-    hidden = da.zeros(
-        (n_contexts, length, n_layers, hidden_size),
-        dtype=np.dtype(storage_dtype),
-        chunks=hidden_chunks,
-    )
-    ds = xr.Dataset(
-        {
-            HIDDEN: (HIDDEN_DIMS, hidden),
-            TOKEN_ID: ((CONTEXT, POSITION), np.asarray(token_ids, dtype=np.int32)),
-            BLOCK_COMPLETE: ((BLOCK,), da.zeros(len(blocks), dtype=np.uint8, chunks=1)),
-        },
-        coords={
-            CONTEXT: np.arange(n_contexts, dtype=np.int64),
-            POSITION: np.arange(length, dtype=np.int64),
-            LAYER: np.asarray(layers, dtype=np.int64),
-            DIM: np.arange(hidden_size, dtype=np.int64),
-            LAYER_NAME: (LAYER, np.asarray(layer_names, dtype=object)),
-            TOPIC: (CONTEXT, np.asarray(topic, dtype=object)),
-            SOURCE: (CONTEXT, np.asarray(source, dtype=object)),
-            OFFSET: (CONTEXT, np.asarray(offset, dtype=np.int64)),
-            BLOCK_START: (BLOCK, np.array([b.start for b in blocks], dtype=np.int64)),
-        },
-        attrs=dict(attrs),
-    )
-    ds[HIDDEN].attrs["long_name"] = "hidden state"
-    ds[TOKEN_ID].attrs["long_name"] = "input token id"
-    ds[BLOCK_COMPLETE].attrs["long_name"] = (
-        "1 when contexts block_start[b]:block_start[b+1] are written"
+    ds = schema_dataset(
+        hidden=da.zeros(
+            (n_contexts, length, n_layers, hidden_size),
+            dtype=np.dtype(storage_dtype),
+            chunks=hidden_chunks,
+        ),
+        token_ids=np.asarray(token_ids, dtype=np.int32),
+        block_complete=da.zeros(len(blocks), dtype=np.uint8, chunks=1),
+        block_start=[b.start for b in blocks],
+        topic=topic,
+        source=source,
+        offset=offset,
+        layers=layers,
+        layer_names=layer_names,
+        provenance=record,
+        attrs=extra,
     )
     encoding = {
         # zstd shrinks hidden states ~8% but makes decoding 4x slower: store them raw.
@@ -133,4 +204,5 @@ __all__ = [
     "default_chunk_contexts",
     "plan_blocks",
     "build_dataset",
+    "schema_dataset",
 ]

@@ -9,7 +9,7 @@ from typing import Any
 from posctx.errors import StoreError
 from posctx.store import is_remote, remove_partial_files
 from posctx.store.location import exists, open_group, zarr_json
-from posctx.types import HIDDEN, PROVENANCE_ATTR
+from posctx.types import HIDDEN, HIDDEN_KIND, KIND_ATTR, PROVENANCE_ATTR
 from posctx.validate.content import _check_finite, _check_special_tokens, _check_token_ids
 from posctx.validate.report import Check, ValidationReport, _Skip
 from posctx.validate.rerun import _check_rerun
@@ -39,8 +39,8 @@ def _open(path: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any
     if not isinstance(meta, dict) or not isinstance(meta.get("attributes", {}), dict):
         return {"_unreadable": "the root zarr.json is not a Zarr group's metadata"}
     attrs = meta.get("attributes") or {}
-    kind = attrs.get("posctx_kind")
-    if kind not in (None, "hidden"):
+    kind = attrs.get(KIND_ATTR)
+    if kind not in (None, HIDDEN_KIND):
         raise StoreError(
             f"{path} is a posctx {kind} store, not a hidden-state store: validate the "
             "hidden-state store it was made from"

@@ -25,11 +25,14 @@ from posctx.types import (
     DIM,
     HIDDEN,
     HIDDEN_DIMS,
+    HIDDEN_KIND,
+    KIND_ATTR,
     LAYER,
     LAYER_NAME,
     OFFSET,
     POSITION,
     PROVENANCE_ATTR,
+    SCHEMA_ATTR,
     SCHEMA_VERSION,
     SOURCE,
     TOKEN_ID,
@@ -149,10 +152,10 @@ class _Store:
 def _check_schema(st: _Store) -> Check:
     problems: list[str] = []
     notes: list[str] = []
-    kind = st.attrs.get("posctx_kind")
-    if kind != "hidden":
+    kind = st.attrs.get(KIND_ATTR)
+    if kind != HIDDEN_KIND:
         problems.append(f"root attr posctx_kind is {kind!r}, not 'hidden'")
-    version = st.attrs.get("posctx_schema")
+    version = st.attrs.get(SCHEMA_ATTR)
     if version is None:
         problems.append(f"root attr posctx_schema is missing (this posctx writes {SCHEMA_VERSION})")
     elif version != SCHEMA_VERSION:
