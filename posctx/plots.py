@@ -31,7 +31,7 @@ import xarray as xr
 
 from posctx._deprecated import moved_names
 from posctx.geometry import kernels
-from posctx.geometry.api import geometry_record
+from posctx.geometry.serialise import geometry_record
 from posctx.types import COMPONENT, CONTEXT, LAYER, LAYER_NAME, POSITION, TOPIC
 
 if TYPE_CHECKING:

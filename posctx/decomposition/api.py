@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask.array as da
 import numpy as np
@@ -43,6 +43,9 @@ from posctx.types import (
     POSITION,
     PROVENANCE_ATTR,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Dimensions of each output variable.
 OUTPUT_DIMS: dict[str, tuple[str, ...]] = {
@@ -276,7 +279,7 @@ def finalize(stats: xr.Dataset) -> xr.Dataset:
     if missing:
         raise PosctxError(f"statistics lack {missing}: make them with posctx statistics()")
     arrays = finalize_arrays(
-        {name: _dask_data(stats[name]) for name in STATISTIC_NAMES if name in stats}
+        {name: dask_data(stats[name]) for name in STATISTIC_NAMES if name in stats}
     )
     out = stats.copy()
     for name, array in arrays.items():
@@ -284,7 +287,8 @@ def finalize(stats: xr.Dataset) -> xr.Dataset:
     return out
 
 
-def _dask_data(var: xr.DataArray) -> da.Array:
+def dask_data(var: xr.DataArray) -> da.Array:
+    """The data of ``var`` as a dask array: as it is if lazy, else one chunk in memory."""
     data = var.data
     return data if isinstance(data, da.Array) else da.from_array(np.asarray(data), chunks=-1)
 
@@ -364,20 +368,42 @@ def decompose(
     return finalize(statistics(ds, positions=positions, contexts=contexts, moments=moments))
 
 
-def _indexer(source: xr.DataArray, dec: xr.Dataset, dim: str) -> slice | npt.NDArray[np.intp]:
-    """Positional indexer of ``dec``'s ``dim`` labels in ``source``; a slice when contiguous."""
-    wanted = dec.indexes[dim]
-    found = np.asarray(source.indexes[dim].get_indexer(wanted), dtype=np.intp)
+def label_indexer(source: pd.Index, wanted: pd.Index, dim: str) -> slice | npt.NDArray[np.intp]:
+    """Positions of the labels ``wanted`` in ``source``; a slice when they are contiguous.
+
+    A slice keeps dask's getitem a plain view of whole chunks, with no fancy indexing.
+
+    Raises
+    ------
+    PosctxError
+        ``source`` lacks some of ``wanted`` (the decomposition came from another store).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> label_indexer(pd.Index([5, 6, 7, 8]), pd.Index([6, 7]), "context")
+    slice(1, 3, None)
+    >>> label_indexer(pd.Index([5, 6, 7, 8]), pd.Index([8, 5]), "context").tolist()
+    [3, 0]
+    """
+    found = np.asarray(source.get_indexer(wanted), dtype=np.intp)
     if (found < 0).any():
         missing = list(wanted[found < 0][:5])
         raise PosctxError(
-            f"the decomposition has {dim} labels the dataset lacks (e.g. {missing}); "
+            f"the hidden states lack {dim} labels of the decomposition (e.g. {missing}): "
             "pass the store the decomposition was made from"
         )
     if found.size and np.array_equal(found, np.arange(found[0], found[0] + found.size)):
-        # A slice keeps dask's getitem a plain view of whole chunks, no fancy indexing.
         return slice(int(found[0]), int(found[0]) + found.size)
     return found
+
+
+def _hidden_of(ds: xr.Dataset, dec: xr.Dataset) -> xr.DataArray:
+    """``ds``'s hidden states at exactly the contexts, positions and layers of ``dec``, lazy."""
+    h = hidden_variable(ds)
+    return _as_dask(
+        h.isel({d: label_indexer(h.indexes[d], dec.indexes[d], d) for d in HIDDEN_DIMS})
+    )
 
 
 def residual(ds: xr.Dataset, dec: xr.Dataset) -> xr.DataArray:
@@ -409,9 +435,7 @@ def residual(ds: xr.Dataset, dec: xr.Dataset) -> xr.DataArray:
     >>> bool(np.allclose((r**2).sum(("context", "position", "dim")), dec.ss_resid))
     True
     """
-    h = hidden_variable(ds)
-    h = h.isel({dim: _indexer(h, dec, dim) for dim in HIDDEN_DIMS})
-    h = _as_dask(h)
+    h = _hidden_of(ds, dec)
     # Arithmetic on bare Variables: xarray would otherwise compare (and so compute) the
     # non-index coordinates such as `topic` of the operands before keeping or dropping them.
     resid = (
@@ -443,8 +467,7 @@ def norms(ds: xr.Dataset, dec: xr.Dataset) -> xr.Dataset:
     True
     """
     resid = residual(ds, dec)
-    h = hidden_variable(ds)
-    h = _as_dask(h.isel({dim: _indexer(h, dec, dim) for dim in HIDDEN_DIMS}))
+    h = _hidden_of(ds, dec)
     centred = h.variable.astype(np.float64) - dec["mu"].variable
     return xr.Dataset(
         {
@@ -459,7 +482,9 @@ def norms(ds: xr.Dataset, dec: xr.Dataset) -> xr.Dataset:
 
 __all__ = [
     "finalize",
+    "dask_data",
     "hidden_variable",
+    "label_indexer",
     "label_select",
     "norms",
     "paper_positions",
