@@ -27,9 +27,34 @@ from posctx.types import (
     SCHEMA_ATTR,
     SCHEMA_VERSION,
     SOURCE,
+    STORAGE_DTYPES,
     TOKEN_ID,
     TOPIC,
 )
+
+#: Every array of a hidden-state store: its dims, and the dtype kinds it may take ("f" float,
+#: "i"/"u" integer, "T"/"U"/"O" strings). :func:`schema_dataset` writes these, and
+#: ``posctx validate`` checks a store against them.
+SCHEMA: dict[str, tuple[tuple[str, ...], str]] = {
+    HIDDEN: (HIDDEN_DIMS, "f"),
+    TOKEN_ID: ((CONTEXT, POSITION), "i"),
+    BLOCK_COMPLETE: ((BLOCK,), "iu"),
+    BLOCK_START: ((BLOCK,), "iu"),
+    CONTEXT: ((CONTEXT,), "iu"),
+    POSITION: ((POSITION,), "iu"),
+    LAYER: ((LAYER,), "iu"),
+    DIM: ((DIM,), "iu"),
+    LAYER_NAME: ((LAYER,), "TUO"),
+    TOPIC: ((CONTEXT,), "TUO"),
+    SOURCE: ((CONTEXT,), "TUO"),
+    OFFSET: ((CONTEXT,), "iu"),
+}
+#: Where the schema fixes the dtype itself, not only its kind.
+EXACT_DTYPES: dict[str, tuple[str, ...]] = {HIDDEN: STORAGE_DTYPES, TOKEN_ID: ("int32",)}
+#: Coordinates labelled ``0..n-1`` (the layer coordinate holds the chosen hidden-state indices).
+RANGE_COORDS = (CONTEXT, POSITION, DIM)
+#: Coordinates of non-empty strings: one name per layer, one topic and source per context.
+STRING_COORDS = (LAYER_NAME, TOPIC, SOURCE)
 
 #: target bytes per ``hidden`` chunk when the user does not choose a chunk size.
 DEFAULT_CHUNK_BYTES = 64 * 2**20
@@ -199,6 +224,10 @@ def build_dataset(
 
 
 __all__ = [
+    "EXACT_DTYPES",
+    "RANGE_COORDS",
+    "SCHEMA",
+    "STRING_COORDS",
     "DEFAULT_CHUNK_BYTES",
     "Block",
     "default_chunk_contexts",
