@@ -13,6 +13,7 @@ from posctx.config import ExtractConfig
 from posctx.errors import StoreError
 from posctx.extraction.cluster import run_blocks_distributed
 from posctx.extraction.plan import (
+    BlockRun,
     check_shard,
     pending_blocks,
     prepare_store,
@@ -152,21 +153,22 @@ def extract(
     todo = [] if plan_only else pending_blocks(blocks, done, shard)
     n_done = sum(b.size for b in mine if done[b.index])
     start = time.perf_counter()
-    common: dict[str, Any] = {
-        "storage_dtype": config.store.storage_dtype,
-        "storage_options": storage_options,
-        "progress": progress,
-        "n_total": sum(b.size for b in mine),
-        "n_done": n_done,
-    }
+    run = BlockRun(
+        path=path,
+        blocks=tuple(todo),
+        storage_dtype=config.store.storage_dtype,
+        length=config.store.length,
+        storage_options=storage_options,
+        progress=progress,
+        n_total=sum(b.size for b in mine),
+        n_done=n_done,
+    )
     if not todo:
         tokens = 0
     elif client is not None:
-        tokens = run_blocks_distributed(
-            client, loaded, path, todo, length=config.store.length, **common
-        )
+        tokens = run_blocks_distributed(client, loaded, run)
     else:
-        tokens = run_blocks(loaded, path, todo, **common)
+        tokens = run_blocks(loaded, run)
     return ExtractResult(
         path=str(path),
         n_contexts=config.store.contexts,

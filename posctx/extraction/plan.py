@@ -5,6 +5,7 @@ resume whose settings, weights or interrupted extension do not match what is sto
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -267,7 +268,45 @@ def check_shard(shard: tuple[int, int] | None) -> None:
         )
 
 
+@dataclass(frozen=True)
+class BlockRun:
+    """What one extraction call computes and writes: the plan both executors take.
+
+    :func:`~posctx.extraction.run.run_blocks` runs it in this process (a writer thread
+    behind the forward passes), :func:`~posctx.extraction.cluster.run_blocks_distributed`
+    as tasks on a dask.distributed cluster.
+
+    Attributes
+    ----------
+    path
+        The store.
+    blocks
+        The blocks to compute, in order.
+    storage_dtype
+        Dtype of the stored hidden states.
+    length
+        Tokens per context (for the token count).
+    storage_options
+        fsspec options for URLs.
+    progress
+        Show a progress bar.
+    n_total, n_done
+        Contexts of this process's share of the store, and how many were already written
+        (the progress bar's total and start).
+    """
+
+    path: str
+    blocks: tuple[Block, ...]
+    storage_dtype: str
+    length: int
+    storage_options: Mapping[str, Any] | None = None
+    progress: bool = True
+    n_total: int | None = None
+    n_done: int = 0
+
+
 __all__ = [
+    "BlockRun",
     "config_differences",
     "refuse_mismatch",
     "plan_contexts",
