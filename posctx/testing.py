@@ -40,10 +40,7 @@ from dask.local import get_sync
 
 from posctx.store import writing_consolidated, zarr_location
 from posctx.store.layout import schema_dataset
-from posctx.types import (
-    HIDDEN_DIMS,
-    PROVENANCE_ATTR,
-)
+from posctx.types import HIDDEN_DIMS, OFFSET, PROVENANCE_ATTR, SOURCE, TOPIC
 
 Chunks = int | Sequence[int] | None
 
@@ -298,9 +295,11 @@ def hidden_dataset(
         # One block per context chunk, all written.
         block_complete=np.ones(len(hidden.chunks[0]), dtype=np.uint8),
         block_start=np.cumsum((0, *hidden.chunks[0][:-1])),
-        topic=topic_names,
-        source=np.array([f"planted:{name}" for name in topic_names], dtype=object),
-        offset=np.arange(n_contexts, dtype=np.int64) * length,
+        context_labels={
+            TOPIC: topic_names,
+            SOURCE: np.array([f"planted:{name}" for name in topic_names], dtype=object),
+            OFFSET: np.arange(n_contexts, dtype=np.int64) * length,
+        },
         layers=range(n_layers),
         layer_names=["embeddings"] + [f"block_{k}" for k in range(1, n_layers)],
         provenance=provenance,

@@ -34,12 +34,8 @@ def forward_hidden(
     Returns
     -------
     numpy.ndarray
-        ``(batch, T, n_layers, hidden_size)`` in ``storage_dtype``.
-
-    Raises
-    ------
-    NonFiniteError
-        Some hidden state is NaN or inf (in the model's dtype or after the cast to storage).
+        ``(batch, T, n_layers, hidden_size)`` in ``storage_dtype``; NaN or inf raise
+        ``NonFiniteError``, as in :func:`forward_block`.
     """
     return forward_block(loaded, token_ids, storage_dtype, batch_size=len(token_ids))
 

@@ -55,6 +55,8 @@ EXACT_DTYPES: dict[str, tuple[str, ...]] = {HIDDEN: STORAGE_DTYPES, TOKEN_ID: ("
 RANGE_COORDS = (CONTEXT, POSITION, DIM)
 #: Coordinates of non-empty strings: one name per layer, one topic and source per context.
 STRING_COORDS = (LAYER_NAME, TOPIC, SOURCE)
+#: The labels of each context: its topic, the document it was cut from, and where in it.
+CONTEXT_LABELS = (TOPIC, SOURCE, OFFSET)
 
 #: target bytes per ``hidden`` chunk when the user does not choose a chunk size.
 DEFAULT_CHUNK_BYTES = 64 * 2**20
@@ -99,9 +101,7 @@ def schema_dataset(
     token_ids: Any,
     block_complete: Any,
     block_start: npt.ArrayLike,
-    topic: npt.ArrayLike,
-    source: npt.ArrayLike,
-    offset: npt.ArrayLike,
+    context_labels: Mapping[str, npt.ArrayLike],
     layers: Sequence[int],
     layer_names: Sequence[str],
     provenance: Mapping[str, Any],
@@ -123,8 +123,8 @@ def schema_dataset(
         The data variables (numpy or dask), shaped as above.
     block_start
         First context of each block.
-    topic, source, offset
-        Per-context labels.
+    context_labels
+        The per-context labels ``topic``, ``source`` and ``offset``, by name.
     layers, layer_names
         Hidden-state indices and their names.
     provenance
@@ -134,6 +134,8 @@ def schema_dataset(
     """
     import xarray as xr
 
+    if set(context_labels) != set(CONTEXT_LABELS):
+        raise ValueError(f"context_labels must be {CONTEXT_LABELS}, got {sorted(context_labels)}")
     n_contexts, length, _, n_dims = hidden.shape
     ds = xr.Dataset(
         {
@@ -147,9 +149,13 @@ def schema_dataset(
             LAYER: np.asarray(layers, dtype=np.int64),
             DIM: np.arange(n_dims, dtype=np.int64),
             LAYER_NAME: (LAYER, np.asarray(layer_names, dtype=object)),
-            TOPIC: (CONTEXT, np.asarray(topic, dtype=object)),
-            SOURCE: (CONTEXT, np.asarray(source, dtype=object)),
-            OFFSET: (CONTEXT, np.asarray(offset, dtype=np.int64)),
+            **{
+                name: (
+                    CONTEXT,
+                    np.asarray(values, dtype=object if name in STRING_COORDS else np.int64),
+                )
+                for name, values in context_labels.items()
+            },
             BLOCK_START: (BLOCK, np.asarray(block_start, dtype=np.int64)),
         },
         attrs={
@@ -205,9 +211,7 @@ def build_dataset(
         token_ids=np.asarray(token_ids, dtype=np.int32),
         block_complete=da.zeros(len(blocks), dtype=np.uint8, chunks=1),
         block_start=[b.start for b in blocks],
-        topic=topic,
-        source=source,
-        offset=offset,
+        context_labels={TOPIC: topic, SOURCE: source, OFFSET: offset},
         layers=layers,
         layer_names=layer_names,
         provenance=record,
@@ -224,6 +228,7 @@ def build_dataset(
 
 
 __all__ = [
+    "CONTEXT_LABELS",
     "EXACT_DTYPES",
     "RANGE_COORDS",
     "SCHEMA",

@@ -235,37 +235,43 @@ def _consolidated_notes(st: _Store) -> list[str]:
     return []
 
 
+def _label_rule(name: str, values: np.ndarray) -> tuple[str | None, str]:
+    """What is wrong with a coordinate's labels (or ``None``), and what held, in words."""
+    if name in RANGE_COORDS:
+        wrong = np.flatnonzero(values != np.arange(values.size))
+        problem = (
+            f"`{name}` is not 0..{values.size - 1} (index {int(wrong[0])} holds "
+            f"{values[wrong[0]]!r})"
+            if wrong.size
+            else None
+        )
+        return problem, f"{name} 0..{values.size - 1}"
+    if name == LAYER:
+        bad = np.unique(values).size != values.size or (values.size and values.min() < 0)
+        listed = values.tolist()
+        return (f"`layer` labels are not unique and >= 0: {listed}" if bad else None), (
+            f"layers {listed}"
+        )
+    strings = values.tolist()
+    empty = [i for i, v in enumerate(strings) if not (isinstance(v, str) and v)]
+    problem = (
+        f"`{name}` is empty or not a string at {_plural(len(empty), 'index')} (first {empty[:5]})"
+        if empty
+        else None
+    )
+    return problem, f"{len(set(strings))} distinct {name}s"
+
+
 def _check_labels(st: _Store) -> Check:
     problems: list[str] = []
     found: list[str] = []  # what was checked and held, with its figures
-    for name in RANGE_COORDS:
+    for name in (*RANGE_COORDS, LAYER, *STRING_COORDS):
         if name in st.arrays:
-            values = st.values(name)
-            wrong = np.flatnonzero(values != np.arange(values.size))
-            if wrong.size:
-                problems.append(
-                    f"`{name}` is not 0..{values.size - 1} (index {int(wrong[0])} "
-                    f"holds {values[wrong[0]]!r})"
-                )
+            problem, held = _label_rule(name, st.values(name))
+            if problem:
+                problems.append(problem)
             else:
-                found.append(f"{name} 0..{values.size - 1}")
-    if LAYER in st.arrays:
-        layers = st.values(LAYER)
-        if np.unique(layers).size != layers.size or (layers.size and layers.min() < 0):
-            problems.append(f"`layer` labels are not unique and >= 0: {layers.tolist()}")
-        else:
-            found.append(f"layers {layers.tolist()}")
-    for name in STRING_COORDS:
-        if name in st.arrays:
-            values = st.values(name).tolist()
-            empty = [i for i, v in enumerate(values) if not (isinstance(v, str) and v)]
-            if empty:
-                problems.append(
-                    f"`{name}` is empty or not a string at "
-                    f"{_plural(len(empty), 'index')} (first {empty[:5]})"
-                )
-            else:
-                found.append(f"{len(set(values))} distinct {name}s")
+                found.append(held)
     if OFFSET in st.arrays:
         negative = np.flatnonzero(st.values(OFFSET) < 0)
         if negative.size:
