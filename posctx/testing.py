@@ -350,6 +350,7 @@ def write_large_planted_store(
     seed: int = 0,
     n_topics: int = 4,
     progress: bool = False,
+    chunk_layers: int = 0,
 ) -> dict[str, npt.NDArray[Any]]:
     """Write a planted store of any size block by block, in the real store schema.
 
@@ -358,6 +359,9 @@ def write_large_planted_store(
     ``mu + pos[t] + ctx[c] + resid`` with the residual double-centred within every pair of
     contexts (``e`` and ``-e``, centred over positions), so the decomposition recovers
     ``mu``, ``pos`` and ``ctx`` exactly up to the storage dtype's rounding.
+
+    Each block is one chunk along ``context``; ``chunk_layers`` layers make a chunk along
+    ``layer`` (0: all of them), as ``posctx extract --chunk-layers`` does.
 
     Returns the truth: ``mu`` ``(L, D)``, ``pos`` ``(T, L, D)`` and ``ctx`` ``(C, L, D)``
     (float64) and ``topic`` ``(C,)``.
@@ -405,7 +409,7 @@ def write_large_planted_store(
         hidden_size=n_dims,
         storage_dtype=dtype,
         chunk_contexts=chunk_contexts,
-        chunk_layers=0,
+        chunk_layers=chunk_layers,
         provenance={"planted": {"generator": "write_large_planted_store", "seed": seed}},
     )
     create_store(path, ds, encoding)

@@ -35,6 +35,7 @@ KERNEL_MODULES = (
     "posctx.decomposition.fused",
     "posctx.geometry.kernels",
     "posctx.attention.kernels",
+    "posctx.validate.kernels",
 )
 KERNEL_FORBIDDEN = ("xarray", "dask", "distributed", "torch", "transformers", "zarr")
 
