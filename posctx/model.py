@@ -331,10 +331,9 @@ def _check_hub_name(name: str, path: str) -> None:
     try:
         cached = try_to_load_from_cache(path, "config.json")
     except ValueError as exc:  # HFValidationError: not of the form NAME or ORG/NAME
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise ModelError(
-            f"model {name!r} is neither an existing local folder nor a HuggingFace id ({first}): "
-            "check the path, or pass 'minilm' or a hub id such as ORG/NAME"
+            f"model {name!r} is neither an existing local folder (no such path) nor a valid "
+            "HuggingFace id (NAME or ORG/NAME): check the path, or pass 'minilm' or a hub id"
         ) from exc
     if _hub_offline() and not isinstance(cached, str):
         raise ModelError(_offline_message(name))
