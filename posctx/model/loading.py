@@ -252,6 +252,56 @@ def _hub_offline() -> bool:
     return any(flag.strip().upper() in {"1", "ON", "YES", "TRUE"} for flag in flags)
 
 
+def _offline_message(name: str) -> str:
+    return (
+        f"cannot load model {name!r}: it is not available locally and downloads "
+        "are off (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set): run "
+        f"`hf download {name}` where the hub is reachable and use that HF_HOME "
+        "cache here, unset the variable, or pass 'minilm' or a local model folder"
+    )
+
+
+def _check_hub_name(name: str, path: str) -> None:
+    """Refuse a name that is no local path and no loadable hub id, without reading the hub."""
+    if Path(path).expanduser().exists():
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(path, "config.json")
+    except ValueError as exc:  # HFValidationError: not of the form NAME or ORG/NAME
+        raise ModelError(
+            f"model {name!r} is neither an existing local folder (no such path) nor a valid "
+            "HuggingFace id (NAME or ORG/NAME): check the path, or pass 'minilm' or a hub id"
+        ) from exc
+    if _hub_offline() and not isinstance(cached, str):
+        raise ModelError(_offline_message(name))
+
+
+def check_loadable(config: ModelConfig) -> None:
+    """Refuse a model that cannot load, before any of its files is read.
+
+    Checks what can be known without loading: the device (:func:`check_device`), that a
+    local path is a model folder, that a name which is no local path is a valid hub id, and,
+    while hub downloads are off, that the hub id is in the local cache. :func:`load_model`
+    runs these checks first; call this to refuse several models before loading any.
+
+    Raises
+    ------
+    ModelError
+        With the same message :func:`load_model` gives for that problem.
+    """
+    _preflight(config)
+
+
+def _preflight(config: ModelConfig) -> tuple[torch.device, str]:
+    device = check_device(config.device)  # before the weights load, not after
+    path = resolve_model(config.name)
+    _check_local_model(config.name, path)
+    _check_hub_name(config.name, path)
+    return device, path
+
+
 def load_model(config: ModelConfig) -> LoadedModel:
     """Load tokenizer and model for hidden-state extraction.
 
@@ -263,8 +313,8 @@ def load_model(config: ModelConfig) -> LoadedModel:
     Raises
     ------
     ModelError
-        The name is neither a local model folder nor reachable on the hub (checked after the
-        device, which :func:`check_device` refuses before any weights load), the architecture
+        The name is neither a local model folder nor reachable on the hub (what can be known
+        without reading a model file is checked first: :func:`check_loadable`), the architecture
         has no hidden states to return, or the requested layers do not exist.
     """
     from transformers import AutoModel, AutoTokenizer
@@ -272,9 +322,7 @@ def load_model(config: ModelConfig) -> LoadedModel:
 
     hf_logging.set_verbosity_error()  # "weights not initialised" chatter is not for our users
     hf_logging.disable_progress_bar()
-    device = check_device(config.device)  # before the weights load, not after
-    path = resolve_model(config.name)
-    _check_local_model(config.name, path)
+    device, path = _preflight(config)  # device, local folder, hub id: before any file is read
     damaged_weights = _damaged_weights_errors()
     kwargs: dict[str, Any] = {"dtype": _torch_dtype(config.dtype)}
     if config.attn_implementation:
@@ -297,12 +345,7 @@ def load_model(config: ModelConfig) -> LoadedModel:
                 "or leave the option out"
             ) from exc
         if not Path(path).exists() and _hub_offline():
-            raise ModelError(
-                f"cannot load model {config.name!r}: it is not available locally and downloads "
-                "are off (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set): run "
-                f"`hf download {config.name}` where the hub is reachable and use that HF_HOME "
-                "cache here, unset the variable, or pass 'minilm' or a local model folder"
-            ) from exc
+            raise ModelError(_offline_message(config.name)) from exc
         raise ModelError(
             f"cannot load model {config.name!r} ({first}): pass 'minilm', a local model "
             "directory, or a HuggingFace id on a machine that can reach the hub"
@@ -361,6 +404,7 @@ __all__ = [
     "SpecialTokens",
     "check_device",
     "check_length",
+    "check_loadable",
     "load_model",
     "special_tokens",
     "weights_hash",
