@@ -292,7 +292,8 @@ def main(argv: list[str] | None = None) -> None:
     # 6. posctx's schema through xarray.
     import xarray as xr
 
-    from posctx.store import HIDDEN, build_dataset
+    from posctx.store import build_dataset
+    from posctx.types import HIDDEN
 
     n = 3 * C
     ds, encoding = build_dataset(
@@ -306,7 +307,8 @@ def main(argv: list[str] | None = None) -> None:
         storage_dtype="float32",
         chunk_contexts=C,
         chunk_layers=0,
-        attrs={"posctx": "{}", "title": "icechunk check"},
+        provenance={},
+        attrs={"title": "icechunk check"},
     )
     repo3 = ic.Repository.create(ic.local_filesystem_storage(str(work / "repo3")))
     s = repo3.writable_session("main")

@@ -1,23 +1,31 @@
-"""What every pipeline shares: one model x corpus run, configuration files, tables, figures.
+"""What every pipeline shares: settings and their command-line options, one model x corpus
+run, tables, figures.
 
 Only posctx's public API is used here (``posctx``, ``posctx.geometry``, ``posctx.decomposition``,
-``posctx.report``), as a user's own script would.
+``posctx.report``), as a user's own script would. The options are declared once, as click
+decorators (:func:`pipeline_options`); each pipeline is a click command that
+:func:`posctx.cli.run_cli` runs with the ``posctx`` command's conventions (a user error is one
+line ``error: ...`` on stderr and exit status 2).
 """
 
 from __future__ import annotations
 
-import argparse
+import difflib
+import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import click
 import pandas as pd
 import tomllib
 
 import posctx
-from posctx.decomposition import paper_positions
+from posctx.config import MODEL_DTYPES, STORAGE_DTYPES
+from posctx.decomposition.stores import decompose_store
+from posctx.errors import PosctxError
 from posctx.geometry import metrics_table
 
 #: The paper's Table 1 columns, in our names: rank and stable rank of pos, relative norm of
@@ -30,10 +38,21 @@ TABLE1_COLUMNS: dict[str, str] = {
     "ctx_between": "ctx between",
 }
 
+#: ``-h`` as well as ``--help``, as for ``posctx``.
+CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
+
+_INTS = ("contexts", "length", "batch_size", "max_contexts", "seed")
+_STRS = ("storage_dtype", "device", "dtype", "out")
+_LISTS = ("models", "corpora")
+
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Settings shared by the pipelines; a TOML file holds the same keys (see ``configs/``)."""
+    """Settings shared by the pipelines; a TOML file holds the same keys (see ``configs/``).
+
+    Validated on construction: a wrong type or value raises :class:`~posctx.errors.PosctxError`
+    with the message posctx gives for the same setting (``--contexts must be >= 1, ...``).
+    """
 
     models: tuple[str, ...] = ("minilm",)
     corpora: tuple[str, ...] = ("stdlib",)
@@ -45,54 +64,261 @@ class PipelineConfig:
     dtype: str = "float32"
     max_contexts: int = 2048
     seed: int = 0
+    balance: bool = True
     out: str = "runs/pipeline"
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        for key in _LISTS:
+            value = getattr(self, key)
+            if not isinstance(value, tuple) or not all(isinstance(v, str) and v for v in value):
+                raise _wrong_type(key, value, "a list of names")
+            if not value:
+                raise PosctxError(
+                    f"no {key} given: pass --{key} {','.join(_DEFAULTS[key])} "
+                    "(comma-separated) or list them in the --config file"
+                )
+        for key in _INTS:
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise _wrong_type(key, value, "an integer")
+        for key in _STRS:
+            if not isinstance(getattr(self, key), str):
+                raise _wrong_type(key, getattr(self, key), "a string")
+        if not isinstance(self.balance, bool):
+            raise _wrong_type("balance", self.balance, "true or false")
+        if not self.out:
+            raise PosctxError("--out is empty: pass the folder for the results, e.g. --out runs/x")
+        if self.max_contexts < 1:
+            raise PosctxError(
+                f"--max-contexts must be >= 1, got {self.max_contexts}: pass the number of "
+                "contexts sampled for pairwise measures, e.g. --max-contexts 2048"
+            )
+        # posctx's own records check the rest, with the messages `posctx extract` gives.
+        for corpus in self.corpora:
+            self.extract_config(self.models[0], corpus)
+
     @classmethod
     def from_toml(cls, path: str | Path) -> PipelineConfig:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        known = {f.name for f in fields(cls)} - {"extra"}
-        unknown = sorted(set(data) - known)
+        """The settings in a TOML file; unknown keys and bad values raise ``PosctxError``."""
+        try:
+            data = tomllib.loads(Path(path).read_bytes().decode("utf-8"))
+        except OSError as exc:
+            raise PosctxError(
+                f"cannot read config file {path} ({exc.strerror or type(exc).__name__}): "
+                "check the path, or start from a file in pipelines/configs/"
+            ) from exc
+        except UnicodeDecodeError as exc:
+            raise PosctxError(
+                f"config file {path} is not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at "
+                f"offset {exc.start}): save it as UTF-8"
+            ) from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise PosctxError(
+                f"config file {path} is not valid TOML ({str(exc).splitlines()[0]}): fix that "
+                "line; each setting is "
+                'a line KEY = VALUE, e.g. contexts = 512 or models = ["minilm"]'
+            ) from exc
+        unknown = sorted(set(data) - set(_DEFAULTS))
         if unknown:
-            raise SystemExit(f"{path}: unknown keys {unknown}; known keys are {sorted(known)}")
-        for key in ("models", "corpora"):
-            if key in data:
+            names = ", ".join(repr(k) + _did_you_mean(k) for k in unknown)
+            raise PosctxError(
+                f"config file {path}: unknown key{'s' if len(unknown) > 1 else ''} {names}: "
+                f"fix or remove {'them' if len(unknown) > 1 else 'it'}; the keys are "
+                f"{', '.join(_DEFAULTS)}"
+            )
+        for key in _LISTS:
+            if isinstance(data.get(key), list):
                 data[key] = tuple(data[key])
-        return cls(**data)
+        try:
+            return cls(**data)
+        except PosctxError as exc:
+            raise PosctxError(f"config file {path}: {exc}") from exc
+
+    def extract_config(self, model: str, corpus: str) -> posctx.ExtractConfig:
+        """What ``posctx.extract`` needs to run ``model`` on ``corpus`` with these settings."""
+        return posctx.ExtractConfig(
+            corpus=posctx.CorpusConfig(spec=corpus, seed=self.seed, balance=self.balance),
+            model=posctx.ModelConfig(
+                name=model, batch_size=self.batch_size, device=self.device, dtype=self.dtype
+            ),
+            store=posctx.StoreConfig(
+                contexts=self.contexts, length=self.length, storage_dtype=self.storage_dtype
+            ),
+        )
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, *, several_models: bool = True) -> None:
-    """The flags every pipeline takes; any flag given overrides the ``--config`` file."""
-    parser.add_argument("--config", help="TOML file with these settings (flags override it)")
-    if several_models:
-        parser.add_argument("--models", help="comma-separated: minilm, hub ids, local folders")
-    parser.add_argument("--corpora", help="comma-separated corpus specs (stdlib, paths, hf:...)")
-    for name, kind in (
-        ("contexts", int),
-        ("length", int),
-        ("batch-size", int),
-        ("max-contexts", int),
-        ("seed", int),
-        ("storage-dtype", str),
-        ("device", str),
-        ("dtype", str),
-        ("out", str),
-    ):
-        parser.add_argument(f"--{name}", type=kind)
+#: The keys of a TOML file, with their defaults (``extra`` is for Python callers only).
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(PipelineConfig) if f.name != "extra"}
 
 
-def config_from_args(args: argparse.Namespace) -> PipelineConfig:
-    config = PipelineConfig.from_toml(args.config) if args.config else PipelineConfig()
-    changes: dict[str, Any] = {}
-    for key in ("models", "corpora"):
-        value = getattr(args, key, None)
-        if value:
-            changes[key] = tuple(v.strip() for v in value.split(",") if v.strip())
-    for f in fields(PipelineConfig):
-        value = getattr(args, f.name, None)
-        if f.name not in ("models", "corpora", "extra") and value is not None:
-            changes[f.name] = value
+def _wrong_type(key: str, value: object, kind: str) -> PosctxError:
+    example = json.dumps(list(_DEFAULTS[key]) if key in _LISTS else _DEFAULTS[key])
+    shown = list(value) if isinstance(value, tuple) else value  # as the TOML file wrote it
+    return PosctxError(
+        f"{key} must be {kind}, got {shown!r}: e.g. {key} = {example} in the --config file"
+    )
+
+
+def _did_you_mean(key: str) -> str:
+    close = difflib.get_close_matches(key.replace("-", "_"), list(_DEFAULTS), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# --- command-line options, declared once -------------------------------------------------
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _default(key: str) -> str:
+    value = _DEFAULTS[key]
+    return ",".join(value) if isinstance(value, tuple) else str(value).lower()
+
+
+#: ``--config FILE``: the settings from a TOML file; any flag given overrides the file.
+config_option = click.option(
+    "--config",
+    "config_file",
+    metavar="FILE",
+    default=None,
+    help="TOML file with these settings (keys as the flags, _ for -; see pipelines/configs/). "
+    "Flags given override it.",
+)
+#: ``--models a,b``: several models (table1, compare_models, cluster).
+models_option = click.option(
+    "--models",
+    metavar="LIST",
+    default=None,
+    help=f"Comma-separated: minilm, HF ids, local model folders. [default: {_default('models')}]",
+)
+#: ``--corpora a,b``: the corpus specs.
+corpora_option = click.option(
+    "--corpora",
+    metavar="LIST",
+    default=None,
+    help="Comma-separated corpus specs: stdlib, paths, hf:NAME[/CONFIG][:SPLIT]. "
+    f"[default: {_default('corpora')}]",
+)
+#: ``--quiet``: no progress bars.
+quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
+
+#: One option per remaining setting; none has a click default, so that a flag not given
+#: leaves the ``--config`` file's value (or ``PipelineConfig``'s default) in place.
+_SETTINGS = [
+    click.option("--contexts", type=int, help=f"Contexts C. [default: {_default('contexts')}]"),
+    click.option(
+        "--length",
+        type=int,
+        help=f"Tokens per context T, special tokens included. [default: {_default('length')}]",
+    ),
+    click.option(
+        "--batch-size",
+        type=int,
+        help=f"Contexts per forward pass. [default: {_default('batch_size')}]",
+    ),
+    click.option(
+        "--max-contexts",
+        type=int,
+        help=f"Contexts sampled for pairwise measures. [default: {_default('max_contexts')}]",
+    ),
+    click.option(
+        "--seed",
+        type=int,
+        help=f"Seeds the corpus sample and the measurements. [default: {_default('seed')}]",
+    ),
+    click.option(
+        "--balance/--no-balance",
+        default=None,
+        help="Same number of contexts per topic. [default: balance]",
+    ),
+    click.option(
+        "--storage-dtype",
+        type=click.Choice(STORAGE_DTYPES),
+        help=f"Dtype of the stored hidden states. [default: {_default('storage_dtype')}]",
+    ),
+    click.option(
+        "--device", metavar="DEVICE", help=f"cpu, cuda or cuda:N. [default: {_default('device')}]"
+    ),
+    click.option(
+        "--dtype",
+        type=click.Choice(MODEL_DTYPES),
+        help=f"Compute dtype of the forward pass. [default: {_default('dtype')}]",
+    ),
+    click.option("--out", metavar="FOLDER", help=f"Output folder. [default: {_default('out')}]"),
+]
+
+
+def settings_options(command: _F) -> _F:
+    """Every setting but the models and corpora: ``--contexts`` ... ``--out``."""
+    for option in reversed(_SETTINGS):
+        command = option(command)
+    return command
+
+
+def pipeline_options(*, several_models: bool = True) -> Callable[[_F], _F]:
+    """``--config``, ``--models`` (unless ``several_models`` is false), ``--corpora``, every
+    setting and ``--quiet``: the options every pipeline takes.
+
+    The command receives them as keyword arguments ``config_file``, ``models``, ``corpora``,
+    ``contexts``, ..., ``quiet``; :func:`config_from_options` turns all but ``quiet`` into a
+    :class:`PipelineConfig`.
+    """
+
+    def decorate(command: _F) -> _F:
+        command = quiet_option(command)
+        command = settings_options(command)
+        command = corpora_option(command)
+        if several_models:
+            command = models_option(command)
+        return config_option(command)
+
+    return decorate
+
+
+def split_list(value: str) -> tuple[str, ...]:
+    """``"a, b,"`` -> ``("a", "b")``: a comma-separated flag value.
+
+    >>> split_list("minilm, gpt2,")
+    ('minilm', 'gpt2')
+    """
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def config_from_options(config_file: str | None = None, **flags: Any) -> PipelineConfig:
+    """The ``--config`` file's settings (or the defaults), overridden by every flag given.
+
+    ``flags`` are the options' values, ``None`` where a flag was not given; ``models`` and
+    ``corpora`` are comma-separated strings.
+    """
+    config = PipelineConfig.from_toml(config_file) if config_file else PipelineConfig()
+    changes = {key: value for key, value in flags.items() if value is not None}
+    for key in _LISTS:
+        if key in changes:
+            changes[key] = split_list(changes[key])
     return replace(config, **changes)
+
+
+def check_inputs(
+    config: PipelineConfig,
+    *,
+    models: Sequence[str] | None = None,
+    corpora: Sequence[str] | None = None,
+) -> None:
+    """Refuse any model or corpus that cannot work before the first run starts.
+
+    ``models`` and ``corpora`` default to the config's. No model file is read:
+    :func:`posctx.model.check_loadable` and :func:`posctx.corpus.open_corpus` check what can be
+    known without loading, with the messages ``posctx extract`` gives.
+    """
+    from posctx.corpus import open_corpus
+    from posctx.model import check_loadable
+
+    models = config.models if models is None else models
+    corpora = config.corpora if corpora is None else corpora
+    for model in models:
+        check_loadable(config.extract_config(model, corpora[0]).model)
+    for corpus in corpora:
+        open_corpus(config.extract_config(models[0], corpus).corpus)
 
 
 def slug(text: str) -> str:
@@ -121,7 +347,7 @@ def run_one(
     client: Any = None,
     report: bool = False,
     progress: bool = True,
-    echo: Callable[[str], None] = print,
+    echo: Callable[[str], None] = click.echo,
     folder: Path | None = None,
 ) -> pd.DataFrame:
     """Extract (resumable), decompose and measure one model on one corpus.
@@ -132,32 +358,19 @@ def run_one(
     side by side) columns.
     """
     folder = folder or Path(config.out) / slug(short(model)) / slug(short(corpus))
-    folder.mkdir(parents=True, exist_ok=True)
-    extract_config = posctx.ExtractConfig(
-        corpus=posctx.CorpusConfig(spec=corpus, seed=config.seed),
-        model=posctx.ModelConfig(
-            name=model, batch_size=config.batch_size, device=config.device, dtype=config.dtype
-        ),
-        store=posctx.StoreConfig(
-            contexts=config.contexts, length=config.length, storage_dtype=config.storage_dtype
-        ),
+    hidden_path = str(folder / "hidden.zarr")  # extract creates the folders once it can run
+    result = posctx.extract(
+        config.extract_config(model, corpus), hidden_path, progress=progress, client=client
     )
-    hidden_path = str(folder / "hidden.zarr")
-    result = posctx.extract(extract_config, hidden_path, progress=progress, client=client)
     echo(
         f"{model} on {corpus}: {result.blocks_written} blocks extracted "
         f"({result.blocks_already_done} already done)"
     )
-    hidden = posctx.open_hidden(hidden_path)
-    dec_path = str(folder / "decomposition.zarr")
     # moments=True: the hidden states' spectral norm (for the relative norm) comes from the
     # same single pass, so measuring needs no second read of the store.
-    posctx.write_decomposition(
-        posctx.decompose(hidden, positions=paper_positions(hidden), moments=True),
-        dec_path,
-        mode="w",
-    )
-    dec = posctx.open_decomposition(dec_path)
+    dec = decompose_store(
+        hidden_path, str(folder / "decomposition.zarr"), moments=True, mode="w"
+    ).decomposition
     params = posctx.GeometryParams(max_contexts=config.max_contexts, seed=config.seed)
     if report:
         metrics = posctx.write_report(
@@ -225,14 +438,22 @@ def plot_layerwise(
 
 
 __all__ = [
+    "CONTEXT_SETTINGS",
     "PipelineConfig",
     "TABLE1_COLUMNS",
-    "add_config_arguments",
-    "config_from_args",
+    "check_inputs",
+    "config_from_options",
+    "config_option",
+    "corpora_option",
     "markdown_table",
+    "models_option",
+    "pipeline_options",
     "plot_layerwise",
+    "quiet_option",
     "run_one",
+    "settings_options",
     "short",
     "slug",
+    "split_list",
     "table1",
 ]

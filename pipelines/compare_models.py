@@ -11,21 +11,24 @@ Models of different depth are aligned by relative depth (layer / last layer). Wr
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import click
 import pandas as pd
 
 from pipelines.common import (
+    CONTEXT_SETTINGS,
     PipelineConfig,
-    add_config_arguments,
-    config_from_args,
+    check_inputs,
+    config_from_options,
     markdown_table,
+    pipeline_options,
     run_one,
     short,
 )
+from posctx.cli import run_cli
 
 #: The panels: low rank, size, smoothness, curve, topic clustering, incoherence.
 COMPARED = {
@@ -85,7 +88,12 @@ def plot_comparison(metrics: pd.DataFrame, corpus: str, path: Path) -> Path:
 def run_comparison(
     config: PipelineConfig, *, client: Any = None, progress: bool = True
 ) -> pd.DataFrame:
+    """Every model on the first corpus; writes the comparison files, returns all metrics.
+
+    Every model is checked before the first one runs (:func:`check_inputs`).
+    """
     corpus = config.corpora[0]
+    check_inputs(config, corpora=[corpus])
     metrics = pd.concat(
         [
             run_one(config, model, corpus, client=client, progress=progress)
@@ -102,14 +110,23 @@ def run_comparison(
     return metrics
 
 
+@click.command(name="compare_models", context_settings=CONTEXT_SETTINGS)
+@pipeline_options()
+def command(quiet: bool, **settings: Any) -> pd.DataFrame:
+    """Several models side by side on the first of --corpora: every layer-wise measurement
+    against relative depth, one panel per measurement, and a table with a column per model."""
+    config = config_from_options(**settings)
+    metrics = run_comparison(config, progress=not quiet)
+    click.echo(markdown_table(wide(metrics, config.corpora[0])))
+    return metrics
+
+
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_config_arguments(parser)
-    parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args(argv)
-    config = config_from_args(args)
-    metrics = run_comparison(config, progress=not args.quiet)
-    print(markdown_table(wide(metrics, config.corpora[0])))
+    """Run the command on ``argv`` (default: ``sys.argv[1:]``) and return every measurement.
+
+    A wrong input ends as it does for ``posctx``: one line ``error: ...`` and exit status 2.
+    """
+    metrics: pd.DataFrame = run_cli(command, argv)
     return metrics
 
 

@@ -12,29 +12,36 @@ resumes, so an interrupted pipeline picks up where it stopped.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import click
 import pandas as pd
 
 from pipelines.common import (
+    CONTEXT_SETTINGS,
     TABLE1_COLUMNS,
     PipelineConfig,
-    add_config_arguments,
-    config_from_args,
+    check_inputs,
+    config_from_options,
     markdown_table,
+    pipeline_options,
     plot_layerwise,
     run_one,
     table1,
 )
+from posctx.cli import run_cli
 
 
 def run_table1(
     config: PipelineConfig, *, client: Any = None, progress: bool = True
 ) -> pd.DataFrame:
-    """Every model on every corpus; writes the table files and figures, returns all metrics."""
+    """Every model on every corpus; writes the table files and figures, returns all metrics.
+
+    Every model and corpus is checked before the first one runs (:func:`check_inputs`).
+    """
+    check_inputs(config)
     frames = [
         run_one(config, model, corpus, client=client, progress=progress)
         for model in config.models
@@ -50,15 +57,23 @@ def run_table1(
     return metrics
 
 
+@click.command(name="table1", context_settings=CONTEXT_SETTINGS)
+@pipeline_options()
+def command(quiet: bool, **settings: Any) -> pd.DataFrame:
+    """The paper's Table 1 for every model on every corpus, with figures."""
+    config = config_from_options(**settings)
+    metrics = run_table1(config, progress=not quiet)
+    click.echo(markdown_table(table1(metrics)))
+    click.echo(f"wrote {Path(config.out) / 'table1.csv'} and {Path(config.out) / 'figures'}")
+    return metrics
+
+
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_config_arguments(parser)
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
-    config = config_from_args(args)
-    metrics = run_table1(config, progress=not args.quiet)
-    print(markdown_table(table1(metrics)))
-    print(f"wrote {Path(config.out) / 'table1.csv'} and {Path(config.out) / 'figures'}")
+    """Run the command on ``argv`` (default: ``sys.argv[1:]``) and return every measurement.
+
+    A wrong input ends as it does for ``posctx``: one line ``error: ...`` and exit status 2.
+    """
+    metrics: pd.DataFrame = run_cli(command, argv)
     return metrics
 
 

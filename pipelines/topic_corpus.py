@@ -11,19 +11,22 @@ separates the topics at each layer.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import click
 import pandas as pd
 
 from pipelines.common import (
+    CONTEXT_SETTINGS,
     PipelineConfig,
-    add_config_arguments,
-    config_from_args,
+    config_from_options,
     markdown_table,
+    pipeline_options,
     run_one,
 )
+from posctx.cli import run_cli
 
 TOPIC_COLUMNS = [
     "layer",
@@ -46,20 +49,30 @@ def run_topic_corpus(
     return metrics
 
 
+@click.command(name="topic_corpus", context_settings=CONTEXT_SETTINGS)
+@click.argument("corpus")
+@click.option(
+    "--model",
+    default=None,
+    help="minilm, a HF id or a local model folder. [default: the --config file's first model, "
+    "else minilm]",
+)
+@pipeline_options(several_models=False)
+def command(corpus: str, model: str | None, quiet: bool, **settings: Any) -> pd.DataFrame:
+    """One model on CORPUS, a folder (or file, or table) with one topic per file or folder:
+    store, decomposition, report, and how well ctx separates the topics at each layer."""
+    config = config_from_options(**settings)
+    metrics = run_topic_corpus(config, corpus, model or config.models[0], progress=not quiet)
+    click.echo(markdown_table(metrics[TOPIC_COLUMNS]))
+    return metrics
+
+
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("corpus", help="folder (or file/table) with one topic per file or folder")
-    parser.add_argument(
-        "--model", default=None, help="minilm (default), a hub id or a local folder"
-    )
-    add_config_arguments(parser, several_models=False)
-    parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args(argv)
-    config = config_from_args(args)
-    Path(config.out).mkdir(parents=True, exist_ok=True)
-    model = args.model or config.models[0]
-    metrics = run_topic_corpus(config, args.corpus, model, progress=not args.quiet)
-    print(markdown_table(metrics[TOPIC_COLUMNS]))
+    """Run the command on ``argv`` (default: ``sys.argv[1:]``) and return the measurements.
+
+    A wrong input ends as it does for ``posctx``: one line ``error: ...`` and exit status 2.
+    """
+    metrics: pd.DataFrame = run_cli(command, argv)
     return metrics
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
-import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import click
 
@@ -188,13 +188,9 @@ def extract(**kw: Any) -> None:
             chunk_layers=kw["chunk_layers"],
         ),
     )
-    ctx = click.get_current_context()
-    if ctx.get_parameter_source("topic_column") is click.core.ParameterSource.COMMANDLINE:
-        from posctx.corpus.sources import check_topic_column
-
-        check_topic_column(config.corpus)  # a column named on purpose must exist
     if kw["scheduler"] and kw["workers"]:
         raise click.BadParameter("give --scheduler or --workers, not both")
+    source = click.get_current_context().get_parameter_source("topic_column")
     with dask_client(kw["scheduler"], kw["workers"]) as client:
         result = run(
             config,
@@ -204,6 +200,7 @@ def extract(**kw: Any) -> None:
             client=client,
             shard=_parse_shard(kw["shard"]),
             plan_only=kw["plan_only"],
+            require_topic_column=source is click.core.ParameterSource.COMMANDLINE,
         )
     verb = "resumed" if result.resumed else "created"
     click.echo(
@@ -272,51 +269,27 @@ def decompose(
     storage_option: tuple[str, ...],
 ) -> None:
     """Compute mu, pos, ctx and the sums of squares in one pass and write them to Zarr."""
-    from posctx.decomposition import decompose as dec_fn
-    from posctx.decomposition import (
-        open_decomposition,
-        paper_positions,
-        update_decomposition,
-        write_decomposition,
-    )
-    from posctx.store import open_hidden
+    from posctx.decomposition.stores import AUTO, decompose_store
     from posctx.summary import format_variance_table, variance_shares
 
-    opts = _storage_options(storage_option)
-    mode: Literal["w", "w-"] = "w" if overwrite else "w-"
-    ds = open_hidden(store, storage_options=opts, complete_only=complete_only)
-    start = time.perf_counter()
-    if previous:
-        n_new = update_decomposition(ds, previous, out, mode=mode, storage_options=opts)
-        click.echo(f"{n_new} new contexts read; the rest came from {previous}")
-    else:
-        selected = _parse_positions(contexts)
-        if topic is not None:
-            topics = sorted(set(map(str, ds.topic.values)))
-            if topic not in topics:
-                raise PosctxError(
-                    f"topic {topic!r} is not in {store}: its topics are "
-                    f"{', '.join(map(repr, topics))}; pass one of them to --topic"
-                )
-            selected = ds.context.values[ds.topic.values == topic]
-        write_decomposition(
-            dec_fn(
-                ds,
-                positions=paper_positions(ds)
-                if positions == "auto"
-                else _parse_positions(positions),
-                contexts=selected,
-                moments=moments,
-            ),
-            out,
-            mode=mode,
-            storage_options=opts,
-        )
-    seconds = time.perf_counter() - start
-    click.echo(
-        format_variance_table(variance_shares(open_decomposition(out, storage_options=opts)))
+    result = decompose_store(
+        store,
+        out,
+        positions=AUTO if positions == AUTO else _parse_positions(positions),
+        contexts=_parse_positions(contexts),
+        topic=topic,
+        moments=moments,
+        previous=previous,
+        mode="w" if overwrite else "w-",
+        complete_only=complete_only,
+        storage_options=_storage_options(storage_option),
     )
-    click.echo(f"wrote {out} in {seconds:.1f} s")
+    if result.previous is not None:
+        click.echo(
+            f"{result.contexts_read} new contexts read; the rest came from {result.previous}"
+        )
+    click.echo(format_variance_table(variance_shares(result.decomposition)))
+    click.echo(f"wrote {out} in {result.seconds:.1f} s")
 
 
 @cli.command()
@@ -444,7 +417,7 @@ def report(
     "--layer",
     "layers",
     required=True,
-    help="Hidden-state index whose block's attention to dissect (0 = the first block, reading the embeddings); comma-separated for several.",
+    help="Hidden-state index whose transformer block's attention to dissect (0 = the first, reading the embeddings); comma-separated for several.",
 )
 @click.option("--out", required=True, help="Folder for the figures (PNG) and toeplitz.json/.csv.")
 @click.option(
@@ -508,14 +481,17 @@ def demo(out: str, contexts: int, length: int, quiet: bool) -> None:
     run_demo(Path(out), contexts=contexts, length=length, progress=not quiet, echo=click.echo)
 
 
-def main() -> None:
-    """Console entry point: user errors become one line on stderr and exit status 2."""
+def run_cli(command: click.Command, args: Sequence[str] | None = None) -> Any:
+    """Run a click command with posctx's conventions, and return what its callback returned.
+
+    A user error (:class:`~posctx.errors.PosctxError`) becomes one line on stderr, ``error:
+    ...``, and exit status 2, as does a usage error; an interrupt says how to resume and
+    exits 130. The ``posctx`` command and the pipelines (``python -m pipelines.table1``...)
+    all run through here.
+    """
     try:
-        cli(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("interrupted: re-run the same command to resume", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
+        return command.main(args=args, standalone_mode=False)
+    except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("interrupted: re-run the same command to resume", err=True)
         sys.exit(130)
     except click.ClickException as exc:
@@ -526,4 +502,9 @@ def main() -> None:
         sys.exit(2)
 
 
-__all__ = ["cli", "main"]
+def main() -> None:
+    """Console entry point: user errors become one line on stderr and exit status 2."""
+    run_cli(cli)
+
+
+__all__ = ["cli", "main", "run_cli"]

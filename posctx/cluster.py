@@ -11,7 +11,7 @@ from posctx.errors import PosctxError
 
 @contextlib.contextmanager
 def dask_client(scheduler: str | None = None, workers: int = 0) -> Iterator[Any]:
-    """A ``distributed.Client`` for the block of the ``with``; ``None`` when neither is given.
+    """A ``distributed.Client`` for the body of the ``with``; ``None`` when neither is given.
 
     Parameters
     ----------

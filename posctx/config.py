@@ -96,7 +96,7 @@ class ModelConfig(_Record):
     device
         ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     layers
-        Indices into the model's hidden-state tuple (0 = embedding output, k = after block k);
+        Indices into the model's hidden-state tuple (0 = embedding output, k = after transformer block k);
         empty means all of them.
     special_tokens
         ``"model"`` wraps each context in the tokenizer's own special tokens ([CLS] ... [SEP]
@@ -140,7 +140,7 @@ class ModelConfig(_Record):
         if any(layer < 0 for layer in self.layers):
             raise PosctxError(
                 f"layer indices must be >= 0, got {list(self.layers)}: pass --layers as hidden-state "
-                "indices (0 is the embedding output, k the output of block k), e.g. --layers 0,6"
+                "indices (0 is the embedding output, k the output of transformer block k), e.g. --layers 0,6"
             )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,15 +23,10 @@ def run_demo(
     ``out/decomposition.zarr`` (replaced on every run) and the report ``out/report/``
     (:func:`posctx.write_report`). Returns timings in seconds.
     """
-    from posctx.decomposition import (
-        decompose,
-        open_decomposition,
-        paper_positions,
-        write_decomposition,
-    )
+    from posctx.decomposition.stores import decompose_store
     from posctx.extraction import extract
     from posctx.report import format_metrics_table, write_report
-    from posctx.store import open_hidden, store_info
+    from posctx.store import store_info
     from posctx.summary import format_variance_table, variance_shares
 
     t0 = time.perf_counter()
@@ -50,25 +44,20 @@ def run_demo(
         f"{result.blocks_already_done} blocks already done"
     )
     t1 = time.perf_counter()
-    dec_path = out / "decomposition.zarr"
-    if dec_path.exists():
-        shutil.rmtree(dec_path)  # derived data: always recomputed from the hidden store
+    # Derived data: always recomputed from the hidden store (mode "w" replaces the old one).
     # moments=True: the spectra of hidden states and residual come from the same single pass,
     # so the report needs no second read of the hidden states.
-    hidden = open_hidden(hidden_path)
-    write_decomposition(
-        decompose(hidden, positions=paper_positions(hidden), moments=True), str(dec_path)
-    )
+    dec = decompose_store(hidden_path, out / "decomposition.zarr", moments=True, mode="w")
     t2 = time.perf_counter()
     info = store_info(hidden_path)
-    echo(f"decompose: {t2 - t1:.1f} s -> {dec_path}")
+    echo(f"decompose: {t2 - t1:.1f} s -> {dec.path}")
     echo("variance shares (positions 1..T-2: [CLS] and [SEP] dropped):")
-    echo(format_variance_table(variance_shares(open_decomposition(str(dec_path)))))
+    echo(format_variance_table(variance_shares(dec.decomposition)))
     echo(
         f"store {hidden_path}: {info['size_on_disk'] / 1e6:,.0f} MB on disk, "
         f"{info['blocks_complete']}/{info['blocks_total']} blocks"
     )
-    report = write_report(open_decomposition(str(dec_path)), out / "report", progress=progress)
+    report = write_report(dec.decomposition, out / "report", progress=progress)
     t3 = time.perf_counter()
     echo("geometry (see docs/geometry.md):")
     echo(format_metrics_table(report.metrics))

@@ -31,8 +31,8 @@ import xarray as xr
 
 from posctx._deprecated import moved_names
 from posctx.geometry import kernels
-from posctx.geometry.api import geometry_record
-from posctx.types import CONTEXT, LAYER, LAYER_NAME, TOPIC
+from posctx.geometry.serialise import geometry_record
+from posctx.types import COMPONENT, CONTEXT, LAYER, LAYER_NAME, POSITION, TOPIC
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -101,7 +101,7 @@ def pos_curves_2d(inputs: xr.Dataset) -> Figure:
     >>> len(pos_curves_2d(collect_inputs(posctx.decompose(ds))).axes)  # 3 panels, 1 colour bar
     4
     """
-    positions = inputs["position"].values
+    positions = inputs[POSITION].values
     fig, axes = _figure(inputs.sizes[LAYER])
     for i, (ax, title) in enumerate(zip(axes, _layer_titles(inputs), strict=True)):
         z = kernels.pca_scores(_pos(inputs, i), 2)
@@ -125,7 +125,7 @@ def pos_curves_3d(inputs: xr.Dataset) -> Figure:
     >>> pos_curves_3d(collect_inputs(posctx.decompose(ds))).axes[0].name
     '3d'
     """
-    positions = inputs["position"].values
+    positions = inputs[POSITION].values
     fig, axes = _figure(inputs.sizes[LAYER], panel=2.9, projection="3d")
     for i, (panel, title) in enumerate(zip(axes, _layer_titles(inputs), strict=True)):
         ax = cast("Axes3D", panel)
@@ -157,7 +157,7 @@ def gram_heatmaps(inputs: xr.Dataset, *, seed: int = 0) -> Figure:
     """Per layer, the Gram matrix of the normalised ``[pos; ctx]`` vectors.
 
     All positions, then up to :data:`GRAM_CONTEXTS` contexts grouped by topic. Near-zero
-    off-diagonal blocks mean pos and ctx are nearly orthogonal; bright blocks on the ctx
+    off-diagonal parts mean pos and ctx are nearly orthogonal; bright squares on the ctx
     diagonal mean ctx clusters by topic.
 
     Examples
@@ -171,7 +171,7 @@ def gram_heatmaps(inputs: xr.Dataset, *, seed: int = 0) -> Figure:
     """
     topics = _topics(inputs)
     order = _gram_context_order(topics, GRAM_CONTEXTS, seed)
-    n_pos = inputs.sizes["position"]
+    n_pos = inputs.sizes[POSITION]
     fig, axes = _figure(inputs.sizes[LAYER])
     for i, (ax, title) in enumerate(zip(axes, _layer_titles(inputs), strict=True)):
         both = kernels.normalise_rows(np.vstack([_pos(inputs, i), _ctx(inputs, i)[order]]))
@@ -245,7 +245,7 @@ def spectra(metrics: xr.Dataset) -> Figure:
     record = geometry_record(metrics)
     c, t = record["n_contexts"], record["n_positions"]
     fig, axes = _figure(metrics.sizes[LAYER])
-    k = np.arange(1, metrics.sizes["component"] + 1)
+    k = np.arange(1, metrics.sizes[COMPONENT] + 1)
     parts = [
         ("pos", np.sqrt(c), "tab:blue"),
         ("ctx", np.sqrt(t), "tab:orange"),
@@ -381,7 +381,7 @@ FIGURES: dict[str, tuple[str, str, Callable[[xr.Dataset, xr.Dataset], Figure]]] 
     "gram": (
         "Gram matrix of [pos; ctx]",
         "Cosines between normalised pos vectors (top left), ctx vectors grouped by topic "
-        "(bottom right) and across (off-diagonal blocks: near zero when pos and ctx are "
+        "(bottom right) and across (off-diagonal parts: near zero when pos and ctx are "
         "nearly orthogonal).",
         lambda inputs, metrics: gram_heatmaps(inputs),
     ),

@@ -39,24 +39,8 @@ from dask.array.utils import meta_from_array
 from dask.local import get_sync
 
 from posctx.store import writing_consolidated, zarr_location
-from posctx.types import (
-    BLOCK,
-    BLOCK_COMPLETE,
-    BLOCK_START,
-    CONTEXT,
-    DIM,
-    HIDDEN,
-    HIDDEN_DIMS,
-    LAYER,
-    LAYER_NAME,
-    OFFSET,
-    POSITION,
-    PROVENANCE_ATTR,
-    SCHEMA_VERSION,
-    SOURCE,
-    TOKEN_ID,
-    TOPIC,
-)
+from posctx.store.layout import schema_dataset
+from posctx.types import HIDDEN_DIMS, OFFSET, PROVENANCE_ATTR, SOURCE, TOPIC
 
 Chunks = int | Sequence[int] | None
 
@@ -298,40 +282,30 @@ def hidden_dataset(
         rng.integers(0, 30_000, size=(n_contexts, length), dtype=np.int32),
         chunks=(c_chunks, -1),
     )
-    n_blocks = len(hidden.chunks[0])
     topic_names = np.array(
         list(topics) if topics is not None else ["topic0"] * n_contexts, dtype=object
     )
     if topic_names.shape != (n_contexts,):
         raise ValueError(f"need one topic per context ({n_contexts}), got {topic_names.shape}")
-    sources = np.array([f"planted:{name}" for name in topic_names], dtype=object)
-    layer_names = np.array(
-        ["embeddings"] + [f"block_{k}" for k in range(1, n_layers)], dtype=object
+    extra = dict(attrs or {})
+    provenance = extra.pop(PROVENANCE_ATTR, {})
+    ds: xr.Dataset = schema_dataset(
+        hidden=hidden,
+        token_ids=token_id,
+        # One block per context chunk, all written.
+        block_complete=np.ones(len(hidden.chunks[0]), dtype=np.uint8),
+        block_start=np.cumsum((0, *hidden.chunks[0][:-1])),
+        context_labels={
+            TOPIC: topic_names,
+            SOURCE: np.array([f"planted:{name}" for name in topic_names], dtype=object),
+            OFFSET: np.arange(n_contexts, dtype=np.int64) * length,
+        },
+        layers=range(n_layers),
+        layer_names=["embeddings"] + [f"block_{k}" for k in range(1, n_layers)],
+        provenance=provenance,
+        attrs=extra,
     )
-    return xr.Dataset(
-        {
-            HIDDEN: (HIDDEN_DIMS, hidden),
-            TOKEN_ID: ((CONTEXT, POSITION), token_id),
-            BLOCK_COMPLETE: ((BLOCK,), np.ones(n_blocks, dtype=np.uint8)),
-        },
-        coords={
-            CONTEXT: np.arange(n_contexts, dtype=np.int64),
-            POSITION: np.arange(length, dtype=np.int64),
-            LAYER: np.arange(n_layers, dtype=np.int64),
-            DIM: np.arange(n_dims, dtype=np.int64),
-            TOPIC: (CONTEXT, topic_names),
-            SOURCE: (CONTEXT, sources),
-            OFFSET: (CONTEXT, np.arange(n_contexts, dtype=np.int64) * length),
-            LAYER_NAME: (LAYER, layer_names),
-            BLOCK_START: (BLOCK, np.cumsum((0, *hidden.chunks[0][:-1])).astype(np.int64)),
-        },
-        attrs={
-            PROVENANCE_ATTR: {},
-            **(attrs or {}),
-            "posctx_kind": "hidden",
-            "posctx_schema": SCHEMA_VERSION,
-        },
-    )
+    return ds
 
 
 def write_planted_store(
@@ -376,6 +350,7 @@ def write_large_planted_store(
     seed: int = 0,
     n_topics: int = 4,
     progress: bool = False,
+    chunk_layers: int = 0,
 ) -> dict[str, npt.NDArray[Any]]:
     """Write a planted store of any size block by block, in the real store schema.
 
@@ -384,6 +359,9 @@ def write_large_planted_store(
     ``mu + pos[t] + ctx[c] + resid`` with the residual double-centred within every pair of
     contexts (``e`` and ``-e``, centred over positions), so the decomposition recovers
     ``mu``, ``pos`` and ``ctx`` exactly up to the storage dtype's rounding.
+
+    Each block is one chunk along ``context``; ``chunk_layers`` layers make a chunk along
+    ``layer`` (0: all of them), as ``posctx extract --chunk-layers`` does.
 
     Returns the truth: ``mu`` ``(L, D)``, ``pos`` ``(T, L, D)`` and ``ctx`` ``(C, L, D)``
     (float64) and ``topic`` ``(C,)``.
@@ -431,12 +409,8 @@ def write_large_planted_store(
         hidden_size=n_dims,
         storage_dtype=dtype,
         chunk_contexts=chunk_contexts,
-        chunk_layers=0,
-        attrs={
-            "posctx_kind": "hidden",
-            "posctx_schema": SCHEMA_VERSION,
-            PROVENANCE_ATTR: {"planted": {"generator": "write_large_planted_store", "seed": seed}},
-        },
+        chunk_layers=chunk_layers,
+        provenance={"planted": {"generator": "write_large_planted_store", "seed": seed}},
     )
     create_store(path, ds, encoding)
     writer = BlockWriter(path)

@@ -5,7 +5,8 @@ Dimension names are constants so that a rename is one edit, not a grep.
 
 from __future__ import annotations
 
-from typing import Literal, Union
+import os
+from typing import Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -19,11 +20,15 @@ BLOCK = "block"
 DIM2 = "dim2"
 #: index of a singular value, largest first
 COMPONENT = "component"
+#: index of a principal angle between two subspaces, smallest angle first
+ANGLE = "angle"
 #: attention dissection: a query head, the query and key positions of a score, a score part
 HEAD = "head"
 QUERY = "query"
 KEY = "key"
 PART = "part"
+#: the key/value head a query head reads (grouped-query attention), a coordinate along ``head``
+KV_HEAD = "kv_head"
 
 HIDDEN_DIMS = (CONTEXT, POSITION, LAYER, DIM)
 
@@ -36,13 +41,33 @@ LAYER_NAME = "layer_name"
 BLOCK_COMPLETE = "block_complete"
 BLOCK_START = "block_start"
 
+# attrs keys: what kind of posctx store (or in-memory result) a dataset is, and its records.
+#: attrs key naming the kind of store: :data:`HIDDEN_KIND` or :data:`DECOMPOSITION_KIND`.
+KIND_ATTR = "posctx_kind"
+HIDDEN_KIND = "hidden"
+DECOMPOSITION_KIND = "decomposition"
+#: attrs key of the store schema's version (:data:`SCHEMA_VERSION` for stores written now).
+SCHEMA_ATTR = "posctx_schema"
+#: value of attrs[SCHEMA_ATTR] for stores written by this version.
+SCHEMA_VERSION = 1
 #: attrs key under which the provenance record (a JSON object) is stored.
 PROVENANCE_ATTR = "posctx"
-#: value of attrs["posctx_schema"] for stores written by this version.
-SCHEMA_VERSION = 1
+#: attrs key of the JSON record that says how a decomposition was made.
+DECOMPOSITION_ATTR = "posctx_decomposition"
+#: attrs key that :func:`posctx.open_hidden` sets when it left unfinished blocks out.
+COMPLETE_ONLY_ATTR = "posctx_complete_only"
+#: attrs key of the JSON record of how geometry measurements were made.
+GEOMETRY_ATTR = "posctx_geometry"
+#: attrs key marking the in-memory inputs of the geometry measurements (a JSON record).
+INPUTS_ATTR = "posctx_geometry_inputs"
+#: attrs key of the JSON record that says how an attention dissection was made.
+ATTENTION_ATTR = "posctx_attention"
 
+#: Compute dtypes of a model's forward pass, and the dtypes a store's hidden states take.
 ModelDType = Literal["float32", "bfloat16", "float16"]
 StorageDType = Literal["float32", "float16"]
+MODEL_DTYPES: tuple[str, ...] = get_args(ModelDType)
+STORAGE_DTYPES: tuple[str, ...] = get_args(StorageDType)
 Device = str  # "cpu", "cuda", "cuda:1", ...
 SpecialTokenPolicy = Literal["model", "none"]
 
@@ -51,29 +76,42 @@ IntArray = npt.NDArray[np.integer]
 #: What the numpy kernels return: they accumulate in float64 and index with intp.
 Float64Array = npt.NDArray[np.float64]
 IndexArray = npt.NDArray[np.intp]
-PathLike = Union[str, "os.PathLike[str]"]
+PathLike = str | os.PathLike[str]
 
 __all__ = [
+    "ANGLE",
+    "ATTENTION_ATTR",
     "BLOCK",
     "BLOCK_COMPLETE",
     "BLOCK_START",
+    "COMPLETE_ONLY_ATTR",
     "COMPONENT",
-    "DIM2",
     "CONTEXT",
+    "DECOMPOSITION_ATTR",
+    "DECOMPOSITION_KIND",
     "DIM",
+    "DIM2",
+    "GEOMETRY_ATTR",
     "HEAD",
     "HIDDEN",
     "HIDDEN_DIMS",
+    "HIDDEN_KIND",
+    "INPUTS_ATTR",
     "KEY",
+    "KIND_ATTR",
+    "KV_HEAD",
     "LAYER",
     "LAYER_NAME",
+    "MODEL_DTYPES",
     "OFFSET",
     "PART",
     "POSITION",
     "PROVENANCE_ATTR",
     "QUERY",
+    "SCHEMA_ATTR",
     "SCHEMA_VERSION",
     "SOURCE",
+    "STORAGE_DTYPES",
     "TOKEN_ID",
     "TOPIC",
     "Device",
@@ -86,5 +124,3 @@ __all__ = [
     "SpecialTokenPolicy",
     "StorageDType",
 ]
-
-import os  # noqa: E402  (only for the PathLike forward reference above)

@@ -1,8 +1,10 @@
 """The bad-input matrix: every wrong input fails with one clear line, exit 2, nothing touched.
 
 One table (``CASES``) of wrong inputs to the user-facing entry points. Each case runs through
-``posctx.cli.main`` -- what the installed ``posctx`` command runs -- inside click's
-``CliRunner`` (in process), or calls the Python API directly, and asserts:
+``posctx.cli.main`` -- what the installed ``posctx`` command runs -- or a pipeline's ``main``
+(``python -m pipelines.table1`` ...; both run their click command through
+``posctx.cli.run_cli``) inside click's ``CliRunner`` (in process), or calls the Python API
+directly, and asserts:
 
 * a non-zero exit status (2 for user errors: ``PosctxError`` and click usage errors);
 * the message names the problem (``problem``) and says what to do (``advice``);
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -33,22 +36,26 @@ import pytest
 from click.testing import CliRunner, Result
 from fsspec.implementations.memory import MemoryFileSystem
 
-from posctx.cli import main
 from posctx.errors import PosctxError
 
 # --- helpers ------------------------------------------------------------------------------
 
 
 class _EntryPoint:
-    """``posctx.cli.main`` in the shape ``CliRunner.invoke`` expects of a click command.
+    """A module's ``main()`` in the shape ``CliRunner.invoke`` expects of a click command.
 
-    ``main`` is the console script: it turns a ``PosctxError`` into one line on stderr and
-    exit status 2, which invoking the click group directly would not show.
+    ``posctx.cli.main`` is the console script and a pipeline's ``main`` is what ``python -m
+    pipelines.NAME`` runs: each reads ``sys.argv`` and runs its click command through
+    ``posctx.cli.run_cli``, which turns a ``PosctxError`` into one line on stderr and exit
+    status 2 -- what invoking the click command directly would not show.
     """
 
-    name = "posctx"
+    def __init__(self, module: str) -> None:
+        self.module = module
+        self.name = module
 
     def main(self, args: list[str], prog_name: str, **_: Any) -> None:
+        main = importlib.import_module(self.module).main
         saved = sys.argv
         sys.argv = [prog_name, *args]
         try:
@@ -57,8 +64,13 @@ class _EntryPoint:
             sys.argv = saved
 
 
+def run_entry(module: str, *args: str) -> Result:
+    """Run ``module``'s ``main()`` on ``args`` in process (``posctx.cli``, ``pipelines.table1``...)."""
+    return CliRunner().invoke(_EntryPoint(module), list(args))  # type: ignore[arg-type]  # duck-typed command
+
+
 def run_posctx(*args: str) -> Result:
-    return CliRunner().invoke(_EntryPoint(), list(args))  # type: ignore[arg-type]  # duck-typed command
+    return run_entry("posctx.cli", *args)
 
 
 class ReadOnlyMemoryFS(MemoryFileSystem):
@@ -276,14 +288,15 @@ def _no_model(env: Env) -> str:
 class Case:
     """One wrong input and what must come of it.
 
-    ``setup`` returns CLI arguments (run through ``posctx.cli.main``) or, for Python API
-    cases, a callable that must raise a ``PosctxError``.
+    ``setup`` returns command-line arguments (run through ``entry``'s ``main``) or, for
+    Python API cases, a callable that must raise a ``PosctxError``.
     """
 
     id: str
     setup: Callable[[Env], list[str] | Callable[[], object]]
     problem: str
     advice: str
+    entry: str = "posctx.cli"  # or a pipeline: "pipelines.table1", "pipelines.cluster"...
     usage: bool = False  # a click usage error (``Usage: ...`` then ``Error: ...``)
     before_model: bool = False  # must fail before any model file is read
     xfail: str = ""  # why this case does not meet the bar yet (strict: a pass is reported)
@@ -915,7 +928,112 @@ CASES: list[Case] = [
         "choose another --out",
         before_model=True,
     ),
+    # pipelines (python -m pipelines.NAME): the same conventions ---------------------------------
+    Case(
+        "pipeline-topic-corpus-too-small",
+        lambda e: _pipeline(
+            e, _small_topics(e), "--model", e.model(), "--contexts", "256", "--length", "16"
+        ),
+        "is too small for a balanced sample: topic 'cats' has",
+        "lower --contexts, shorten --length, or pass --no-balance",
+        entry="pipelines.topic_corpus",
+    ),
+    Case(
+        "pipeline-config-missing",
+        lambda e: _pipeline(e, "--config", e.path("run.toml")),
+        "cannot read config file",
+        "check the path",
+        entry="pipelines.table1",
+        before_model=True,
+    ),
+    Case(
+        "pipeline-config-malformed-toml",
+        lambda e: _pipeline(e, "--config", e.write("run.toml", "contexts = \n")),
+        "is not valid TOML (Invalid value (at line 1, column 12))",
+        "fix that line",
+        entry="pipelines.table1",
+        before_model=True,
+    ),
+    Case(
+        "pipeline-config-unknown-key",
+        lambda e: _pipeline(e, "--config", e.write("run.toml", 'modles = ["minilm"]\n')),
+        "unknown key 'modles' (did you mean 'models'?)",
+        "fix or remove it; the keys are models, corpora,",
+        entry="pipelines.table1",
+        before_model=True,
+    ),
+    Case(
+        "pipeline-config-wrong-type",
+        lambda e: _pipeline(e, "--config", e.write("run.toml", 'contexts = "many"\n')),
+        "contexts must be an integer, got 'many'",
+        "e.g. contexts = 512",
+        entry="pipelines.table1",
+        before_model=True,
+    ),
+    Case(
+        "pipeline-config-value-out-of-range",
+        lambda e: _pipeline(e, "--config", e.write("run.toml", "contexts = 0\n")),
+        "run.toml: --contexts must be >= 1, got 0",
+        "e.g. --contexts 512",
+        entry="pipelines.table1",
+        before_model=True,
+    ),
+    Case(
+        "pipeline-table1-unknown-model",
+        lambda e: _pipeline(e, "--models", f"{e.model()},no-such-org/no-such-model"),
+        "cannot load model 'no-such-org/no-such-model': it is not available locally",
+        "hf download no-such-org/no-such-model",
+        entry="pipelines.table1",
+        before_model=True,  # not even the first, good model is read
+    ),
+    Case(
+        "pipeline-table1-unknown-corpus",
+        lambda e: _pipeline(e, "--models", e.model(), "--corpora", f"stdlib,{e.path('nope')}"),
+        "is not 'stdlib', an hf:NAME spec, or an existing file/folder (no such path)",
+        "accepted are",
+        entry="pipelines.table1",
+        before_model=True,
+    ),
+    Case(
+        "pipeline-table1-unknown-option",
+        lambda e: _pipeline(e, "--model", e.model()),
+        "No such option '--model'",
+        "'--models'",
+        entry="pipelines.table1",
+        usage=True,
+        before_model=True,
+    ),
+    Case(
+        "pipeline-cluster-scheduler-and-workers",
+        lambda e: _pipeline(e, "--scheduler", "tcp://127.0.0.1:1", "--workers", "2"),
+        "give --scheduler or --workers, not both",
+        "--workers starts a local one",
+        entry="pipelines.cluster",
+        usage=True,
+        before_model=True,
+    ),
+    Case(
+        "pipeline-cluster-workers-zero",
+        lambda e: _pipeline(e, "--workers", "0"),
+        "Invalid value for '--workers'",
+        "x>=1",
+        entry="pipelines.cluster",
+        usage=True,
+        before_model=True,
+    ),
 ]
+
+
+def _pipeline(env: Env, *options: str) -> list[str]:
+    """A pipeline's arguments: ``options``, then an ``--out`` inside the case's folder."""
+    return [*options, "--out", env.path("run"), "--quiet"]
+
+
+def _small_topics(env: Env) -> str:
+    """A folder of two topic files, about 8 contexts of 16 tokens each: too few for 256."""
+    for name in ("cats", "ships"):
+        env.write(f"topics/{name}.txt", f"{name} sail and purr here. " * 20)
+    return env.path("topics")
 
 
 def _python(record: str, **kwargs: Any) -> Callable[[], object]:
@@ -989,7 +1107,7 @@ def test_bad_input(
         message = str(info.value)
         assert "\n" not in message, message
     else:
-        result = run_posctx(*action)
+        result = run_entry(case.entry, *action)
         if result.exception is not None and not isinstance(result.exception, SystemExit):
             import traceback
 

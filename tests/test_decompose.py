@@ -456,7 +456,7 @@ def test_residual_refuses_foreign_labels() -> None:
     ds, _ = planted_hidden(8, 4, 2, 3)
     other, _ = planted_hidden(12, 4, 2, 3)
     dec = decompose(other, contexts=slice(6, 11))
-    with pytest.raises(PosctxError, match="context labels the dataset lacks"):
+    with pytest.raises(PosctxError, match="lack context labels of the decomposition"):
         residual(ds, dec)
 
 

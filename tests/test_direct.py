@@ -61,7 +61,7 @@ def _layer_chunked_store(path: str) -> np.ndarray:
         storage_dtype="float32",
         chunk_contexts=4,
         chunk_layers=2,
-        attrs={"posctx_kind": "hidden", "posctx_schema": 1, "posctx": {}},
+        provenance={},
     )
     create_store(path, ds, enc)
     writer = BlockWriter(path)

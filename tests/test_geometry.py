@@ -410,7 +410,7 @@ def test_a_foreign_hidden_store_is_refused(orthogonal_case: Any) -> None:
             dec.assign_attrs(posctx={"model": "a"}),
             hidden=other.assign_attrs(posctx={"model": "b"}),
         )
-    with pytest.raises(PosctxError, match="lacks context labels"):
+    with pytest.raises(PosctxError, match="lack context labels of the decomposition"):
         collect_inputs(dec, hidden=other.assign_attrs(posctx=dec.attrs["posctx"]))
 
 

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1] / "posctx"
 #: The package's units (top-level modules and subpackages) from the bottom up: a unit may
 #: import only units listed before it. docs/design.md draws the same order.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("types", "errors", "_version", "_deprecated"),
+    ("types", "errors", "_version", "_deprecated", "progress"),
     ("config",),
     ("store", "corpus", "model", "cluster", "fastread"),
     ("extraction", "decomposition", "validate"),
@@ -36,6 +36,7 @@ KERNEL_MODULES = (
     "posctx.decomposition.fused",
     "posctx.geometry.kernels",
     "posctx.attention.kernels",
+    "posctx.validate.kernels",
 )
 KERNEL_FORBIDDEN = ("xarray", "dask", "distributed", "torch", "transformers", "zarr")
 

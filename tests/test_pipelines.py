@@ -10,7 +10,8 @@ import pytest
 
 import posctx
 from pipelines import cluster, compare_models, table1, topic_corpus
-from pipelines.common import TABLE1_COLUMNS, PipelineConfig
+from pipelines.common import TABLE1_COLUMNS, PipelineConfig, config_from_options
+from posctx.errors import PosctxError
 
 SMALL = [
     "--contexts",
@@ -72,8 +73,29 @@ def test_table1_reads_a_config_file_and_flags_override_it(
         == 12
     )
     (tmp_path / "bad.toml").write_text("modles = []\n")
-    with pytest.raises(SystemExit, match="unknown keys"):
+    with pytest.raises(PosctxError, match=r"unknown key 'modles' \(did you mean 'models'\?\)"):
         PipelineConfig.from_toml(tmp_path / "bad.toml")
+
+
+def test_pipeline_config_validates_on_construction_and_flags_override_the_file(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(PosctxError, match="--max-contexts must be >= 1, got 0"):
+        PipelineConfig(max_contexts=0)
+    with pytest.raises(PosctxError, match="--batch-size must be >= 1"):  # posctx's own check
+        PipelineConfig(batch_size=0)
+    with pytest.raises(PosctxError, match="models must be a list of names"):
+        PipelineConfig(models="minilm")  # type: ignore[arg-type]  # the mistake under test
+    config = tmp_path / "run.toml"
+    config.write_text('models = ["a", "b"]\ncontexts = 99\nbalance = false\n')
+    merged = config_from_options(str(config), models=" c, d,", contexts=12, length=None)
+    assert (merged.models, merged.contexts, merged.length, merged.balance) == (
+        ("c", "d"),
+        12,
+        PipelineConfig.length,
+        False,
+    )
+    assert not merged.extract_config("c", "stdlib").corpus.balance
 
 
 def test_topic_corpus_pipeline_writes_store_decomposition_and_report(

@@ -38,7 +38,7 @@ def _make(
         storage_dtype=dtype,
         chunk_contexts=chunk,
         chunk_layers=0,
-        attrs={"posctx_kind": "hidden", "posctx_schema": 1, "posctx": {"config": {"a": 1}}},
+        provenance={"config": {"a": 1}},
     )
     create_store(str(path), ds, enc)
 
@@ -145,3 +145,16 @@ def test_build_folders_of_dead_creators_are_removed_and_live_ones_kept(tmp_path:
     remove_dead_creations(str(tmp_path / "h.zarr"))
     assert not orphan.exists()  # killed between its rename and its clean-up, or before
     assert live.exists() and other_store.exists()
+
+
+def test_schema_dataset_writes_exactly_the_declared_schema() -> None:
+    """One schema: what the store is made of (schema_dataset) is what validate checks (SCHEMA)."""
+    from posctx.store.layout import EXACT_DTYPES, SCHEMA
+    from posctx.testing import hidden_dataset
+
+    ds = hidden_dataset(np.zeros((5, 3, 2, 4), np.float32), chunks_context=2)
+    assert set(ds.variables) == set(SCHEMA)
+    for name, (dims, kinds) in SCHEMA.items():
+        assert ds[name].dims == dims, name
+        assert ds[name].dtype.kind in kinds, name
+        assert str(ds[name].dtype) in EXACT_DTYPES.get(name, (str(ds[name].dtype),)), name

@@ -21,6 +21,7 @@ from posctx.config import CorpusConfig, ExtractConfig, ModelConfig, StoreConfig
 from posctx.errors import StoreError
 from posctx.extraction import extract
 from posctx.store.location import consolidate
+from posctx.testing import raise_if_dask_computes, write_large_planted_store
 from posctx.validate import ValidationReport, validate_store
 
 CHECKS = [
@@ -386,6 +387,140 @@ def test_object_storage_store(
             validate_store("s3://posctx-validate/missing.zarr", storage_options=opts)
     finally:
         server.stop()
+
+
+# --- the content checks' one dask pass --------------------------------------------------------
+
+
+def _planted(path: Path) -> Path:
+    """A planted store of 6 blocks (the last one short) and 3 layer chunks (2 + 2 + 1 layers),
+    with a vocabulary, a [CLS] ... [SEP] framing and token ids to match."""
+    write_large_planted_store(
+        str(path), n_contexts=22, length=6, n_layers=5, n_dims=3, chunk_contexts=4, chunk_layers=2
+    )
+    ids = np.full((22, 6), 7, dtype=np.int32)
+    ids[:, 0], ids[:, -1] = CLS, SEP
+    _group(path)["token_id"][...] = ids
+    record = dict(_group(path).attrs["posctx"])
+    record["model"] = {"vocab_size": BERT_VOCAB}
+    record["special_tokens"] = {
+        "policy": "model",
+        "prefix_ids": [CLS],
+        "suffix_ids": [SEP],
+        "prefix_tokens": ["[CLS]"],
+        "suffix_tokens": ["[SEP]"],
+        "separator_ids": [],
+    }
+    _set_attrs(path, posctx=record)
+    return path
+
+
+def test_content_checks_read_the_store_in_one_compute(tmp_path: Path) -> None:
+    path = _planted(tmp_path / "h.zarr")
+    group = _group(path)
+    group["hidden"][9, 2, 4, 1] = np.nan  # block 2, last layer chunk
+    group["token_id"][13, 3] = SEP  # mid-context, block 3
+    group["token_id"][20, 1] = BERT_VOCAB  # outside the vocabulary, the short last block
+    expected = validate_store(path).to_dict()  # the default (threaded) scheduler
+    for scan in (True, False):
+        with raise_if_dask_computes(max_computes=1) as counter:
+            report = validate_store(path, scan=scan)
+        assert counter.total_computes == 1
+    assert report.to_dict() == validate_store(path, scan=False).to_dict()
+    with raise_if_dask_computes(max_computes=1):
+        assert validate_store(path).to_dict() == expected
+    statuses = {c["name"]: c["status"] for c in expected["checks"]}
+    assert (statuses["finite"], statuses["token_ids"], statuses["special_tokens"]) == ("fail",) * 3
+    finite = validate_store(path).check("finite").figures
+    assert finite["values_scanned"] == 22 * 6 * 5 * 3 and finite["blocks_scanned"] == 6
+    tokens = validate_store(path, scan=False)
+    assert tokens.check("token_ids").figures["first"] == {
+        "context": 20,
+        "position": 1,
+        "id": BERT_VOCAB,
+    }
+    assert tokens.check("special_tokens").figures["mid_context_first"] == [[13, 3, SEP]]
+
+
+def test_nan_and_inf_are_counted_exactly_with_the_first_in_store_order(tmp_path: Path) -> None:
+    path = _planted(tmp_path / "h.zarr")
+    group = _group(path)
+    hidden = group["hidden"]
+    hidden[6, 4, 3, 0] = np.nan  # block 1, layer chunk 1: first in store order...
+    hidden[7, 0, 0, :] = np.inf  # ...though this one has a smaller layer, so it is not first
+    hidden[5, 5, 4, 2] = -np.inf  # block 1, layer chunk 2
+    hidden[5, 5, 4, 0] = np.nan  # the same vector
+    hidden[21, 1, 2, 1] = np.nan  # the short last block
+    for c in range(12, 20):  # blocks 3 and 4, the middle of layer chunk 0
+        hidden[c, 3, 1, 1] = np.inf
+    group["block_complete"][0] = 0
+    hidden[1, 1, 1, 1] = np.nan  # an unmarked block: not scanned
+    finite = validate_store(path).check("finite")
+    assert finite.status == "fail"
+    assert (finite.figures["nan"], finite.figures["inf"]) == (3, 3 + 1 + 8)
+    assert finite.figures["vectors"] == 1 + 1 + 1 + 1 + 8
+    assert finite.figures["blocks"] == [1, 3, 4, 5] and finite.figures["blocks_unmarked"] == 1
+    assert finite.figures["contexts"] == [5, 6, 7, *range(12, 20), 21]
+    assert finite.figures["values_scanned"] == 18 * 6 * 5 * 3
+    # Block by block, then layer chunk by layer chunk: context 7 at layer 0 lies in block 1's
+    # first layer chunk, so it is found before context 6 at layer 3.
+    assert finite.figures["first"] == {
+        "context": 7,
+        "position": 0,
+        "layer": 0,
+        "layer_name": "embeddings",
+    }
+    assert finite.detail.startswith(
+        "15 non-finite values (3 NaN, 12 inf) in 12 hidden vectors of contexts "
+        "[5, 6, 7, 12, 13, 14, 15, 16, 17, 18, ...], blocks [1, 3, 4, 5] marked written; "
+        "first at context=7, position=0, layer=0 (embeddings)"
+    )
+    assert finite.detail.endswith("; 1 unmarked block not scanned")
+
+
+def test_content_checks_run_on_a_distributed_client(tmp_path: Path) -> None:
+    from distributed import Client, LocalCluster
+
+    path = _planted(tmp_path / "h.zarr")
+    _group(path)["hidden"][10, 2, 3, 1] = np.inf
+    _group(path)["token_id"][4, 0] = 2000
+    expected = validate_store(path).to_dict()
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster),
+    ):
+        assert validate_store(path).to_dict() == expected
+    assert [c["name"] for c in expected["checks"] if c["status"] == "fail"] == [
+        "provenance",
+        "finite",
+        "special_tokens",
+    ]
+
+
+def test_progress_is_one_bar_for_the_pass(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _planted(tmp_path / "h.zarr")
+    validate_store(path, progress=True)
+    err = capsys.readouterr().err
+    assert "validate: scanning" in err and "finite" not in err and "token ids" not in err
+    validate_store(path)
+    assert capsys.readouterr().err == ""
+
+
+def test_an_unreadable_chunk_fails_only_the_check_that_reads_it(tmp_path: Path) -> None:
+    path = _planted(tmp_path / "h.zarr")
+    chunk = path / "hidden" / "c" / "1" / "0" / "1" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:10])
+    report = validate_store(path)
+    assert report.check("finite").detail.startswith("could not be checked: OSError: ")
+    assert "holds 2 values, expected a chunk of (4, 6, 2, 3)" in report.check("finite").detail
+    assert report.check("token_ids").status == "ok"
+    assert report.check("special_tokens").status == "ok"
+    _group(path)["block_complete"][1] = 0  # unmarked: its chunks are not even read
+    assert validate_store(path).check("finite").status == "ok"
 
 
 def _cli(

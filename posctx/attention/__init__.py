@@ -8,13 +8,13 @@ layer, every input vector splits in two::
     a[t]    = mu + pos[t]                  the "pos" part
     b[c, t] = ctx[c] + resid[c, t]         the "ctx" part (= x - a; the residual goes with it)
 
-The block's pre-attention norm is linearised exactly, token by token, with the statistics of
+The transformer block's pre-attention norm is linearised exactly, token by token, with the statistics of
 the full ``x`` (``center(v) = v - mean_d v``, ``s = sqrt(var_d x + eps)``,
 ``r = sqrt(mean_d x^2 + eps)``)::
 
     LayerNorm:  LN(x) = [gamma * center(a) / s + beta] + [gamma * center(b) / s]
     RMSNorm:    RN(x) = [gamma * a / r]                + [gamma * b / r]
-    none (BERT-style post-LN blocks): the block reads x itself
+    none (BERT-style post-LN transformer blocks): the block reads x itself
 
 then the query and key maps (and rotary embeddings, which are linear at each position) are
 applied to each part: ``q_a = W_q n_a + b_q``, ``q_b = W_q n_b``, likewise ``k``. **Every

@@ -1,7 +1,7 @@
 """Model side of the attention dissection: everything that reads a torch model.
 
 One adapter per family (:data:`FAMILIES`, keyed by the config's ``model_type``) turns a
-block's pre-attention norm, query/key maps and rotary tables into float64 numpy arrays
+transformer block's pre-attention norm, query/key maps and rotary tables into float64 arrays
 (:class:`~posctx.attention.kernels.AttentionWeights`, via :func:`attention_weights`) for the
 kernels of :mod:`posctx.attention.kernels`. The model's own attention probabilities come from
 an eager forward pass, and :func:`model_from_store` loads the model that made a store.
@@ -151,14 +151,14 @@ def _llama_weights(model: Any, layer: int, positions: npt.NDArray[np.integer]) -
 
 @dataclass(frozen=True)
 class _Family:
-    """How to read one family's attention: its blocks, norm, projections and rotary."""
+    """How to read one family's attention: its transformer blocks, norm, projections and rotary."""
 
     description: str
     weights: Callable[[Any, int, npt.NDArray[np.integer]], AttentionWeights]
 
 
 _BERT = _Family(
-    "post-LN encoder: block l's query/key read hidden state l directly "
+    "post-LN encoder: transformer block l's query/key read hidden state l directly "
     "(encoder.layer[l].attention.self.query/.key)",
     _bert_weights,
 )
@@ -184,13 +184,13 @@ FAMILIES: dict[str, _Family] = {
 }
 
 
-def _n_blocks(model: Any) -> int:
+def _n_transformer_blocks(model: Any) -> int:
     cfg = model.config
     return int(getattr(cfg, "num_hidden_layers", 0) or getattr(cfg, "n_layer", 0))
 
 
 def attention_weights(model: Any, layer: int, positions: npt.ArrayLike) -> AttentionWeights:
-    """The pre-attention norm and query/key maps of block ``layer`` of a HuggingFace model.
+    """The pre-attention norm and query/key maps of transformer block ``layer`` of a HF model.
 
     Parameters
     ----------
@@ -198,7 +198,7 @@ def attention_weights(model: Any, layer: int, positions: npt.ArrayLike) -> Atten
         A HuggingFace base model (``LoadedModel.model``: ``BertModel``, ``GPT2Model``,
         ``LlamaModel``...).
     layer
-        The block, ``0..n_blocks-1``; it reads hidden state ``layer``.
+        The transformer block, ``0..n_transformer_blocks-1``; it reads hidden state ``layer``.
     positions
         Position ids (0-based token indices) at which rotary tables are needed.
 
@@ -209,7 +209,7 @@ def attention_weights(model: Any, layer: int, positions: npt.ArrayLike) -> Atten
     Raises
     ------
     ModelError
-        The model type has no adapter (see :data:`FAMILIES`), or ``layer`` is no block.
+        The model type has no adapter (see :data:`FAMILIES`), or ``layer`` is no transformer block.
     """
     cfg = getattr(model, "config", None)
     model_type = str(getattr(cfg, "model_type", None))
@@ -220,12 +220,12 @@ def attention_weights(model: Any, layer: int, positions: npt.ArrayLike) -> Atten
             f"({type(model).__name__}): it knows the standard self-attention of "
             f"{', '.join(sorted(FAMILIES))}; add an adapter to posctx.attention.FAMILIES"
         )
-    n_blocks = _n_blocks(model)
-    if not 0 <= layer < n_blocks:
+    n_transformer_blocks = _n_transformer_blocks(model)
+    if not 0 <= layer < n_transformer_blocks:
         raise ModelError(
-            f"layer {layer} has no attention block: block l reads hidden state l, so "
-            f"{model_type} with {n_blocks} blocks has attention at layers 0..{n_blocks - 1} "
-            f"(hidden state {n_blocks} is the last block's output)"
+            f"layer {layer} has no attention: transformer block l reads hidden state l, so "
+            f"{model_type} with {n_transformer_blocks} transformer blocks has attention at layers 0..{n_transformer_blocks - 1} "
+            f"(hidden state {n_transformer_blocks} is the last transformer block's output)"
         )
     return family.weights(model, layer, np.asarray(positions, dtype=np.int64))
 
@@ -237,7 +237,7 @@ def _forward_attention(
     index: npt.NDArray[np.intp],
     heads: npt.NDArray[np.intp],
 ) -> tuple[F64, F64]:
-    """Attention probabilities of block ``layer`` and its input hidden state, from the model.
+    """Attention probabilities of transformer block ``layer`` and its input hidden state, from the model.
 
     Returns ``(context, head, query, key)`` probabilities and ``(context, position, d)``
     inputs, both at the token indices ``index``. The model runs with eager attention (the

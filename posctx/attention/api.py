@@ -36,11 +36,13 @@ from posctx.attention.kernels import F64, dissect_kernel, toeplitz_kernel
 from posctx.errors import PosctxError
 from posctx.model import LoadedModel
 from posctx.types import (
+    ATTENTION_ATTR,
     CONTEXT,
     DIM,
     HEAD,
     HIDDEN,
     KEY,
+    KV_HEAD,
     LAYER,
     LAYER_NAME,
     PART,
@@ -55,8 +57,6 @@ from posctx.types import (
 PARTS = ("pos_pos", "pos_ctx", "ctx_pos", "ctx_ctx")
 #: Dims of every score variable.
 SCORE_DIMS = (CONTEXT, HEAD, QUERY, KEY)
-#: attrs key of the JSON record that says how a dissection was made.
-ATTENTION_ATTR = "posctx_attention"
 #: Contexts dissected by default (each costs ``heads x T^2`` float64 per variable).
 DEFAULT_CONTEXTS = 8
 
@@ -148,7 +148,7 @@ def dissect_attention(
         Its decomposition (:func:`posctx.open_decomposition` or :func:`posctx.decompose`),
         holding ``layer``.
     layer
-        Hidden-state index ``0..n_blocks-1``: the input of transformer block ``layer``.
+        Hidden-state index ``0..n_transformer_blocks-1``: the input of transformer block ``layer``.
     model
         The model that made ``hidden``; by default the one its provenance records
         (:func:`~posctx.attention.adapters.model_from_store`). A different weights hash is
@@ -174,7 +174,7 @@ def dissect_attention(
     Raises
     ------
     ModelError
-        Unsupported architecture, no block at ``layer``, or weights that did not make
+        Unsupported architecture, no transformer block at ``layer``, or weights that did not make
         ``hidden``.
     PosctxError
         The layer, positions or contexts are not in the stores, or the heads do not exist.
@@ -254,7 +254,7 @@ def dissect_attention(
     coords: dict[str, Any] = {
         CONTEXT: labels,
         HEAD: chosen,
-        "kv_head": (HEAD, weights.kv_head[chosen]),
+        KV_HEAD: (HEAD, weights.kv_head[chosen]),
         QUERY: positions,
         KEY: positions,
     }

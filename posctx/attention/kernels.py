@@ -2,7 +2,7 @@
 
 The bottom of the dissection's layers (adapters and numpy kernels -> :mod:`posctx.attention.api`);
 nothing here imports torch, transformers, xarray or dask. :class:`AttentionWeights` holds what
-the kernels need from one block, as :mod:`posctx.attention.adapters` reads it from a model:
+the kernels need from one transformer block, as :mod:`posctx.attention.adapters` reads it from a model:
 
 * :func:`split_norm` linearises the pre-attention norm of ``x = a + b`` into its two parts
   (:func:`apply_norm` is the direct norm they add up to);
@@ -33,14 +33,14 @@ F64 = npt.NDArray[np.float64]
 
 @dataclass(frozen=True)
 class AttentionWeights:
-    """One block's pre-attention norm, query/key maps and rotary tables, in float64.
+    """One transformer block's pre-attention norm, query/key maps and rotary tables, in float64.
 
     Attributes
     ----------
     model_type
         The HuggingFace ``model_type`` the weights came from.
     norm
-        ``"layernorm"``, ``"rmsnorm"`` or ``"none"`` (the block reads its input directly).
+        ``"layernorm"``, ``"rmsnorm"`` or ``"none"`` (the transformer block reads its input directly).
     norm_weight, norm_bias
         ``gamma`` and ``beta`` of the norm, ``(d,)``; ``None`` where the norm has none.
     norm_eps
@@ -132,7 +132,7 @@ def split_norm(a: F64, b: F64, weights: AttentionWeights) -> tuple[F64, F64]:
 
 
 def apply_norm(x: F64, weights: AttentionWeights) -> F64:
-    """The block's pre-attention norm of ``x`` (``(..., d)``), computed directly."""
+    """The transformer block's pre-attention norm of ``x`` (``(..., d)``), computed directly."""
     if weights.norm == "none":
         return x.astype(np.float64)
     gamma = 1.0 if weights.norm_weight is None else weights.norm_weight
@@ -183,7 +183,7 @@ def dissect_kernel(
     Parameters
     ----------
     x
-        ``(context, position, d)`` the block's inputs.
+        ``(context, position, d)`` the transformer block's inputs.
     a
         ``(position, d)`` the pos part, ``mu + pos[t]``.
     weights

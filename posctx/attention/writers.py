@@ -62,7 +62,7 @@ def write_attention_dissection(
     hidden = open_hidden(hidden_path, storage_options=storage_options)
     dec = open_decomposition(decomposition_path, storage_options=storage_options)
     loaded = model_from_store(hidden, device=device)
-    for layer in layers:  # refuse a layer without a block before writing anything
+    for layer in layers:  # refuse a layer without attention before writing anything
         attention_weights(loaded.model, int(layer), np.zeros(1, np.int64))
     target = Path(out)
     target.mkdir(parents=True, exist_ok=True)

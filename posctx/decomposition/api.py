@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask.array as da
 import numpy as np
@@ -26,26 +26,26 @@ from posctx.decomposition.graph import (
     statistics_from_files,
 )
 from posctx.errors import PosctxError
-from posctx.store import COMPLETE_ONLY_ATTR
 from posctx.store.direct import direct_source
 from posctx.types import (
+    COMPLETE_ONLY_ATTR,
     COMPONENT,
     CONTEXT,
+    DECOMPOSITION_ATTR,
+    DECOMPOSITION_KIND,
     DIM,
     DIM2,
     HIDDEN,
     HIDDEN_DIMS,
+    HIDDEN_KIND,
+    KIND_ATTR,
     LAYER,
     POSITION,
+    PROVENANCE_ATTR,
 )
 
-#: attrs key of the JSON record that says how a decomposition was made.
-DECOMPOSITION_ATTR = "posctx_decomposition"
-
-#: attrs key saying what kind of posctx store a dataset is, and the two kinds involved here.
-KIND_ATTR = "posctx_kind"
-HIDDEN_KIND = "hidden"
-DECOMPOSITION_KIND = "decomposition"
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Dimensions of each output variable.
 OUTPUT_DIMS: dict[str, tuple[str, ...]] = {
@@ -87,8 +87,21 @@ def hidden_variable(ds: xr.Dataset) -> xr.DataArray:
     return h.transpose(*HIDDEN_DIMS)
 
 
-def _select(h: xr.DataArray, dim: str, selection: Selection) -> xr.DataArray:
-    """Label-select ``selection`` along ``dim`` without dropping the dimension."""
+def label_select(h: xr.DataArray, dim: str, selection: Selection) -> xr.DataArray:
+    """Label-select ``selection`` along ``dim`` without dropping the dimension.
+
+    A scalar label keeps ``dim`` (a table of one row); an empty selection, one that repeats
+    labels or names labels ``h`` lacks is refused with what to choose instead.
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> labels = xr.DataArray([0, 1, 2, 3], dims="context", coords={"context": [0, 1, 2, 3]})
+    >>> label_select(labels, "context", slice(1, 2)).values.tolist()
+    [1, 2]
+    >>> label_select(labels, "context", 3).values.tolist()
+    [3]
+    """
     if selection is None:
         return h
     if isinstance(selection, (int, np.integer)):
@@ -147,7 +160,7 @@ def paper_positions(ds: xr.Dataset) -> slice:
     >>> paper_positions(ds)
     slice(1, 4, None)
     """
-    record = ds.attrs.get("posctx") or {}
+    record = ds.attrs.get(PROVENANCE_ATTR) or {}
     n_suffix = len((record.get("special_tokens") or {}).get("suffix_ids") or ())
     if not n_suffix:
         return slice(1, None)
@@ -191,8 +204,8 @@ def statistics(
     ['ctx_sum', 'pos_sum', 'sumsq']
     """
     full = hidden_variable(ds)
-    h = _select(full, POSITION, positions)
-    h = _select(h, CONTEXT, contexts)
+    h = label_select(full, POSITION, positions)
+    h = label_select(h, CONTEXT, contexts)
     h = _as_dask(h)
     arrays = None if moments else _statistics_from_files(full, h)
     if arrays is None:
@@ -266,7 +279,7 @@ def finalize(stats: xr.Dataset) -> xr.Dataset:
     if missing:
         raise PosctxError(f"statistics lack {missing}: make them with posctx statistics()")
     arrays = finalize_arrays(
-        {name: _dask_data(stats[name]) for name in STATISTIC_NAMES if name in stats}
+        {name: dask_data(stats[name]) for name in STATISTIC_NAMES if name in stats}
     )
     out = stats.copy()
     for name, array in arrays.items():
@@ -274,7 +287,8 @@ def finalize(stats: xr.Dataset) -> xr.Dataset:
     return out
 
 
-def _dask_data(var: xr.DataArray) -> da.Array:
+def dask_data(var: xr.DataArray) -> da.Array:
+    """The data of ``var`` as a dask array: as it is if lazy, else one chunk in memory."""
     data = var.data
     return data if isinstance(data, da.Array) else da.from_array(np.asarray(data), chunks=-1)
 
@@ -354,20 +368,42 @@ def decompose(
     return finalize(statistics(ds, positions=positions, contexts=contexts, moments=moments))
 
 
-def _indexer(source: xr.DataArray, dec: xr.Dataset, dim: str) -> slice | npt.NDArray[np.intp]:
-    """Positional indexer of ``dec``'s ``dim`` labels in ``source``; a slice when contiguous."""
-    wanted = dec.indexes[dim]
-    found = np.asarray(source.indexes[dim].get_indexer(wanted), dtype=np.intp)
+def label_indexer(source: pd.Index, wanted: pd.Index, dim: str) -> slice | npt.NDArray[np.intp]:
+    """Positions of the labels ``wanted`` in ``source``; a slice when they are contiguous.
+
+    A slice keeps dask's getitem a plain view of whole chunks, with no fancy indexing.
+
+    Raises
+    ------
+    PosctxError
+        ``source`` lacks some of ``wanted`` (the decomposition came from another store).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> label_indexer(pd.Index([5, 6, 7, 8]), pd.Index([6, 7]), "context")
+    slice(1, 3, None)
+    >>> label_indexer(pd.Index([5, 6, 7, 8]), pd.Index([8, 5]), "context").tolist()
+    [3, 0]
+    """
+    found = np.asarray(source.get_indexer(wanted), dtype=np.intp)
     if (found < 0).any():
         missing = list(wanted[found < 0][:5])
         raise PosctxError(
-            f"the decomposition has {dim} labels the dataset lacks (e.g. {missing}); "
+            f"the hidden states lack {dim} labels of the decomposition (e.g. {missing}): "
             "pass the store the decomposition was made from"
         )
     if found.size and np.array_equal(found, np.arange(found[0], found[0] + found.size)):
-        # A slice keeps dask's getitem a plain view of whole chunks, no fancy indexing.
         return slice(int(found[0]), int(found[0]) + found.size)
     return found
+
+
+def _hidden_of(ds: xr.Dataset, dec: xr.Dataset) -> xr.DataArray:
+    """``ds``'s hidden states at exactly the contexts, positions and layers of ``dec``, lazy."""
+    h = hidden_variable(ds)
+    return _as_dask(
+        h.isel({d: label_indexer(h.indexes[d], dec.indexes[d], d) for d in HIDDEN_DIMS})
+    )
 
 
 def residual(ds: xr.Dataset, dec: xr.Dataset) -> xr.DataArray:
@@ -399,9 +435,7 @@ def residual(ds: xr.Dataset, dec: xr.Dataset) -> xr.DataArray:
     >>> bool(np.allclose((r**2).sum(("context", "position", "dim")), dec.ss_resid))
     True
     """
-    h = hidden_variable(ds)
-    h = h.isel({dim: _indexer(h, dec, dim) for dim in HIDDEN_DIMS})
-    h = _as_dask(h)
+    h = _hidden_of(ds, dec)
     # Arithmetic on bare Variables: xarray would otherwise compare (and so compute) the
     # non-index coordinates such as `topic` of the operands before keeping or dropping them.
     resid = (
@@ -433,8 +467,7 @@ def norms(ds: xr.Dataset, dec: xr.Dataset) -> xr.Dataset:
     True
     """
     resid = residual(ds, dec)
-    h = hidden_variable(ds)
-    h = _as_dask(h.isel({dim: _indexer(h, dec, dim) for dim in HIDDEN_DIMS}))
+    h = _hidden_of(ds, dec)
     centred = h.variable.astype(np.float64) - dec["mu"].variable
     return xr.Dataset(
         {
@@ -449,7 +482,10 @@ def norms(ds: xr.Dataset, dec: xr.Dataset) -> xr.Dataset:
 
 __all__ = [
     "finalize",
+    "dask_data",
     "hidden_variable",
+    "label_indexer",
+    "label_select",
     "norms",
     "paper_positions",
     "statistics",

@@ -13,6 +13,7 @@ from posctx.config import ExtractConfig
 from posctx.errors import StoreError
 from posctx.extraction.cluster import run_blocks_distributed
 from posctx.extraction.plan import (
+    BlockRun,
     check_shard,
     pending_blocks,
     prepare_store,
@@ -64,6 +65,7 @@ def extract(
     client: Any = None,
     shard: tuple[int, int] | None = None,
     plan_only: bool = False,
+    require_topic_column: bool = False,
 ) -> ExtractResult:
     """Extract every requested layer's hidden states for a corpus into a Zarr store.
 
@@ -96,6 +98,10 @@ def extract(
         with ``plan_only`` first.
     plan_only
         Create (or extend) the store, with its token ids and labels, and compute nothing.
+    require_topic_column
+        Refuse a table or dataset without ``config.corpus.topic_column`` (the command line
+        sets this when ``--topic-column`` is given): otherwise a missing column puts every
+        row in one topic, which suits the default column name only.
 
     Returns
     -------
@@ -103,9 +109,12 @@ def extract(
         What was done, with the time and token count of the forward-and-write phase.
     """
     from posctx.corpus import open_corpus
+    from posctx.corpus.sources import check_topic_column
     from posctx.model import load_model
 
     check_shard(shard)
+    if require_topic_column:
+        check_topic_column(config.corpus)  # a column named on purpose must exist
     stored = read_provenance(path, storage_options, output=True)  # a foreign store: refused now
     if stored is None:
         check_writable(path, storage_options)
@@ -144,21 +153,22 @@ def extract(
     todo = [] if plan_only else pending_blocks(blocks, done, shard)
     n_done = sum(b.size for b in mine if done[b.index])
     start = time.perf_counter()
-    common: dict[str, Any] = {
-        "storage_dtype": config.store.storage_dtype,
-        "storage_options": storage_options,
-        "progress": progress,
-        "n_total": sum(b.size for b in mine),
-        "n_done": n_done,
-    }
+    run = BlockRun(
+        path=path,
+        blocks=tuple(todo),
+        storage_dtype=config.store.storage_dtype,
+        length=config.store.length,
+        storage_options=storage_options,
+        progress=progress,
+        n_total=sum(b.size for b in mine),
+        n_done=n_done,
+    )
     if not todo:
         tokens = 0
     elif client is not None:
-        tokens = run_blocks_distributed(
-            client, loaded, path, todo, length=config.store.length, **common
-        )
+        tokens = run_blocks_distributed(client, loaded, run)
     else:
-        tokens = run_blocks(loaded, path, todo, **common)
+        tokens = run_blocks(loaded, run)
     return ExtractResult(
         path=str(path),
         n_contexts=config.store.contexts,

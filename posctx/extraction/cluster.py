@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from posctx.errors import StoreError
+from posctx.extraction.plan import BlockRun
 from posctx.extraction.run import Progress, compute_block
 from posctx.store import Block, BlockWriter
 
@@ -60,20 +61,8 @@ def extract_block(
     return block.size
 
 
-def run_blocks_distributed(
-    client: Any,
-    loaded: LoadedModel,
-    path: str,
-    blocks: list[Block],
-    *,
-    storage_dtype: str,
-    storage_options: Mapping[str, Any] | None = None,
-    progress: bool = True,
-    n_total: int | None = None,
-    n_done: int = 0,
-    length: int,
-) -> int:
-    """Run ``blocks`` as tasks on a ``distributed.Client``; returns the tokens written.
+def run_blocks_distributed(client: Any, loaded: LoadedModel, run: BlockRun) -> int:
+    """Run ``run.blocks`` as tasks on a ``distributed.Client``; returns the tokens written.
 
     Each block is one task writing one chunk-aligned region and then its own marker chunk, so
     workers never share a chunk. A task lost with its worker is retried elsewhere by the
@@ -82,26 +71,26 @@ def run_blocks_distributed(
     from dask.base import tokenize
     from distributed import as_completed
 
-    token = tokenize(path, loaded.weights_hash, storage_dtype)
+    token = tokenize(run.path, loaded.weights_hash, run.storage_dtype)
     futures = [
         client.submit(
             extract_block,
-            path,
+            run.path,
             block,
             loaded.config.to_dict(),
-            storage_dtype,
+            run.storage_dtype,
             loaded.weights_hash,
-            dict(storage_options) if storage_options else None,
+            dict(run.storage_options) if run.storage_options else None,
             key=f"posctx-extract-block-{block.index}-{token}",
             retries=3,
         )
-        for block in blocks
+        for block in run.blocks
     ]
-    bar = Progress(n_total, n_done, progress)
+    bar = Progress(run.n_total, run.n_done, run.progress)
     try:
         for future in as_completed(futures):
             size = future.result()
-            bar.add(size, size * length)
+            bar.add(size, size * run.length)
     finally:
         bar.close()
     return bar.tokens

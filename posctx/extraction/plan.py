@@ -5,6 +5,7 @@ resume whose settings, weights or interrupted extension do not match what is sto
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,7 +22,9 @@ from posctx.store import (
     provenance_record,
     read_provenance,
 )
-from posctx.types import SCHEMA_VERSION, TOKEN_ID
+from posctx.types import (
+    TOKEN_ID,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from posctx.model import LoadedModel
@@ -178,12 +181,6 @@ def prepare_store(
         special_tokens=special.to_dict(),
         chunk_contexts=chunk,
     )
-    attrs = {
-        "title": _title(config),
-        "posctx_kind": "hidden",
-        "posctx_schema": SCHEMA_VERSION,
-        "posctx": record,
-    }
     ds, encoding = build_dataset(
         token_ids=plan.token_ids,
         topic=plan.topic,
@@ -195,7 +192,8 @@ def prepare_store(
         storage_dtype=config.store.storage_dtype,
         chunk_contexts=chunk,
         chunk_layers=config.store.chunk_layers,
-        attrs=attrs,
+        provenance=record,
+        attrs={"title": _title(config)},
     )
     try:
         create_store(path, ds, encoding, storage_options)
@@ -270,7 +268,45 @@ def check_shard(shard: tuple[int, int] | None) -> None:
         )
 
 
+@dataclass(frozen=True)
+class BlockRun:
+    """What one extraction call computes and writes: the plan both executors take.
+
+    :func:`~posctx.extraction.run.run_blocks` runs it in this process (a writer thread
+    behind the forward passes), :func:`~posctx.extraction.cluster.run_blocks_distributed`
+    as tasks on a dask.distributed cluster.
+
+    Attributes
+    ----------
+    path
+        The store.
+    blocks
+        The blocks to compute, in order.
+    storage_dtype
+        Dtype of the stored hidden states.
+    length
+        Tokens per context (for the token count).
+    storage_options
+        fsspec options for URLs.
+    progress
+        Show a progress bar.
+    n_total, n_done
+        Contexts of this process's share of the store, and how many were already written
+        (the progress bar's total and start).
+    """
+
+    path: str
+    blocks: tuple[Block, ...]
+    storage_dtype: str
+    length: int
+    storage_options: Mapping[str, Any] | None = None
+    progress: bool = True
+    n_total: int | None = None
+    n_done: int = 0
+
+
 __all__ = [
+    "BlockRun",
     "config_differences",
     "refuse_mismatch",
     "plan_contexts",

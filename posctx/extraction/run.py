@@ -7,11 +7,12 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from posctx.extraction.plan import BlockRun
 from posctx.store import Block, BlockWriter
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -68,25 +69,18 @@ def compute_block(loaded: LoadedModel, token_ids: np.ndarray, storage_dtype: str
     return forward_block(loaded, token_ids, storage_dtype, batch_size=loaded.config.batch_size)
 
 
-def run_blocks(
-    loaded: LoadedModel,
-    path: str,
-    blocks: list[Block],
-    *,
-    storage_dtype: str,
-    storage_options: Mapping[str, Any] | None = None,
-    progress: bool = True,
-    n_total: int | None = None,
-    n_done: int = 0,
-) -> int:
-    """Compute and write ``blocks``; returns the number of tokens written."""
-    writer = BlockWriter(path, storage_options)
-    bar = Progress(n_total, n_done, progress)
-    background = _Writer(writer, lambda block: bar.add(block.size, block.size * writer.length))
+def run_blocks(loaded: LoadedModel, run: BlockRun) -> int:
+    """Compute and write ``run.blocks`` in this process; returns the number of tokens written.
+
+    A writer thread stores each block while the next one computes.
+    """
+    writer = BlockWriter(run.path, run.storage_options)
+    bar = Progress(run.n_total, run.n_done, run.progress)
+    background = _Writer(writer, lambda block: bar.add(block.size, block.size * run.length))
     try:
-        for block in blocks:
+        for block in run.blocks:
             ids = writer.token_ids(block)
-            background.put(block, compute_block(loaded, ids, storage_dtype))
+            background.put(block, compute_block(loaded, ids, run.storage_dtype))
     finally:
         background.close()
         bar.close()

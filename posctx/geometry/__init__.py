@@ -1,9 +1,11 @@
 """The geometry of position and context: the measurements of Song & Zhong (2023).
 
-Two layers, as in :mod:`posctx.decomposition`: :mod:`~posctx.geometry.kernels` (numpy, one
-layer's arrays at a time) and :mod:`~posctx.geometry.api` (labels in, a labelled
-:class:`xarray.Dataset` of measurements out). Figures are in :mod:`posctx.plots`, the HTML
-report in :mod:`posctx.report`; ``docs/geometry.md`` explains every measurement.
+Three layers, as in :mod:`posctx.decomposition`: :mod:`~posctx.geometry.kernels` (numpy, one
+layer's arrays at a time), :mod:`~posctx.geometry.graph` (the dask graphs of the second
+moments) and :mod:`~posctx.geometry.api` (labels in, a labelled :class:`xarray.Dataset` of
+measurements out), with :mod:`~posctx.geometry.serialise` (records, tables, JSON) beside it.
+Figures are in :mod:`posctx.plots`, the HTML report in :mod:`posctx.report`;
+``docs/geometry.md`` explains every measurement.
 
 Examples
 --------
@@ -17,17 +19,9 @@ Examples
 
 from __future__ import annotations
 
-from posctx.geometry.api import (
-    METRICS,
-    collect_inputs,
-    geometry_record,
-    measure_geometry,
-    metrics_table,
-    metrics_to_dict,
-    pos_gram,
-    provenance,
-)
+from posctx.geometry.api import METRICS, collect_inputs, measure_geometry, pos_gram
 from posctx.geometry.kernels import GeometryParams
+from posctx.geometry.serialise import geometry_record, metrics_table, metrics_to_dict, provenance
 
 __all__ = [
     "METRICS",

@@ -16,8 +16,7 @@ Nothing here computes on lazy inputs except those two documented steps.
 from __future__ import annotations
 
 import json
-from collections.abc import Hashable, Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import dask.array as da
@@ -25,25 +24,39 @@ import numpy as np
 import numpy.typing as npt
 import xarray as xr
 
+from posctx.decomposition.api import dask_data, label_indexer
 from posctx.errors import PosctxError
 from posctx.geometry import kernels
+from posctx.geometry.graph import gram_array
 from posctx.geometry.kernels import GeometryParams
-from posctx.types import CONTEXT, DIM, HIDDEN, HIDDEN_DIMS, LAYER, LAYER_NAME, POSITION, TOPIC
+from posctx.geometry.serialise import (
+    geometry_record,
+    inputs_record,
+    metrics_table,
+    metrics_to_dict,
+    provenance,
+)
+from posctx.progress import dask_progress
+from posctx.types import (
+    ANGLE,
+    COMPONENT,
+    CONTEXT,
+    DIM,
+    DIM2,
+    GEOMETRY_ATTR,
+    HIDDEN,
+    HIDDEN_DIMS,
+    INPUTS_ATTR,
+    LAYER,
+    LAYER_NAME,
+    POSITION,
+    PROVENANCE_ATTR,
+    TOPIC,
+)
 
 if TYPE_CHECKING:
-    import pandas as pd
+    pass
 
-#: Second matrix axis of ``(layer, dim, dim2)`` second moments.
-DIM2 = "dim2"
-#: Index of a singular value, largest first.
-COMPONENT = "component"
-#: Index of a principal angle, smallest angle first.
-ANGLE = "angle"
-
-#: attrs key marking a dataset made by :func:`collect_inputs` (a JSON record).
-INPUTS_ATTR = "posctx_geometry_inputs"
-#: attrs key of the JSON record of how the measurements were made.
-GEOMETRY_ATTR = "posctx_geometry"
 
 #: Variables of a decomposition the geometry reads; any others are ignored.
 REQUIRED = ("mu", "pos", "ctx", "ss_total", "ss_pos", "ss_ctx", "ss_resid")
@@ -117,49 +130,6 @@ def _check_decomposition(dec: xr.Dataset) -> None:
         )
 
 
-def _as_dask(var: xr.DataArray) -> da.Array:
-    data = var.data
-    return data if isinstance(data, da.Array) else da.from_array(np.asarray(data), chunks=-1)
-
-
-def _gram(x: da.Array, centre: da.Array) -> da.Array:
-    """Lazy per-layer ``sum (x - centre)(x - centre)^T`` of ``x`` ``(..., layer, dim)``.
-
-    One :func:`~posctx.geometry.kernels.gram_chunk` task per chunk of ``x``, then dask's tree
-    sum over the leading axes: the input is read once, a ``(layer, d, d)`` block per chunk.
-    """
-    x = x.rechunk({x.ndim - 1: -1})  # every task needs whole rows
-    centre = centre.astype(np.float64).rechunk((x.chunks[-2], -1))
-    lead = "abcdefgh"[: x.ndim - 2]
-    n_dims = x.shape[-1]
-    blocks = da.blockwise(
-        kernels.gram_chunk,
-        lead + "lde",
-        x,
-        lead + "ld",
-        centre,
-        "ld",
-        new_axes={"e": n_dims},
-        adjust_chunks={axis: 1 for axis in lead},
-        dtype=np.float64,
-        meta=np.empty((0,) * (x.ndim + 1), dtype=np.float64),
-    )
-    out: da.Array = blocks.sum(axis=tuple(range(x.ndim - 2)))
-    return out
-
-
-def _label_indexer(source: pd.Index, wanted: pd.Index, dim: str) -> slice | npt.NDArray[np.intp]:
-    found = np.asarray(source.get_indexer(wanted), dtype=np.intp)
-    if (found < 0).any():
-        raise PosctxError(
-            f"the hidden-state store lacks {dim} labels of the decomposition (e.g. "
-            f"{list(wanted[found < 0][:5])}): pass the store the decomposition was made from"
-        )
-    if found.size and np.array_equal(found, np.arange(found[0], found[0] + found.size)):
-        return slice(int(found[0]), int(found[0]) + found.size)  # plain chunk views, no gather
-    return found
-
-
 def _hidden_gram(hidden: xr.Dataset, dec: xr.Dataset) -> xr.DataArray:
     """Lazy ``H^T H`` per layer over exactly the contexts and positions of ``dec``."""
     if HIDDEN not in hidden.data_vars:
@@ -167,7 +137,7 @@ def _hidden_gram(hidden: xr.Dataset, dec: xr.Dataset) -> xr.DataArray:
             f"hidden has no {HIDDEN!r} variable: pass the hidden-state store "
             "(posctx.open_hidden) the decomposition was made from"
         )
-    ours, theirs = dec.attrs.get("posctx"), hidden.attrs.get("posctx")
+    ours, theirs = dec.attrs.get(PROVENANCE_ATTR), hidden.attrs.get(PROVENANCE_ATTR)
     if (
         ours is not None
         and theirs is not None
@@ -180,15 +150,12 @@ def _hidden_gram(hidden: xr.Dataset, dec: xr.Dataset) -> xr.DataArray:
         )
     h = hidden[HIDDEN].transpose(*HIDDEN_DIMS)
     h = h.isel(
-        {
-            dim: _label_indexer(h.indexes[dim], dec.indexes[dim], dim)
-            for dim in (CONTEXT, POSITION, LAYER)
-        }
+        {d: label_indexer(h.indexes[d], dec.indexes[d], d) for d in (CONTEXT, POSITION, LAYER)}
     )
     if h.sizes[DIM] != dec.sizes[DIM]:
         raise PosctxError(f"hidden has {h.sizes[DIM]} dims, the decomposition {dec.sizes[DIM]}")
     zeros = da.zeros((h.sizes[LAYER], h.sizes[DIM]), chunks=-1)
-    gram = _gram(_as_dask(h), zeros)
+    gram = gram_array(dask_data(h), zeros)
     return xr.DataArray(gram, dims=(LAYER, DIM, DIM2))
 
 
@@ -260,7 +227,7 @@ def collect_inputs(
             "pos": dec["pos"].transpose(POSITION, LAYER, DIM),
             # A slice when every context is kept: a plain view of whole chunks, no gather.
             "ctx": ctx.isel({CONTEXT: slice(None) if sample.size == n_contexts else sample}),
-            "ctx_gram": ((LAYER, DIM, DIM2), _gram(_as_dask(ctx), zeros)),
+            "ctx_gram": ((LAYER, DIM, DIM2), gram_array(dask_data(ctx), zeros)),
             **{name: dec[name] for name in REQUIRED if name.startswith("ss_")},
         }
     )
@@ -274,7 +241,7 @@ def collect_inputs(
         m2 = dec["m2_hidden"].drop_vars([DIM2], errors="ignore")
         lazy["hidden_gram"] = (m2 + n_contexts * n_positions * outer).transpose(LAYER, DIM, DIM2)
     lazy = lazy.assign_coords({DIM2: dec[DIM].values})
-    with _progress_bar(progress, "geometry: reading"):
+    with dask_progress(progress, "geometry: reading"):
         # Dataset.compute is one dask.compute; dask.compute(dataset) itself loses tasks that
         # variables share (dask 2026.8, xarray 2026.9: "Missing dependency"; compare
         # pydata/xarray#11329).
@@ -292,21 +259,6 @@ def collect_inputs(
     )
     computed.attrs = attrs
     return computed
-
-
-def _progress_bar(progress: bool, desc: str) -> Any:
-    if not progress:
-        return nullcontext()
-    from tqdm.dask import TqdmCallback
-    from tqdm.std import tqdm
-
-    # The plain tqdm class: tqdm.auto may pick a notebook widget and warn outside Jupyter.
-    return TqdmCallback(desc=desc, tqdm_class=tqdm)
-
-
-def _inputs_record(inputs: xr.Dataset) -> dict[str, Any]:
-    record: dict[str, Any] = json.loads(inputs.attrs[INPUTS_ATTR])
-    return record
 
 
 def _spectral_norm_given(
@@ -393,7 +345,7 @@ def measure_geometry(
         if INPUTS_ATTR in dec.attrs
         else collect_inputs(dec, hidden=hidden, params=params, progress=progress)
     )
-    record = _inputs_record(inputs)
+    record = inputs_record(inputs)
     n_contexts, n_positions = record["n_contexts"], record["n_positions"]
     n_layers, n_dims = inputs.sizes[LAYER], inputs.sizes[DIM]
     # Plain str: topics read from Zarr may come as numpy's StringDType, which sklearn refuses
@@ -472,73 +424,6 @@ def measure_geometry(
     )
 
 
-def geometry_record(metrics: xr.Dataset) -> dict[str, Any]:
-    """The JSON record of how ``metrics`` were made (settings, sizes, topics).
-
-    Examples
-    --------
-    >>> import posctx
-    >>> from posctx.testing import planted_hidden
-    >>> ds, _ = planted_hidden(30, 12, 1, 6)
-    >>> geometry_record(measure_geometry(posctx.decompose(ds)))["relative_norm"]
-    'missing: pass the hidden-state store'
-    """
-    record: dict[str, Any] = json.loads(metrics.attrs[GEOMETRY_ATTR])
-    return record
-
-
-def metrics_table(metrics: xr.Dataset) -> pd.DataFrame:
-    """The per-layer scalar measurements as a table, one row per layer (for CSV).
-
-    Examples
-    --------
-    >>> import posctx
-    >>> from posctx.testing import planted_hidden
-    >>> ds, _ = planted_hidden(30, 12, 2, 6)
-    >>> table = metrics_table(measure_geometry(posctx.decompose(ds)))
-    >>> table.shape[0], list(table.columns[:3])
-    (2, ['layer_name', 'pos_norm', 'pos_stable_rank'])
-    """
-    scalars = [name for name in metrics.data_vars if metrics[name].dims == (LAYER,)]
-    table = metrics[scalars].to_dataframe()
-    if LAYER_NAME in table.columns:
-        table = table[[LAYER_NAME] + [c for c in table.columns if c != LAYER_NAME]]
-    return table
-
-
-def metrics_to_dict(metrics: xr.Dataset) -> dict[str, Any]:
-    """The measurements as JSON-safe plain data: NaN becomes ``None``.
-
-    ``{"geometry": record, "descriptions": {name: text}, "layers": [{"layer": ...,
-    "layer_name": ..., name: value or list, ...}, ...]}``.
-
-    Examples
-    --------
-    >>> import json, posctx
-    >>> from posctx.testing import planted_hidden
-    >>> ds, _ = planted_hidden(30, 12, 2, 6)
-    >>> d = metrics_to_dict(measure_geometry(posctx.decompose(ds)))
-    >>> d["layers"][0]["layer_name"], d["layers"][0]["relative_norm"]
-    ('embeddings', None)
-    >>> _ = json.dumps(d, allow_nan=False)
-    """
-    layers = []
-    for i, layer in enumerate(metrics[LAYER].values):
-        row: dict[str, Any] = {"layer": int(layer)}
-        if LAYER_NAME in metrics.coords:
-            row["layer_name"] = str(metrics[LAYER_NAME].values[i])
-        for name in metrics.data_vars:
-            row[str(name)] = kernels.finite_or_none(metrics[name].values[i])
-        layers.append(row)
-    return {
-        "geometry": geometry_record(metrics),
-        "descriptions": {
-            str(k): str(v.attrs.get("description", "")) for k, v in metrics.data_vars.items()
-        },
-        "layers": layers,
-    }
-
-
 def pos_gram(inputs: xr.Dataset, layer_index: int) -> npt.NDArray[np.float64]:
     """Gram matrix ``(T, T)`` of the row-normalised pos of one layer (by index), in memory.
 
@@ -554,25 +439,6 @@ def pos_gram(inputs: xr.Dataset, layer_index: int) -> npt.NDArray[np.float64]:
     p = kernels.normalise_rows(np.asarray(inputs["pos"].isel({LAYER: layer_index}).values))
     gram: npt.NDArray[np.float64] = p @ p.T
     return gram
-
-
-def provenance(dec: Mapping[str, Any] | xr.Dataset) -> dict[str, Any]:
-    """The store's provenance (``attrs["posctx"]``) and the decomposition record, as data.
-
-    Examples
-    --------
-    >>> import posctx
-    >>> from posctx.testing import planted_hidden
-    >>> ds, _ = planted_hidden(10, 6, 2, 4)
-    >>> sorted(provenance(posctx.decompose(ds)))
-    ['decomposition', 'store']
-    """
-    attrs = dec.attrs if isinstance(dec, xr.Dataset) else dec
-    record = attrs.get("posctx_decomposition")
-    return {
-        "store": dict(attrs.get("posctx", {})),
-        "decomposition": json.loads(record) if isinstance(record, str) else record,
-    }
 
 
 __all__ = [

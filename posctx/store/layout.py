@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from posctx.types import (
     BLOCK,
@@ -16,14 +17,46 @@ from posctx.types import (
     DIM,
     HIDDEN,
     HIDDEN_DIMS,
+    HIDDEN_KIND,
+    KIND_ATTR,
     LAYER,
     LAYER_NAME,
     OFFSET,
     POSITION,
+    PROVENANCE_ATTR,
+    SCHEMA_ATTR,
+    SCHEMA_VERSION,
     SOURCE,
+    STORAGE_DTYPES,
     TOKEN_ID,
     TOPIC,
 )
+
+#: Every array of a hidden-state store: its dims, and the dtype kinds it may take ("f" float,
+#: "i"/"u" integer, "T"/"U"/"O" strings). :func:`schema_dataset` writes these, and
+#: ``posctx validate`` checks a store against them.
+SCHEMA: dict[str, tuple[tuple[str, ...], str]] = {
+    HIDDEN: (HIDDEN_DIMS, "f"),
+    TOKEN_ID: ((CONTEXT, POSITION), "i"),
+    BLOCK_COMPLETE: ((BLOCK,), "iu"),
+    BLOCK_START: ((BLOCK,), "iu"),
+    CONTEXT: ((CONTEXT,), "iu"),
+    POSITION: ((POSITION,), "iu"),
+    LAYER: ((LAYER,), "iu"),
+    DIM: ((DIM,), "iu"),
+    LAYER_NAME: ((LAYER,), "TUO"),
+    TOPIC: ((CONTEXT,), "TUO"),
+    SOURCE: ((CONTEXT,), "TUO"),
+    OFFSET: ((CONTEXT,), "iu"),
+}
+#: Where the schema fixes the dtype itself, not only its kind.
+EXACT_DTYPES: dict[str, tuple[str, ...]] = {HIDDEN: STORAGE_DTYPES, TOKEN_ID: ("int32",)}
+#: Coordinates labelled ``0..n-1`` (the layer coordinate holds the chosen hidden-state indices).
+RANGE_COORDS = (CONTEXT, POSITION, DIM)
+#: Coordinates of non-empty strings: one name per layer, one topic and source per context.
+STRING_COORDS = (LAYER_NAME, TOPIC, SOURCE)
+#: The labels of each context: its topic, the document it was cut from, and where in it.
+CONTEXT_LABELS = (TOPIC, SOURCE, OFFSET)
 
 #: target bytes per ``hidden`` chunk when the user does not choose a chunk size.
 DEFAULT_CHUNK_BYTES = 64 * 2**20
@@ -62,6 +95,84 @@ def plan_blocks(n_contexts: int, chunk_contexts: int) -> list[Block]:
     ]
 
 
+def schema_dataset(
+    *,
+    hidden: Any,
+    token_ids: Any,
+    block_complete: Any,
+    block_start: npt.ArrayLike,
+    context_labels: Mapping[str, npt.ArrayLike],
+    layers: Sequence[int],
+    layer_names: Sequence[str],
+    provenance: Mapping[str, Any],
+    attrs: Mapping[str, Any] | None = None,
+) -> Any:
+    """A hidden-state store's schema around given arrays, as an ``xarray.Dataset``.
+
+    The one definition of what a store holds: ``hidden`` ``(context, position, layer, dim)``,
+    ``token_id`` ``(context, position)`` int32 and ``block_complete`` ``(block,)`` uint8;
+    int64 index coordinates ``context``, ``position``, ``layer`` and ``dim``; ``topic``,
+    ``source`` and ``offset`` along context, ``layer_name`` along layer and ``block_start``
+    along block; attrs ``posctx_kind``, ``posctx_schema`` and the provenance record
+    ``posctx``. Extraction (:func:`build_dataset`) and the test helpers
+    (:func:`posctx.testing.hidden_dataset`) both make their stores here.
+
+    Parameters
+    ----------
+    hidden, token_ids, block_complete
+        The data variables (numpy or dask), shaped as above.
+    block_start
+        First context of each block.
+    context_labels
+        The per-context labels ``topic``, ``source`` and ``offset``, by name.
+    layers, layer_names
+        Hidden-state indices and their names.
+    provenance
+        The record stored under ``attrs["posctx"]``.
+    attrs
+        Further attrs (a title, say).
+    """
+    import xarray as xr
+
+    if set(context_labels) != set(CONTEXT_LABELS):
+        raise ValueError(f"context_labels must be {CONTEXT_LABELS}, got {sorted(context_labels)}")
+    n_contexts, length, _, n_dims = hidden.shape
+    ds = xr.Dataset(
+        {
+            HIDDEN: (HIDDEN_DIMS, hidden),
+            TOKEN_ID: ((CONTEXT, POSITION), token_ids),
+            BLOCK_COMPLETE: ((BLOCK,), block_complete),
+        },
+        coords={
+            CONTEXT: np.arange(n_contexts, dtype=np.int64),
+            POSITION: np.arange(length, dtype=np.int64),
+            LAYER: np.asarray(layers, dtype=np.int64),
+            DIM: np.arange(n_dims, dtype=np.int64),
+            LAYER_NAME: (LAYER, np.asarray(layer_names, dtype=object)),
+            **{
+                name: (
+                    CONTEXT,
+                    np.asarray(values, dtype=object if name in STRING_COORDS else np.int64),
+                )
+                for name, values in context_labels.items()
+            },
+            BLOCK_START: (BLOCK, np.asarray(block_start, dtype=np.int64)),
+        },
+        attrs={
+            **(attrs or {}),
+            KIND_ATTR: HIDDEN_KIND,
+            SCHEMA_ATTR: SCHEMA_VERSION,
+            PROVENANCE_ATTR: dict(provenance),
+        },
+    )
+    ds[HIDDEN].attrs["long_name"] = "hidden state"
+    ds[TOKEN_ID].attrs["long_name"] = "input token id"
+    ds[BLOCK_COMPLETE].attrs["long_name"] = (
+        "1 when contexts block_start[b]:block_start[b+1] are written"
+    )
+    return ds
+
+
 def build_dataset(
     *,
     token_ids: np.ndarray,
@@ -74,48 +185,37 @@ def build_dataset(
     storage_dtype: str,
     chunk_contexts: int,
     chunk_layers: int,
-    attrs: Mapping[str, Any],
+    provenance: Mapping[str, Any] | None = None,
+    attrs: Mapping[str, Any] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """The store's schema as a lazy ``xarray.Dataset`` plus the Zarr encoding to write it.
+    """A new store's :func:`schema_dataset`, lazy, plus the Zarr encoding to write it.
 
     ``hidden`` and ``block_complete`` are lazy zeros: writing the dataset with
-    ``compute=False`` creates their metadata without writing a single chunk.
+    ``compute=False`` creates their metadata without writing a single chunk. Without
+    ``provenance``, the record is taken from ``attrs["posctx"]`` (as before posctx 0.2).
     """
     import dask.array as da
-    import xarray as xr
 
+    extra = dict(attrs or {})
+    record = extra.pop(PROVENANCE_ATTR, {}) if provenance is None else provenance
     n_contexts, length = token_ids.shape
     n_layers = len(layers)
     blocks = plan_blocks(n_contexts, chunk_contexts)
     hidden_chunks = (chunk_contexts, length, chunk_layers or n_layers, hidden_size)
-    hidden = da.zeros(
-        (n_contexts, length, n_layers, hidden_size),
-        dtype=np.dtype(storage_dtype),
-        chunks=hidden_chunks,
-    )
-    ds = xr.Dataset(
-        {
-            HIDDEN: (HIDDEN_DIMS, hidden),
-            TOKEN_ID: ((CONTEXT, POSITION), np.asarray(token_ids, dtype=np.int32)),
-            BLOCK_COMPLETE: ((BLOCK,), da.zeros(len(blocks), dtype=np.uint8, chunks=1)),
-        },
-        coords={
-            CONTEXT: np.arange(n_contexts, dtype=np.int64),
-            POSITION: np.arange(length, dtype=np.int64),
-            LAYER: np.asarray(layers, dtype=np.int64),
-            DIM: np.arange(hidden_size, dtype=np.int64),
-            LAYER_NAME: (LAYER, np.asarray(layer_names, dtype=object)),
-            TOPIC: (CONTEXT, np.asarray(topic, dtype=object)),
-            SOURCE: (CONTEXT, np.asarray(source, dtype=object)),
-            OFFSET: (CONTEXT, np.asarray(offset, dtype=np.int64)),
-            BLOCK_START: (BLOCK, np.array([b.start for b in blocks], dtype=np.int64)),
-        },
-        attrs=dict(attrs),
-    )
-    ds[HIDDEN].attrs["long_name"] = "hidden state"
-    ds[TOKEN_ID].attrs["long_name"] = "input token id"
-    ds[BLOCK_COMPLETE].attrs["long_name"] = (
-        "1 when contexts block_start[b]:block_start[b+1] are written"
+    ds = schema_dataset(
+        hidden=da.zeros(
+            (n_contexts, length, n_layers, hidden_size),
+            dtype=np.dtype(storage_dtype),
+            chunks=hidden_chunks,
+        ),
+        token_ids=np.asarray(token_ids, dtype=np.int32),
+        block_complete=da.zeros(len(blocks), dtype=np.uint8, chunks=1),
+        block_start=[b.start for b in blocks],
+        context_labels={TOPIC: topic, SOURCE: source, OFFSET: offset},
+        layers=layers,
+        layer_names=layer_names,
+        provenance=record,
+        attrs=extra,
     )
     encoding = {
         # zstd shrinks hidden states ~8% but makes decoding 4x slower: store them raw.
@@ -128,9 +228,15 @@ def build_dataset(
 
 
 __all__ = [
+    "CONTEXT_LABELS",
+    "EXACT_DTYPES",
+    "RANGE_COORDS",
+    "SCHEMA",
+    "STRING_COORDS",
     "DEFAULT_CHUNK_BYTES",
     "Block",
     "default_chunk_contexts",
     "plan_blocks",
     "build_dataset",
+    "schema_dataset",
 ]

@@ -11,7 +11,14 @@ import numpy as np
 
 from posctx.errors import StoreError
 from posctx.store.location import exists, zarr_json
-from posctx.types import PROVENANCE_ATTR, SCHEMA_VERSION
+from posctx.types import (
+    DECOMPOSITION_KIND,
+    HIDDEN_KIND,
+    KIND_ATTR,
+    PROVENANCE_ATTR,
+    SCHEMA_ATTR,
+    SCHEMA_VERSION,
+)
 
 
 def read_provenance(
@@ -45,17 +52,17 @@ def read_provenance(
     attrs = meta.get("attributes") if isinstance(meta, dict) else None
     if not isinstance(attrs, dict):
         attrs = {}
-    kind = attrs.get("posctx_kind")
-    if kind == "hidden" and PROVENANCE_ATTR not in attrs:
+    kind = attrs.get(KIND_ATTR)
+    if kind == HIDDEN_KIND and PROVENANCE_ATTR not in attrs:
         # create_store writes the record last on object storage: this one never finished.
         raise StoreError(
             f"{path}: the creation of this store was interrupted before it was usable: "
             "delete it and re-run the same command"
         )
-    if PROVENANCE_ATTR not in attrs or kind != "hidden":
-        what = "is a posctx decomposition store, not" if kind == "decomposition" else "is not"
+    if PROVENANCE_ATTR not in attrs or kind != HIDDEN_KIND:
+        what = "is a posctx decomposition store, not" if kind == DECOMPOSITION_KIND else "is not"
         raise StoreError(f"{path} exists and {what} a posctx hidden-state store: {fix}")
-    schema = attrs.get("posctx_schema")
+    schema = attrs.get(SCHEMA_ATTR)
     if schema != SCHEMA_VERSION:
         raise StoreError(
             f"{path} has posctx schema {schema} but this posctx reads schema {SCHEMA_VERSION}: "

@@ -11,10 +11,7 @@ from posctx.errors import IncompleteStoreError, StoreError
 from posctx.store.blocks import completed_blocks
 from posctx.store.location import is_remote, local_path, open_group, size_on_disk, zarr_location
 from posctx.store.provenance import read_provenance
-from posctx.types import BLOCK_COMPLETE, BLOCK_START, CONTEXT, HIDDEN, TOKEN_ID
-
-#: attrs key that :func:`open_hidden` sets when it left unfinished blocks out.
-COMPLETE_ONLY_ATTR = "posctx_complete_only"
+from posctx.types import BLOCK_COMPLETE, BLOCK_START, COMPLETE_ONLY_ATTR, CONTEXT, HIDDEN, TOKEN_ID
 
 
 def open_hidden(

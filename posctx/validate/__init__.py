@@ -2,8 +2,9 @@
 
 ``posctx validate STORE`` runs :func:`validate_store`. Each check reads only what it needs and
 reports ``ok``, ``warn`` or ``fail`` with its figures; a broken store gives failing checks,
-never an exception, so one run lists everything that is wrong. The value scans read one chunk
-at a time, so a store of any size validates in constant memory.
+never an exception, so one run lists everything that is wrong. The value scans share one
+``dask.compute`` of small per-chunk summaries, so a store of any size validates in constant
+memory (one chunk per worker thread), in parallel on the active dask scheduler.
 
 The checks, in order:
 
@@ -32,8 +33,10 @@ The checks, in order:
 Where they live: :mod:`~posctx.validate.report` (:class:`Check`, :class:`ValidationReport`),
 :mod:`~posctx.validate.structure` (the checks that read metadata and labels only, up to
 ``partial_files``), :mod:`~posctx.validate.content` (``finite``, ``token_ids``,
-``special_tokens``: the scans of the data), :mod:`~posctx.validate.rerun` (the model re-run)
-and :mod:`~posctx.validate.api` (:func:`validate_store`, which runs them in order).
+``special_tokens``: the scans of the data, on the per-chunk numpy summaries of
+:mod:`~posctx.validate.kernels` and their dask graphs in :mod:`~posctx.validate.graph`),
+:mod:`~posctx.validate.rerun` (the model re-run) and :mod:`~posctx.validate.api`
+(:func:`validate_store`, which runs them in order).
 """
 
 from __future__ import annotations

@@ -9,8 +9,13 @@ from typing import Any
 from posctx.errors import StoreError
 from posctx.store import is_remote, remove_partial_files
 from posctx.store.location import exists, open_group, zarr_json
-from posctx.types import HIDDEN, PROVENANCE_ATTR
-from posctx.validate.content import _check_finite, _check_special_tokens, _check_token_ids
+from posctx.types import HIDDEN, HIDDEN_KIND, KIND_ATTR, PROVENANCE_ATTR
+from posctx.validate.content import (
+    _check_finite,
+    _check_special_tokens,
+    _check_token_ids,
+    _ContentScan,
+)
 from posctx.validate.report import Check, ValidationReport, _Skip
 from posctx.validate.rerun import _check_rerun
 from posctx.validate.structure import (
@@ -39,8 +44,8 @@ def _open(path: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any
     if not isinstance(meta, dict) or not isinstance(meta.get("attributes", {}), dict):
         return {"_unreadable": "the root zarr.json is not a Zarr group's metadata"}
     attrs = meta.get("attributes") or {}
-    kind = attrs.get("posctx_kind")
-    if kind not in (None, "hidden"):
+    kind = attrs.get(KIND_ATTR)
+    if kind not in (None, HIDDEN_KIND):
         raise StoreError(
             f"{path} is a posctx {kind} store, not a hidden-state store: validate the "
             "hidden-state store it was made from"
@@ -98,7 +103,7 @@ def validate_store(
         fsspec options for URLs.
     scan
         Scan the hidden states of every block marked written for NaN/inf (reads the whole
-        store, one chunk at a time).
+        store, chunk by chunk).
     rerun
         Recompute this many contexts (picked at random among the written blocks) with the
         recorded model and compare them with the stored values; 0 skips the check. Loads the
@@ -106,7 +111,7 @@ def validate_store(
     seed
         Seeds the choice of contexts to recompute.
     progress
-        Show progress bars on stderr while scanning.
+        Show a progress bar on stderr for the pass that reads the data (local schedulers).
     clean_partial
         First delete the ``.partial`` files killed writers left (local stores; only while no
         extraction is running).
@@ -121,6 +126,15 @@ def validate_store(
     StoreError
         Nothing is at ``path``, or it is not a hidden-state store (a decomposition store, a
         folder of other files). A damaged hidden-state store raises nothing: its checks fail.
+
+    Notes
+    -----
+    The checks that read the data (``finite``, ``token_ids``, ``special_tokens``) share one
+    ``dask.compute`` of small per-chunk summaries, run on the active dask scheduler: threads
+    by default, a ``dask.distributed`` client's workers when one is active. Peak memory is one
+    chunk per worker thread. Only when that pass fails does each of ``hidden`` and
+    ``token_id`` get read again on its own, to tell which check the failure belongs to. The
+    ``rerun`` check reads its few contexts with zarr, outside dask.
 
     Examples
     --------
@@ -156,6 +170,8 @@ def validate_store(
             [Check("schema", "fail", f"the root group cannot be opened ({problem})")],
             [("all other checks", "the store's root metadata is unreadable")],
         )
+    # finite, token_ids and special_tokens share one dask pass, run when the first of them asks.
+    content = _ContentScan(st, scan=scan, progress=progress)
     steps: list[tuple[str, Callable[[], Check], str | None]] = [
         ("schema", lambda: _check_schema(st), None),
         ("labels", lambda: _check_labels(st), None),
@@ -164,11 +180,11 @@ def validate_store(
         ("partial_files", lambda: _check_partial(st, removed), None),
         (
             "finite",
-            lambda: _check_finite(st, progress),
+            lambda: _check_finite(st, content),
             None if scan else "not requested (--no-scan / scan=False)",
         ),
-        ("token_ids", lambda: _check_token_ids(st, progress), None),
-        ("special_tokens", lambda: _check_special_tokens(st, progress), None),
+        ("token_ids", lambda: _check_token_ids(st, content), None),
+        ("special_tokens", lambda: _check_special_tokens(st, content), None),
         (
             "rerun",
             lambda: _check_rerun(st, rerun, seed),

@@ -1,104 +1,213 @@
 """The checks that read a store's data: finite hidden states, token ids, special tokens.
 
-Each reads one block (and one layer chunk) at a time, so memory stays at one chunk whatever
-the size of the store.
+All three read through one dask pass (:class:`_ContentScan`): the per-chunk summaries of
+:mod:`posctx.validate.kernels`, built into graphs by :mod:`posctx.validate.graph`, are
+computed in a single ``dask.compute`` on whatever scheduler is active (threads by default, a
+``dask.distributed`` client if one is set), so memory stays at one chunk per worker thread
+whatever the size of the store. The checks here combine the summaries and word the findings.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from typing import Any
 
-import numpy as np
+import dask.array as da
+from dask.base import compute
+from dask.delayed import Delayed
 
+from posctx.progress import dask_progress
 from posctx.store import Block, is_remote
 from posctx.store.location import local_path
 from posctx.types import CONTEXT, HIDDEN, LAYER, LAYER_NAME, POSITION, TOKEN_ID
+from posctx.validate.graph import hidden_summaries, token_summaries
+from posctx.validate.kernels import (
+    Framing,
+    HiddenSummary,
+    TokenSummary,
+    combine_hidden,
+    combine_tokens,
+)
 from posctx.validate.report import Check, _plural, _Skip
 from posctx.validate.structure import _Store
 
+#: The groups of reads the content checks share: ``hidden`` (``finite``) and ``token_id``
+#: (``token_ids`` and ``special_tokens``, which read each block once between them).
+_HIDDEN, _TOKENS = "hidden", "tokens"
 
-def _hidden_reader(st: _Store) -> Callable[[slice, slice], np.ndarray]:
-    """Reads ``hidden[contexts, :, layers]`` as numpy, directly from the chunk files if it can."""
+
+def _hidden_array(st: _Store) -> da.Array:
+    """``hidden`` as a dask array, read directly from the chunk files if it can be."""
     arr = st.array(HIDDEN)
     if not is_remote(st.path):
         from posctx.store.direct import direct_array
 
-        direct = direct_array(local_path(st.path) / HIDDEN)
+        direct: da.Array | None = direct_array(local_path(st.path) / HIDDEN)
         if direct is not None and direct.shape == arr.shape:
-            return lambda c, k: np.asarray(direct[c, :, k].compute(scheduler="synchronous"))
-    return lambda c, k: np.asarray(arr[c, :, k])
+            return direct
+    hidden: da.Array = da.from_zarr(arr)
+    return hidden
 
 
-def _chunks(
-    st: _Store, blocks: Sequence[Block], progress: bool, what: str
-) -> Iterator[tuple[Block, slice, np.ndarray]]:
-    """``hidden`` one block and one layer chunk at a time: memory stays at one chunk."""
-    from tqdm.auto import tqdm
-
-    arr = st.array(HIDDEN)
-    n_layers, step = int(arr.shape[2]), int(arr.chunks[2])
-    read = _hidden_reader(st)
-    for block in tqdm(blocks, desc=what, unit="block", disable=not progress, dynamic_ncols=True):
-        for start in range(0, n_layers, step):
-            layers = slice(start, min(start + step, n_layers))
-            yield block, layers, read(slice(block.start, block.stop), layers)
+def _plan_hidden(st: _Store) -> Delayed:
+    """Summaries of every block marked written, one per block and layer chunk."""
+    blocks = st.complete_blocks()
+    step = int(st.array(HIDDEN).chunks[2])
+    return hidden_summaries(_hidden_array(st), blocks, step)
 
 
-def _check_finite(st: _Store, progress: bool) -> Check:
+def _vocab_limit(st: _Store) -> int | None:
+    vocab = (st.record.get("model") or {}).get("vocab_size")
+    return vocab if isinstance(vocab, int) and vocab > 0 else None
+
+
+def _framing(st: _Store) -> Framing | None:
+    """The recorded special-token framing; ``None`` when the record has none."""
+    special = st.record.get("special_tokens")
+    if not isinstance(special, dict) or "prefix_ids" not in special:
+        return None
+    prefix = tuple(int(v) for v in special.get("prefix_ids") or [])
+    suffix = tuple(int(v) for v in special.get("suffix_ids") or [])
+    # Separator ids are text tokens placed between documents, legitimately mid-context.
+    separators = {int(v) for v in special.get("separator_ids") or []}
+    return Framing(prefix, suffix, tuple(sorted(set(prefix + suffix) - separators)))
+
+
+def _token_array(st: _Store) -> Any:
+    arr = st.array(TOKEN_ID)
+    if arr.ndim != 2:
+        raise _Skip("`token_id` is not (context, position)")
+    return arr
+
+
+def _plan_tokens(st: _Store) -> Delayed:
+    """Summaries of every planned block of ``token_id`` (written for all at creation)."""
+    arr = _token_array(st)
+    n, length = (int(v) for v in arr.shape)
+    blocks = [Block(b.index, b.start, min(b.stop, n)) for b in st.blocks() if b.start < n]
+    try:
+        framing = _framing(st)
+    except Exception:  # a malformed record: the special_tokens check reports it
+        framing = None
+    if framing is not None and len(framing.prefix) + len(framing.suffix) > length:
+        framing = None  # contexts too short to hold the framing: reported without a scan
+    return token_summaries(da.from_zarr(arr), blocks, _vocab_limit(st), framing)
+
+
+class _ContentScan:
+    """The data the content checks need, read in one dask pass when a check first asks.
+
+    Parameters
+    ----------
+    st
+        The store.
+    scan
+        Read ``hidden`` too (the ``finite`` check); ``token_id`` is always read.
+    progress
+        Show a progress bar for the pass.
+
+    Notes
+    -----
+    Planning errors (a missing array) belong to the group they were raised for and are
+    raised again to the checks of that group. Should the one pass fail, each group is read
+    again on its own so that the failure is reported by the checks it belongs to.
+    """
+
+    def __init__(self, st: _Store, *, scan: bool, progress: bool) -> None:
+        self._st = st
+        self._scan = scan
+        self._progress = progress
+        self._results: dict[str, Any] | None = None
+
+    def _run(self) -> dict[str, Any]:
+        plans: dict[str, Callable[[_Store], Delayed]] = {_TOKENS: _plan_tokens}
+        if self._scan:
+            plans = {_HIDDEN: _plan_hidden, **plans}
+        results: dict[str, Any] = {}
+        lazy: dict[str, Delayed] = {}
+        for group, plan in plans.items():
+            try:
+                lazy[group] = plan(self._st)
+            except Exception as exc:  # _Skip included: raised again by the group's checks
+                results[group] = exc
+        if not lazy:
+            return results
+        try:
+            with dask_progress(self._progress, "validate: scanning"):
+                results.update(zip(lazy, compute(*lazy.values()), strict=True))
+        except Exception:  # a chunk that cannot be read: find out whose
+            for group, value in lazy.items():
+                try:
+                    (results[group],) = compute(value)
+                except Exception as exc:
+                    results[group] = exc
+        combine: dict[str, Callable[[list[Any]], Any]] = {
+            _HIDDEN: combine_hidden,
+            _TOKENS: combine_tokens,
+        }
+        return {
+            group: value if isinstance(value, Exception) else combine[group](value)
+            for group, value in results.items()
+        }
+
+    def _get(self, group: str) -> Any:
+        if self._results is None:
+            self._results = self._run()
+        value = self._results[group]
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    def hidden(self) -> HiddenSummary:
+        """NaN/inf in the blocks marked written."""
+        summary: HiddenSummary = self._get(_HIDDEN)
+        return summary
+
+    def tokens(self) -> TokenSummary:
+        """Range and framing of the token ids, one summary for both checks that read them."""
+        summary: TokenSummary = self._get(_TOKENS)
+        return summary
+
+
+def _check_finite(st: _Store, content: _ContentScan) -> Check:
     blocks = st.complete_blocks()
     n_unmarked = len(st.blocks()) - len(blocks)
-    counts = {"nan": 0, "inf": 0, "vectors": 0}
-    bad_blocks: list[int] = []
-    bad_contexts: set[int] = set()
-    first: tuple[int, int, int] | None = None
-    n_values = 0
-    for block, layers, data in _chunks(st, blocks, progress, "finite"):
-        n_values += data.size
-        finite = np.isfinite(data)
-        if finite.all():
-            continue
-        counts["nan"] += int(np.isnan(data).sum())
-        counts["inf"] += int(np.isinf(data).sum())
-        bad = ~finite.all(axis=3)  # (context, position, layer) vectors holding a bad value
-        counts["vectors"] += int(bad.sum())
-        bad_contexts.update((block.start + np.flatnonzero(bad.any(axis=(1, 2)))).tolist())
-        if not bad_blocks or bad_blocks[-1] != block.index:
-            bad_blocks.append(block.index)
-        if first is None:
-            c, t, k = (int(v) for v in np.argwhere(bad)[0])
-            first = (block.start + c, t, layers.start + k)
+    found = content.hidden()
+    bad_contexts = found.contexts.tolist()
     figures: dict[str, Any] = {
-        "values_scanned": n_values,
+        "values_scanned": found.values,
         "blocks_scanned": len(blocks),
         "blocks_unmarked": n_unmarked,
-        **counts,
-        "blocks": bad_blocks,
-        "contexts": sorted(bad_contexts)[:100],
+        "nan": found.nan,
+        "inf": found.inf,
+        "vectors": found.vectors,
+        "blocks": list(found.blocks),
+        "contexts": bad_contexts[:100],
     }
     skipped = f"; {_plural(n_unmarked, 'unmarked block')} not scanned" if n_unmarked else ""
-    if first is None:
+    if found.first is None:
         return Check(
             "finite",
             "ok",
-            f"all {n_values:,} values of {_plural(len(blocks), 'marked block')} are finite{skipped}",
+            f"all {found.values:,} values of {_plural(len(blocks), 'marked block')} are finite"
+            f"{skipped}",
             figures,
         )
-    c, t, k = first
+    c, t, k = found.first
     figures["first"] = {
         CONTEXT: c,
         POSITION: st.label(POSITION, t),
         LAYER: st.label(LAYER, k),
         LAYER_NAME: st.label(LAYER_NAME, k),
     }
-    shown = ", ".join(map(str, sorted(bad_contexts)[:10]))
+    shown = ", ".join(map(str, bad_contexts[:10]))
     return Check(
         "finite",
         "fail",
-        f"{counts['nan'] + counts['inf']:,} non-finite values ({counts['nan']:,} NaN, "
-        f"{counts['inf']:,} inf) in {_plural(counts['vectors'], 'hidden vector')} of contexts "
-        f"[{shown}{', ...' if len(bad_contexts) > 10 else ''}], blocks {bad_blocks} marked written; "
-        f"first at context={c}, position={figures['first'][POSITION]}, "
+        f"{found.nan + found.inf:,} non-finite values ({found.nan:,} NaN, "
+        f"{found.inf:,} inf) in {_plural(found.vectors, 'hidden vector')} of contexts "
+        f"[{shown}{', ...' if len(bad_contexts) > 10 else ''}], blocks {list(found.blocks)} "
+        f"marked written; first at context={c}, position={figures['first'][POSITION]}, "
         f"layer={figures['first'][LAYER]} ({figures['first'][LAYER_NAME]}): their completion "
         f"markers lie; set block_complete[b] = 0 for those blocks (with zarr) and re-run the "
         f"same `posctx extract` command to rewrite them{skipped}",
@@ -106,39 +215,14 @@ def _check_finite(st: _Store, progress: bool) -> Check:
     )
 
 
-def _token_blocks(st: _Store, progress: bool, what: str) -> Iterator[tuple[Block, np.ndarray]]:
-    """``token_id`` one block at a time (token ids are written for every block at creation)."""
-    from tqdm.auto import tqdm
-
-    arr = st.array(TOKEN_ID)
-    if arr.ndim != 2:
-        raise _Skip("`token_id` is not (context, position)")
-    for block in tqdm(
-        st.blocks(), desc=what, unit="block", disable=not progress, dynamic_ncols=True
-    ):
-        yield block, np.asarray(arr[block.start : block.stop])
-
-
-def _check_token_ids(st: _Store, progress: bool) -> Check:
-    vocab = (st.record.get("model") or {}).get("vocab_size")
-    limit = vocab if isinstance(vocab, int) and vocab > 0 else None
-    n_bad, first, lo, hi, n_ids = 0, None, None, None, 0
-    for block, ids in _token_blocks(st, progress, "token ids"):
-        if ids.size == 0:
-            continue
-        n_ids += ids.size
-        lo = int(ids.min()) if lo is None else min(lo, int(ids.min()))
-        hi = int(ids.max()) if hi is None else max(hi, int(ids.max()))
-        bad = (ids < 0) | (ids >= limit) if limit is not None else ids < 0
-        if bad.any():
-            n_bad += int(bad.sum())
-            if first is None:
-                c, t = (int(v) for v in np.argwhere(bad)[0])
-                first = (block.start + c, t, int(ids[c, t]))
+def _check_token_ids(st: _Store, content: _ContentScan) -> Check:
+    limit = _vocab_limit(st)
+    found = content.tokens()
+    n_ids, lo, hi, n_bad = found.ids, found.min, found.max, found.out_of_range
     figures = {"vocab_size": limit, "ids": n_ids, "min": lo, "max": hi, "out_of_range": n_bad}
     allowed = f"[0, {limit})" if limit is not None else "[0, inf)"
-    if first is not None:
-        c, t, value = first
+    if found.first_out_of_range is not None:
+        c, t, value = found.first_out_of_range
         return Check(
             "token_ids",
             "fail",
@@ -158,45 +242,26 @@ def _check_token_ids(st: _Store, progress: bool) -> Check:
     return Check("token_ids", "ok", f"all {n_ids:,} ids in {allowed} (range {lo}..{hi})", figures)
 
 
-def _check_special_tokens(st: _Store, progress: bool) -> Check:
-    special = st.record.get("special_tokens")
-    if not isinstance(special, dict) or "prefix_ids" not in special:
+def _check_special_tokens(st: _Store, content: _ContentScan) -> Check:
+    framing = _framing(st)
+    if framing is None:
         return Check(
             "special_tokens",
             "warn",
             "no special_tokens record: the framing of contexts cannot be checked",
         )
-    prefix = [int(v) for v in special.get("prefix_ids") or []]
-    suffix = [int(v) for v in special.get("suffix_ids") or []]
-    # Separator ids are text tokens placed between documents, legitimately mid-context.
-    forbidden = sorted(set(prefix + suffix) - {int(v) for v in special.get("separator_ids") or []})
+    special: dict[str, Any] = st.record["special_tokens"]
+    prefix, suffix = list(framing.prefix), list(framing.suffix)
     p, s = len(prefix), len(suffix)
-    rows: dict[str, list[int]] = {"prefix": [], "suffix": []}  # contexts framed wrongly
-    n_contexts = 0
-    mid: list[tuple[int, int, int]] = []
-    n_mid = 0
-    for block, ids in _token_blocks(st, progress, "special tokens"):
-        length = ids.shape[1]
-        n_contexts += len(ids)
-        if p + s > length:
-            return Check(
-                "special_tokens",
-                "fail",
-                f"contexts of {length} tokens cannot hold {p} prefix and {s} suffix ids",
-            )
-        if p:
-            rows["prefix"] += (
-                block.start + np.flatnonzero((ids[:, :p] != prefix).any(axis=1))
-            ).tolist()
-        if s:
-            rows["suffix"] += (
-                block.start + np.flatnonzero((ids[:, length - s :] != suffix).any(axis=1))
-            ).tolist()
-        if forbidden:
-            hits = np.argwhere(np.isin(ids[:, p : length - s], forbidden))
-            n_mid += len(hits)
-            for c, t in hits[: max(0, 10 - len(mid))].tolist():  # the first ten, as examples
-                mid.append((block.start + c, p + t, int(ids[c, p + t])))
+    found = content.tokens()
+    length = int(_token_array(st).shape[1])
+    if p + s > length and st.blocks():
+        return Check(
+            "special_tokens",
+            "fail",
+            f"contexts of {length} tokens cannot hold {p} prefix and {s} suffix ids",
+        )
+    n_contexts = found.contexts
     tokens = dict(
         zip(
             prefix + suffix,
@@ -204,32 +269,33 @@ def _check_special_tokens(st: _Store, progress: bool) -> Check:
             strict=False,
         )
     )
+    mid = [list(m) for m in found.mid_first]
     figures: dict[str, Any] = {
         "prefix_ids": prefix,
         "suffix_ids": suffix,
         "policy": special.get("policy"),
-        "bad_prefix_contexts": rows["prefix"][:100],
-        "bad_suffix_contexts": rows["suffix"][:100],
-        "mid_context": n_mid,
-        "mid_context_first": [list(m) for m in mid],
+        "bad_prefix_contexts": list(found.bad_prefix_contexts),
+        "bad_suffix_contexts": list(found.bad_suffix_contexts),
+        "mid_context": found.mid,
+        "mid_context_first": mid,
     }
     problems = []
-    if rows["prefix"]:
+    if found.bad_prefix:
         problems.append(
-            f"{len(rows['prefix'])} of {n_contexts} contexts do not start with "
-            f"{prefix} (first: context {rows['prefix'][0]})"
+            f"{found.bad_prefix} of {n_contexts} contexts do not start with "
+            f"{prefix} (first: context {found.bad_prefix_contexts[0]})"
         )
-    if rows["suffix"]:
+    if found.bad_suffix:
         problems.append(
-            f"{len(rows['suffix'])} of {n_contexts} contexts do not end with "
-            f"{suffix} (first: context {rows['suffix'][0]})"
+            f"{found.bad_suffix} of {n_contexts} contexts do not end with "
+            f"{suffix} (first: context {found.bad_suffix_contexts[0]})"
         )
-    if n_mid:
+    if found.mid:
         c, t, value = mid[0]
         problems.append(
-            f"{_plural(n_mid, 'prefix/suffix id')} mid-context, first {tokens.get(value, value)!r} (id "
-            f"{value}) at context={c}, position={t}: the model saw a misplaced "
-            "[CLS]/BOS/[SEP] there"
+            f"{_plural(found.mid, 'prefix/suffix id')} mid-context, first "
+            f"{tokens.get(value, value)!r} (id {value}) at context={c}, position={t}: the model "
+            "saw a misplaced [CLS]/BOS/[SEP] there"
         )
     if problems:
         return Check(
@@ -249,6 +315,6 @@ def _check_special_tokens(st: _Store, progress: bool) -> Check:
         "special_tokens",
         "ok",
         f"policy {special.get('policy')!r}: every context is {frame}; no "
-        f"{'prefix/suffix id' if forbidden else 'special id (none recorded)'} mid-context",
+        f"{'prefix/suffix id' if framing.forbidden else 'special id (none recorded)'} mid-context",
         figures,
     )

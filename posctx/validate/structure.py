@@ -16,24 +16,23 @@ import numpy as np
 
 from posctx.errors import PosctxError
 from posctx.store import Block, is_remote, partial_files, plan_blocks
+from posctx.store.layout import EXACT_DTYPES, RANGE_COORDS, SCHEMA, STRING_COORDS
 from posctx.store.location import local_path, open_group
 from posctx.types import (
     BLOCK,
     BLOCK_COMPLETE,
     BLOCK_START,
     CONTEXT,
-    DIM,
     HIDDEN,
     HIDDEN_DIMS,
+    HIDDEN_KIND,
+    KIND_ATTR,
     LAYER,
-    LAYER_NAME,
     OFFSET,
-    POSITION,
     PROVENANCE_ATTR,
+    SCHEMA_ATTR,
     SCHEMA_VERSION,
-    SOURCE,
     TOKEN_ID,
-    TOPIC,
 )
 from posctx.validate.report import Check, _plural, _Skip
 
@@ -48,24 +47,6 @@ REQUIRED_PROVENANCE = (
     "created",
 )
 
-# Every array of the schema: dims and the dtype kinds ("f" float, "i"/"u" integer, "T"/"U"/"O"
-# string) each must have.
-_SCHEMA: dict[str, tuple[tuple[str, ...], str]] = {
-    HIDDEN: (HIDDEN_DIMS, "f"),
-    TOKEN_ID: ((CONTEXT, POSITION), "i"),
-    BLOCK_COMPLETE: ((BLOCK,), "iu"),
-    BLOCK_START: ((BLOCK,), "iu"),
-    CONTEXT: ((CONTEXT,), "iu"),
-    POSITION: ((POSITION,), "iu"),
-    LAYER: ((LAYER,), "iu"),
-    DIM: ((DIM,), "iu"),
-    LAYER_NAME: ((LAYER,), "TUO"),
-    TOPIC: ((CONTEXT,), "TUO"),
-    SOURCE: ((CONTEXT,), "TUO"),
-    OFFSET: ((CONTEXT,), "iu"),
-}
-# Where the schema fixes the dtype itself, not just its kind.
-_EXACT_DTYPES = {HIDDEN: ("float32", "float16"), TOKEN_ID: ("int32",)}
 _KIND_NAMES = {"f": "a float", "i": "an integer", "iu": "an integer", "TUO": "strings"}
 
 
@@ -80,7 +61,7 @@ class _Store:
         self.attrs: dict[str, Any] = dict(self.group.attrs)
         self.arrays: dict[str, Any] = {}
         self.broken: dict[str, str] = {}  # name -> why it cannot be opened
-        for name in _SCHEMA:
+        for name in SCHEMA:
             try:
                 self.arrays[name] = self.group[name]
             except KeyError:
@@ -149,10 +130,10 @@ class _Store:
 def _check_schema(st: _Store) -> Check:
     problems: list[str] = []
     notes: list[str] = []
-    kind = st.attrs.get("posctx_kind")
-    if kind != "hidden":
+    kind = st.attrs.get(KIND_ATTR)
+    if kind != HIDDEN_KIND:
         problems.append(f"root attr posctx_kind is {kind!r}, not 'hidden'")
-    version = st.attrs.get("posctx_schema")
+    version = st.attrs.get(SCHEMA_ATTR)
     if version is None:
         problems.append(f"root attr posctx_schema is missing (this posctx writes {SCHEMA_VERSION})")
     elif version != SCHEMA_VERSION:
@@ -163,7 +144,7 @@ def _check_schema(st: _Store) -> Check:
             f"store schema version {version!r}, this posctx reads schema {SCHEMA_VERSION}: "
             f"{fix}, or read it with posctx {made_by} that wrote it"
         )
-    for name, (dims, kinds) in _SCHEMA.items():
+    for name, (dims, kinds) in SCHEMA.items():
         if name in st.broken:
             problems.append(f"`{name}` cannot be opened ({st.broken[name]})")
             continue
@@ -174,7 +155,7 @@ def _check_schema(st: _Store) -> Check:
         have = tuple(arr.metadata.dimension_names or ())
         if have != dims:
             problems.append(f"`{name}` has dims {have}, expected {dims}")
-        exact = _EXACT_DTYPES.get(name)
+        exact = EXACT_DTYPES.get(name)
         if (str(arr.dtype) not in exact) if exact else (arr.dtype.kind not in kinds):
             expected = " or ".join(exact) if exact else _KIND_NAMES[kinds]
             problems.append(f"`{name}` has dtype {arr.dtype}, expected {expected}")
@@ -204,8 +185,8 @@ def _shape_problems(st: _Store) -> list[str]:
     """Sizes that disagree between arrays, coordinates and the recorded block size."""
     sizes: dict[str, int] = {}
     problems = []
-    # The first array giving a dim its size sets it; `hidden` comes first in _SCHEMA.
-    for name, (dims, _) in _SCHEMA.items():
+    # The first array giving a dim its size sets it; `hidden` comes first in SCHEMA.
+    for name, (dims, _) in SCHEMA.items():
         arr = st.arrays.get(name)
         if arr is None or len(arr.shape) != len(dims):
             if arr is not None:
@@ -245,7 +226,7 @@ def _consolidated_notes(st: _Store) -> list[str]:
         copy = consolidated.get(name)
         if copy is None or list(copy.get("shape", [])) != list(arr.shape):
             stale.append(name)
-    stale += [n for n in _SCHEMA if n in consolidated and n not in st.arrays]
+    stale += [n for n in SCHEMA if n in consolidated and n not in st.arrays]
     if stale:
         return [
             f"consolidated metadata is stale for {sorted(set(stale))}: xr.open_zarr sees "
@@ -254,37 +235,43 @@ def _consolidated_notes(st: _Store) -> list[str]:
     return []
 
 
+def _label_rule(name: str, values: np.ndarray) -> tuple[str | None, str]:
+    """What is wrong with a coordinate's labels (or ``None``), and what held, in words."""
+    if name in RANGE_COORDS:
+        wrong = np.flatnonzero(values != np.arange(values.size))
+        problem = (
+            f"`{name}` is not 0..{values.size - 1} (index {int(wrong[0])} holds "
+            f"{values[wrong[0]].tolist()!r})"
+            if wrong.size
+            else None
+        )
+        return problem, f"{name} 0..{values.size - 1}"
+    if name == LAYER:
+        bad = np.unique(values).size != values.size or (values.size and values.min() < 0)
+        listed = values.tolist()
+        return (f"`layer` labels are not unique and >= 0: {listed}" if bad else None), (
+            f"layers {listed}"
+        )
+    strings = values.tolist()
+    empty = [i for i, v in enumerate(strings) if not (isinstance(v, str) and v)]
+    problem = (
+        f"`{name}` is empty or not a string at {_plural(len(empty), 'index', 'indices')} (first {empty[:5]})"
+        if empty
+        else None
+    )
+    return problem, f"{len(set(strings))} distinct {name}s"
+
+
 def _check_labels(st: _Store) -> Check:
     problems: list[str] = []
     found: list[str] = []  # what was checked and held, with its figures
-    for name in (CONTEXT, POSITION, DIM):
+    for name in (*RANGE_COORDS, LAYER, *STRING_COORDS):
         if name in st.arrays:
-            values = st.values(name)
-            wrong = np.flatnonzero(values != np.arange(values.size))
-            if wrong.size:
-                problems.append(
-                    f"`{name}` is not 0..{values.size - 1} (index {int(wrong[0])} "
-                    f"holds {values[wrong[0]].tolist()!r})"
-                )
+            problem, held = _label_rule(name, st.values(name))
+            if problem:
+                problems.append(problem)
             else:
-                found.append(f"{name} 0..{values.size - 1}")
-    if LAYER in st.arrays:
-        layers = st.values(LAYER)
-        if np.unique(layers).size != layers.size or (layers.size and layers.min() < 0):
-            problems.append(f"`layer` labels are not unique and >= 0: {layers.tolist()}")
-        else:
-            found.append(f"layers {layers.tolist()}")
-    for name in (LAYER_NAME, TOPIC, SOURCE):
-        if name in st.arrays:
-            values = st.values(name).tolist()
-            empty = [i for i, v in enumerate(values) if not (isinstance(v, str) and v)]
-            if empty:
-                problems.append(
-                    f"`{name}` is empty or not a string at "
-                    f"{_plural(len(empty), 'index', 'indices')} (first {empty[:5]})"
-                )
-            else:
-                found.append(f"{len(set(values))} distinct {name}s")
+                found.append(held)
     if OFFSET in st.arrays:
         negative = np.flatnonzero(st.values(OFFSET) < 0)
         if negative.size:

@@ -8,7 +8,7 @@ nothing here imports xarray or dask. Every function takes plain arrays of one la
 * ``topics`` ``(C,)``: one label per context.
 
 One module per measurement family: ``params`` (settings), ``spectra``, ``smoothness``,
-``spiral``, ``clusters``, ``orthogonality``, ``moments`` (chunked Gram blocks) and ``layer``
+``spiral``, ``clusters``, ``orthogonality``, ``moments`` (Gram matrices by chunk) and ``layer``
 (all of one layer's measurements).
 
 scikit-learn (k-means and cluster scores) and ``screenot`` (the optimal singular value

