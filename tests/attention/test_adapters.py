@@ -194,8 +194,9 @@ def test_unknown_model_types_and_missing_blocks_are_refused(models: dict[str, An
         with pytest.raises(ModelError) as info:
             attention_weights(models["gpt2"], layer, [0])
         assert str(info.value) == (
-            f"layer {layer} has no attention block: block l reads hidden state l, so gpt2 with "
-            "2 blocks has attention at layers 0..1 (hidden state 2 is the last block's output)"
+            f"layer {layer} has no attention: transformer block l reads hidden state l, so gpt2 "
+            "with 2 transformer blocks has attention at layers 0..1 (hidden state 2 is the last "
+            "transformer block's output)"
         )
 
 

@@ -72,7 +72,9 @@ def test_a_layer_without_a_block_is_refused_before_anything_is_written(
 ) -> None:
     hidden, dec = stores
     out = tmp_path / "att"
-    with pytest.raises(ModelError, match=r"layer 2 has no attention block"):
+    with pytest.raises(
+        ModelError, match=r"layer 2 has no attention: transformer block l reads hidden state l"
+    ):
         write_attention_dissection(hidden, dec, [0, 2], out, contexts=2)
     assert not out.exists()
 

@@ -15,6 +15,7 @@ from posctx.config import ModelConfig
 from posctx.errors import StoreError
 from posctx.extraction.api import extract
 from posctx.extraction.cluster import cached_model, extract_block, run_blocks_distributed
+from posctx.extraction.plan import BlockRun
 from posctx.model import LoadedModel, forward_hidden, load_model
 from posctx.store import Block, plan_blocks
 from tests.stores import tiny_config, write_corpus
@@ -101,15 +102,10 @@ def test_blocks_run_as_named_retried_tasks_and_count_their_tokens(
 
     blocks = plan_blocks(10, 4)
     recording = _Recording(client)
-    tokens = run_blocks_distributed(
-        recording,
-        gpt2,
-        planned,
-        [blocks[0], blocks[2]],
-        storage_dtype="float32",
-        progress=False,
-        length=8,
+    run = BlockRun(
+        planned, (blocks[0], blocks[2]), storage_dtype="float32", length=8, progress=False
     )
+    tokens = run_blocks_distributed(recording, gpt2, run)
     assert tokens == (4 + 2) * 8
     ds = xr.open_zarr(planned)
     assert ds.block_complete.values.tolist() == [1, 0, 1]

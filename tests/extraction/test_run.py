@@ -13,6 +13,7 @@ import xarray as xr
 import posctx.model
 from posctx.config import ModelConfig
 from posctx.extraction.api import extract
+from posctx.extraction.plan import BlockRun
 from posctx.extraction.run import Progress, _Writer, compute_block, run_blocks
 from posctx.model import LoadedModel, forward_hidden, load_model
 from posctx.store import Block, plan_blocks
@@ -104,7 +105,8 @@ def test_run_blocks_writes_the_blocks_given_and_counts_their_tokens(
     config = tiny_config(gpt2.path, write_corpus(tmp_path / "corpus"), contexts=10)
     extract(config, path, progress=False, loaded=gpt2, plan_only=True)
     blocks = plan_blocks(10, 4)
-    tokens = run_blocks(gpt2, path, [blocks[0], blocks[2]], storage_dtype="float32", progress=False)
+    run = BlockRun(path, (blocks[0], blocks[2]), storage_dtype="float32", length=8, progress=False)
+    tokens = run_blocks(gpt2, run)
     assert tokens == (4 + 2) * 8
     ds = xr.open_zarr(path)
     assert ds.block_complete.values.tolist() == [1, 0, 1]

@@ -100,8 +100,17 @@ def test_the_encoding_stores_hidden_raw_in_block_chunks_and_one_marker_per_chunk
     assert encoding["hidden"] == {"chunks": (4, 3, 3, 5), "compressors": None}
 
 
-def test_the_attrs_are_copied() -> None:
-    attrs = {"posctx_kind": "hidden"}
-    ds, _ = _dataset(attrs=attrs)
-    attrs["posctx_kind"] = "changed"
-    assert ds.attrs == {"posctx_kind": "hidden"}
+def test_the_attrs_always_say_what_the_store_is_and_are_copied() -> None:
+    record = {"config": {"a": 1}}
+    attrs = {"title": "t", "posctx_kind": "decomposition"}
+    ds, _ = _dataset(attrs=attrs, provenance=record)
+    attrs["title"] = "changed"
+    record["config"] = {}
+    assert ds.attrs == {
+        "title": "t",
+        "posctx_kind": "hidden",
+        "posctx_schema": 1,
+        "posctx": {"config": {"a": 1}},
+    }
+    ds, _ = _dataset(attrs={"posctx": {"from": "attrs"}})  # the record as before posctx 0.2
+    assert ds.attrs["posctx"] == {"from": "attrs"}
