@@ -2,8 +2,9 @@
 
 A module has logic of its own when its source defines a top-level function or class; the
 imports are read from the tests' source with ``ast`` (tests/sources.py), so a module counts
-only when a test file names it in full: ``import posctx.a.b``, ``from posctx.a.b import x``
-or ``from posctx.a import b``. Importing a package does not count for its submodules.
+only when a test module (``test_*.py``) names it in full: ``import posctx.a.b``,
+``from posctx.a.b import x`` or ``from posctx.a import b``. Importing a package does not count
+for its submodules, nor does an import in a helper module or ``conftest.py``.
 """
 
 from __future__ import annotations
@@ -41,12 +42,16 @@ def untested_modules(package: Path, tests: Path, exempt: frozenset[str] = frozen
     }
     imported: set[str] = set()
     for name, path in module_files(tests).items():
-        imported.update(imported_names(path, name))
+        if path.name.startswith("test_"):  # test modules only: not helpers or conftest.py
+            imported.update(imported_names(path, name))
     return sorted(modules - imported)
 
 
 def test_every_module_with_logic_is_imported_by_a_test() -> None:
-    assert untested_modules(PACKAGE, TESTS, frozenset(EXEMPT)) == []
+    missing = untested_modules(PACKAGE, TESTS, frozenset(EXEMPT))
+    assert missing == [], (
+        f"no test module imports {', '.join(missing)}: add tests/<package>/test_<module>.py"
+    )
 
 
 def test_exempt_modules_exist() -> None:
@@ -72,6 +77,8 @@ def test_checker_finds_an_unimported_module(tmp_path: Path) -> None:
     (tests / "sub" / "test_y.py").write_text(
         "def test():\n    from pkg.sub import c\n    import pkg.sub\n"
     )
+    (tests / "helpers.py").write_text("import pkg.sub.untested\n")  # not a test module
+    (tests / "conftest.py").write_text("from pkg import shim\n")
     assert untested_modules(pkg, tests) == ["pkg.shim", "pkg.sub.parent_only", "pkg.sub.untested"]
     assert untested_modules(pkg, tests, frozenset({"pkg.shim"})) == [
         "pkg.sub.parent_only",
