@@ -125,6 +125,24 @@ def cli() -> None:
     help="Contexts per chunk (0: about 64 MB chunks).",
 )
 @click.option("--chunk-layers", default=0, show_default=True, help="Layers per chunk (0: all).")
+@click.option(
+    "--statistics/--no-statistics",
+    default=True,
+    show_default=True,
+    help="Also keep the decomposition's statistics, so that decomposing reads no hidden state.",
+)
+@click.option(
+    "--moments",
+    is_flag=True,
+    help="With the statistics, also accumulate dim x dim second moments (the spectra).",
+)
+@click.option(
+    "--hidden-contexts",
+    default=None,
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Store the hidden states of the first N contexts only (0: none); statistics cover all.",
+)
 @click.option("--seed", default=0, show_default=True)
 @click.option(
     "--balance/--no-balance",
@@ -186,6 +204,9 @@ def extract(**kw: Any) -> None:
             storage_dtype=kw["storage_dtype"],
             chunk_contexts=kw["chunk_contexts"],
             chunk_layers=kw["chunk_layers"],
+            statistics=kw["statistics"],
+            moments=kw["moments"],
+            hidden_contexts=kw["hidden_contexts"],
         ),
     )
     if kw["scheduler"] and kw["workers"]:
@@ -284,10 +305,14 @@ def decompose(
         complete_only=complete_only,
         storage_options=_storage_options(storage_option),
     )
-    if result.previous is not None:
+    if result.source == "statistics":
+        click.echo("decomposed from the statistics kept during extraction: no hidden state read")
+    elif result.previous is not None:
         click.echo(
             f"{result.contexts_read} new contexts read; the rest came from {result.previous}"
         )
+    if result.source_reason:
+        click.echo(f"read the {result.source}: {result.source_reason}")
     click.echo(format_variance_table(variance_shares(result.decomposition)))
     click.echo(f"wrote {out} in {result.seconds:.1f} s")
 

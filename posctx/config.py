@@ -14,12 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from posctx.errors import PosctxError
+from posctx.types import MODEL_DTYPES, SPECIAL_TOKEN_POLICIES, STORAGE_DTYPES
 
 _T = TypeVar("_T", bound="_Record")
 
-MODEL_DTYPES = ("float32", "bfloat16", "float16")
-STORAGE_DTYPES = ("float32", "float16")
-SPECIAL_TOKEN_POLICIES = ("model", "none")
 #: the form of a torch device string; whether torch knows the type is checked when loading.
 _DEVICE = re.compile(r"[a-z][a-z0-9_]*(:[0-9]+)?")
 
@@ -158,6 +156,15 @@ class StoreConfig(_Record):
         Contexts per chunk and per write block; 0 picks about 64 MB per chunk.
     chunk_layers
         Layers per chunk; 0 keeps all layers in one chunk.
+    statistics
+        Also store the decomposition's sufficient statistics, computed from each block while
+        it is in memory, so that decomposing needs no second read of the hidden states.
+    moments
+        With ``statistics``, also accumulate the ``(layer, dim, dim)`` second moment (the
+        spectra of the hidden states and of the residual).
+    hidden_contexts
+        Store the hidden states of only the first N contexts (statistics are kept for all);
+        0 stores none; ``None`` (the default) stores all.
     """
 
     contexts: int = 512
@@ -165,6 +172,9 @@ class StoreConfig(_Record):
     storage_dtype: str = "float32"
     chunk_contexts: int = 0
     chunk_layers: int = 0
+    statistics: bool = True
+    moments: bool = False
+    hidden_contexts: int | None = None
 
     def __post_init__(self) -> None:
         if self.contexts < 1:
@@ -181,6 +191,21 @@ class StoreConfig(_Record):
             raise PosctxError(
                 f"storage dtype {self.storage_dtype!r} is not one of {', '.join(STORAGE_DTYPES)}: "
                 "pass --storage-dtype float32 (or float16 for half the bytes)"
+            )
+        if self.moments and not self.statistics:
+            raise PosctxError(
+                "--moments accumulates the second moment with the statistics: drop "
+                "--no-statistics, or drop --moments"
+            )
+        if self.hidden_contexts is not None and self.hidden_contexts < 0:
+            raise PosctxError(
+                f"--hidden-contexts must be >= 0, got {self.hidden_contexts}: pass how many "
+                "contexts keep their hidden states (0 for none), or leave it out for all"
+            )
+        if self.hidden_contexts is not None and not self.statistics:
+            raise PosctxError(
+                "--hidden-contexts leaves hidden states out, so the statistics must be kept: "
+                "drop --no-statistics"
             )
         for name, value in (
             ("chunk-contexts", self.chunk_contexts),

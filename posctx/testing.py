@@ -351,6 +351,9 @@ def write_large_planted_store(
     n_topics: int = 4,
     progress: bool = False,
     chunk_layers: int = 0,
+    statistics: bool = False,
+    moments: bool = False,
+    hidden_contexts: int | None = None,
 ) -> dict[str, npt.NDArray[Any]]:
     """Write a planted store of any size block by block, in the real store schema.
 
@@ -362,6 +365,11 @@ def write_large_planted_store(
 
     Each block is one chunk along ``context``; ``chunk_layers`` layers make a chunk along
     ``layer`` (0: all of them), as ``posctx extract --chunk-layers`` does.
+
+    With ``statistics`` the store also keeps the statistics ``posctx extract`` keeps
+    (position 0 left out, no trailing special tokens), computed with the numpy reference
+    :func:`posctx.sums.block_statistics` and committed as one partial; ``moments`` and
+    ``hidden_contexts`` as for extraction.
 
     Returns the truth: ``mu`` ``(L, D)``, ``pos`` ``(T, L, D)`` and ``ctx`` ``(C, L, D)``
     (float64) and ``topic`` ``(C,)``.
@@ -381,6 +389,8 @@ def write_large_planted_store(
     from tqdm.auto import tqdm
 
     from posctx.store import BlockWriter, build_dataset, create_store, plan_blocks
+    from posctx.store.statistics import RECORD_KEY, StatisticsPlan, write_partial
+    from posctx.sums import Edges, PartialSums, block_statistics
 
     if chunk_contexts % 2:
         raise ValueError("chunk_contexts must be even: the residual is planted in pairs")
@@ -399,6 +409,19 @@ def write_large_planted_store(
     ctx = centres[topic] + rng.normal(0.0, 0.3, size=(n_contexts, n_layers, n_dims))
     ctx = _centre(ctx, axis=0)
     mu, pos = parts["mu"], parts["pos"]
+    record: dict[str, Any] = {
+        "planted": {"generator": "write_large_planted_store", "seed": seed},
+        "chunk_contexts": chunk_contexts,
+    }
+    plan = None
+    if statistics:
+        plan = StatisticsPlan(
+            Edges(length, 1, 0),
+            moments,
+            hidden_contexts,
+            tuple(f"topic{k}" for k in range(n_topics)),
+        )
+        record[RECORD_KEY] = plan.to_dict()
     ds, encoding = build_dataset(
         token_ids=np.zeros((n_contexts, length), dtype=np.int32),
         topic=np.array([f"topic{k}" for k in topic]),
@@ -410,12 +433,19 @@ def write_large_planted_store(
         storage_dtype=dtype,
         chunk_contexts=chunk_contexts,
         chunk_layers=chunk_layers,
-        provenance={"planted": {"generator": "write_large_planted_store", "seed": seed}},
+        provenance=record,
+        statistics=None if plan is None else plan.edges,
     )
     create_store(path, ds, encoding)
     writer = BlockWriter(path)
     base = (mu + pos).astype(np.float32)  # (T, L, D)
-    for block in tqdm(plan_blocks(n_contexts, chunk_contexts), disable=not progress, unit="block"):
+    blocks = plan_blocks(n_contexts, chunk_contexts)
+    sums = None
+    if plan is not None:
+        sums = PartialSums(
+            plan.topics, length=length, n_layers=n_layers, n_dims=n_dims, moments=moments
+        )
+    for block in tqdm(blocks, disable=not progress, unit="block"):
         half = (block.size + 1) // 2
         e = rng.standard_normal((half, length, n_layers, n_dims), dtype=np.float32)
         e *= noise
@@ -425,7 +455,26 @@ def write_large_planted_store(
             resid[-1] = 0.0
         resid += base
         resid += ctx[block.start : block.stop, np.newaxis].astype(np.float32)
-        writer.write(block, resid.astype(dtype, copy=False))
+        stored = resid.astype(dtype, copy=False)
+        if plan is None or sums is None:
+            writer.write(block, stored)
+            continue
+        stats = block_statistics(
+            stored, plan.edges, topic[block.start : block.stop], n_topics, moments=moments
+        )
+        sums.add(stats, plan.topics)
+        writer.write_unmarked(block, stored[plan.stores_hidden(block)], stats)
+    if plan is not None and sums is not None:
+        write_partial(
+            path,
+            None,
+            owner="planted",
+            seq=0,
+            blocks=blocks,
+            topics=plan.topics,
+            sums=sums.result(),
+        )
+        writer.mark(blocks)
     return {"mu": mu, "pos": pos, "ctx": ctx, "topic": topic}
 
 

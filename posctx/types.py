@@ -29,6 +29,21 @@ KEY = "key"
 PART = "part"
 #: the key/value head a query head reads (grouped-query attention), a coordinate along ``head``
 KV_HEAD = "kv_head"
+#: the positions the default selection leaves out (position 0 and trailing special tokens),
+#: whose hidden states the statistics keep per context; labelled by those positions
+EDGE = "edge"
+#: the topics of the per-topic position sums of a store's statistics
+STAT_TOPIC = "stat_topic"
+
+# The statistics a store keeps during extraction (docs/store.md, "Statistics").
+#: sum over the default positions, per context, float64 ``(context, layer, dim)``
+STAT_CTX_SUM = "stat_ctx_sum"
+#: sum of squares over the default positions and dims, per context, float64 ``(context, layer)``
+STAT_CTX_SUMSQ = "stat_ctx_sumsq"
+#: the stored hidden states at the left-out positions ``(context, edge, layer, dim)``
+STAT_EDGE = "stat_edge"
+#: Zarr group of the per-process partial sums (position sums per topic, second moments)
+STAT_PARTIALS = "stat_partials"
 
 HIDDEN_DIMS = (CONTEXT, POSITION, LAYER, DIM)
 
@@ -62,6 +77,11 @@ GEOMETRY_ATTR = "posctx_geometry"
 INPUTS_ATTR = "posctx_geometry_inputs"
 #: attrs key of the JSON record that says how an attention dissection was made.
 ATTENTION_ATTR = "posctx_attention"
+#: attrs key of :func:`posctx.store.statistics.open_statistics`: what the statistics hold.
+STATISTICS_ATTR = "posctx_statistics"
+#: attrs key :func:`posctx.open_hidden` sets when the store keeps hidden states of only some
+#: of its contexts (``posctx extract --hidden-contexts N``).
+HIDDEN_SAMPLE_ATTR = "posctx_hidden_sample"
 
 #: Compute dtypes of a model's forward pass, and the dtypes a store's hidden states take.
 ModelDType = Literal["float32", "bfloat16", "float16"]
@@ -70,6 +90,7 @@ MODEL_DTYPES: tuple[str, ...] = get_args(ModelDType)
 STORAGE_DTYPES: tuple[str, ...] = get_args(StorageDType)
 Device = str  # "cpu", "cuda", "cuda:1", ...
 SpecialTokenPolicy = Literal["model", "none"]
+SPECIAL_TOKEN_POLICIES: tuple[str, ...] = get_args(SpecialTokenPolicy)
 
 FloatArray = npt.NDArray[np.floating]
 IntArray = npt.NDArray[np.integer]
@@ -91,11 +112,13 @@ __all__ = [
     "DECOMPOSITION_KIND",
     "DIM",
     "DIM2",
+    "EDGE",
     "GEOMETRY_ATTR",
     "HEAD",
     "HIDDEN",
     "HIDDEN_DIMS",
     "HIDDEN_KIND",
+    "HIDDEN_SAMPLE_ATTR",
     "INPUTS_ATTR",
     "KEY",
     "KIND_ATTR",
@@ -111,6 +134,13 @@ __all__ = [
     "SCHEMA_ATTR",
     "SCHEMA_VERSION",
     "SOURCE",
+    "SPECIAL_TOKEN_POLICIES",
+    "STAT_CTX_SUM",
+    "STAT_CTX_SUMSQ",
+    "STAT_EDGE",
+    "STAT_PARTIALS",
+    "STAT_TOPIC",
+    "STATISTICS_ATTR",
     "STORAGE_DTYPES",
     "TOKEN_ID",
     "TOPIC",

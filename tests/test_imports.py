@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1] / "posctx"
 #: import only units listed before it. docs/design.md draws the same order.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("types", "errors", "_version", "_deprecated", "progress"),
-    ("config",),
+    ("config", "sums"),
     ("store", "corpus", "model", "cluster", "fastread"),
     ("extraction", "decomposition", "validate"),
     ("geometry",),
@@ -37,6 +37,7 @@ KERNEL_MODULES = (
     "posctx.geometry.kernels",
     "posctx.attention.kernels",
     "posctx.validate.kernels",
+    "posctx.sums",
 )
 KERNEL_FORBIDDEN = ("xarray", "dask", "distributed", "torch", "transformers", "zarr")
 

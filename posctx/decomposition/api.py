@@ -9,7 +9,7 @@ updates in :mod:`~posctx.decomposition.incremental`.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import dask.array as da
@@ -42,6 +42,7 @@ from posctx.types import (
     LAYER,
     POSITION,
     PROVENANCE_ATTR,
+    STATISTICS_ATTR,
 )
 
 if TYPE_CHECKING:
@@ -210,29 +211,56 @@ def statistics(
     arrays = None if moments else _statistics_from_files(full, h)
     if arrays is None:
         arrays = statistics_arrays(h.data, moments=moments)
-    position_labels = h[POSITION].values
-    source = ds.encoding.get("source")
+    return statistics_dataset(
+        arrays,
+        h.coords,
+        ds.attrs,
+        moments=moments,
+        source_store=ds.encoding.get("source"),
+        source="hidden states",
+    )
+
+
+def statistics_dataset(
+    arrays: Mapping[str, Any],
+    coords: Any,
+    attrs: Mapping[str, Any],
+    *,
+    moments: bool,
+    source_store: Any,
+    source: str,
+) -> xr.Dataset:
+    """Labelled sufficient statistics, with the decomposition record in their attrs.
+
+    ``coords`` are the selected contexts' and positions' (and the layers' and dims'); the
+    record names the selection, the source store, where the sums came from (``source``:
+    ``"hidden states"`` read back, or the ``"statistics"`` kept during extraction) and the
+    posctx version. ``attrs`` (the store's) are kept as the record of where the states came
+    from, marked as a decomposition's.
+    """
+    coords = xr.Coordinates(coords) if not isinstance(coords, xr.Coordinates) else coords
+    position_labels = coords[POSITION].values
     record = {
         "positions": [position_labels[0].item(), position_labels[-1].item()],
-        "n_positions": int(h.sizes[POSITION]),
-        "n_contexts": int(h.sizes[CONTEXT]),
+        "n_positions": int(position_labels.size),
+        "n_contexts": int(coords[CONTEXT].size),
         "moments": bool(moments),
         "kernel": kernel_name(),  # the compiled one-pass kernel or numpy's passes
-        "source_store": None if source is None else str(source),
-        "contexts_used": context_ranges(h[CONTEXT].values),
+        "source": source,
+        "source_store": None if source_store is None else str(source_store),
+        "contexts_used": context_ranges(coords[CONTEXT].values),
         "posctx_version": _posctx_version(),
     }
-    if COMPLETE_ONLY_ATTR in ds.attrs:  # an interrupted store, opened with complete_only
-        record["complete_only"] = ds.attrs[COMPLETE_ONLY_ATTR]
-    attrs = {k: v for k, v in ds.attrs.items() if k != COMPLETE_ONLY_ATTR}
-    # The input's attrs are kept as the record of where the states came from, but this is no
-    # longer a hidden-state store: say so, or store readers would take it for one.
-    attrs[KIND_ATTR] = DECOMPOSITION_KIND
-    attrs[DECOMPOSITION_ATTR] = json.dumps(record, sort_keys=True)
+    if COMPLETE_ONLY_ATTR in attrs:  # an interrupted store, opened with complete_only
+        record["complete_only"] = attrs[COMPLETE_ONLY_ATTR]
+    out_attrs = {k: v for k, v in attrs.items() if k not in (COMPLETE_ONLY_ATTR, STATISTICS_ATTR)}
+    # No longer a hidden-state store: say so, or store readers would take it for one.
+    out_attrs[KIND_ATTR] = DECOMPOSITION_KIND
+    out_attrs[DECOMPOSITION_ATTR] = json.dumps(record, sort_keys=True)
     return xr.Dataset(
         {name: (OUTPUT_DIMS[name], arrays[name]) for name in arrays},
-        coords=h.coords,
-        attrs=attrs,
+        coords=coords,
+        attrs=out_attrs,
     )
 
 
@@ -488,6 +516,7 @@ __all__ = [
     "label_select",
     "norms",
     "paper_positions",
+    "statistics_dataset",
     "statistics",
     "DECOMPOSITION_ATTR",
     "DECOMPOSITION_KIND",

@@ -23,6 +23,7 @@ import numpy.typing as npt
 
 from posctx._deprecated import renamed
 from posctx.decomposition.fused import COMPILED_DTYPES, slab_kernel
+from posctx.sums import centred_moments, merge_moments
 from posctx.types import Float64Array
 
 #: Names of the per-chunk sums returned by :func:`chunk_stats`.
@@ -129,62 +130,6 @@ class ContextSums:
 
     def result(self) -> dict[str, Float64Array]:
         return {"pos_sum": self.pos_sum, "ctx_sum": self.ctx_sum, "sumsq": self.sumsq}
-
-
-def centred_moments(x: npt.NDArray[Any], mean: Float64Array) -> dict[str, Float64Array]:
-    """``mean`` and per-layer ``m2 = sum over rows of (x - mean)(x - mean)^T`` of a chunk.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> x = np.random.default_rng(0).normal(size=(3, 4, 2, 5))
-    >>> mean = x.mean(axis=(0, 1))
-    >>> m2 = centred_moments(x, mean)["m2"]
-    >>> rows = (x - mean).reshape(12, 2, 5)
-    >>> bool(np.allclose(m2[1], rows[:, 1].T @ rows[:, 1], rtol=1e-5))
-    True
-    """
-    c, t, n_layers, d = x.shape
-    m2 = np.empty((n_layers, d, d))
-    # Centre in the data's own precision (at least float32), then multiply in float32.
-    work = np.promote_types(x.dtype, np.float32)
-    for k in range(n_layers):
-        rows = x[:, :, k, :].reshape(c * t, d).astype(work)
-        rows -= mean[k].astype(work)
-        rows32 = rows.astype(np.float32, copy=False)
-        m2[k] = rows32.T @ rows32
-    return {"mean": np.asarray(mean, dtype=np.float64), "m2": m2}
-
-
-def merge_moments(
-    n_a: float,
-    mean_a: Float64Array,
-    m2_a: Float64Array,
-    n_b: float,
-    mean_b: Float64Array,
-    m2_b: Float64Array,
-) -> tuple[float, Float64Array, Float64Array]:
-    """Merge two groups' counts, means and centred second moments (Chan et al.).
-
-    ``m2 = m2_a + m2_b + (n_a n_b / n) (mean_a - mean_b)(mean_a - mean_b)^T`` per layer: exact,
-    and free of the cancellation that uncentred sums suffer when the mean is large.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> x = np.random.default_rng(1).normal(size=(10, 3, 1, 2)) + 50
-    >>> a, b = x[:4], x[4:]
-    >>> def stats(y):
-    ...     mean = y.mean(axis=(0, 1))
-    ...     return y.shape[0] * y.shape[1], mean, centred_moments(y, mean)["m2"]
-    >>> n, mean, m2 = merge_moments(*stats(a), *stats(b))
-    >>> bool(np.allclose(m2, stats(x)[2], rtol=1e-4))
-    True
-    """
-    n = n_a + n_b
-    delta = mean_a - mean_b
-    cross = np.einsum("ld,le->lde", delta, delta) * (n_a * n_b / n)
-    return n, (n_a * mean_a + n_b * mean_b) / n, m2_a + m2_b + cross
 
 
 def singular_values(m2: npt.ArrayLike) -> Float64Array:

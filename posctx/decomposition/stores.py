@@ -7,6 +7,7 @@ the result; the command line, the demo and the pipelines all call it.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Mapping
@@ -16,12 +17,27 @@ from typing import Any, Final, Literal
 import numpy as np
 import xarray as xr
 
-from posctx.decomposition.api import Selection, decompose, label_select, paper_positions
+from posctx.decomposition.api import (
+    Selection,
+    decompose,
+    finalize,
+    label_select,
+    paper_positions,
+)
 from posctx.decomposition.incremental import update_decomposition
 from posctx.decomposition.storage import open_decomposition, write_decomposition
+from posctx.decomposition.stored import cannot_serve, stored_statistics
 from posctx.errors import PosctxError
-from posctx.store import open_hidden
-from posctx.types import CONTEXT, TOPIC, PathLike
+from posctx.store import open_hidden, read_provenance
+from posctx.store.layout import StatisticsPlan
+from posctx.store.statistics import open_statistics
+from posctx.types import (
+    CONTEXT,
+    DECOMPOSITION_ATTR,
+    HIDDEN_SAMPLE_ATTR,
+    TOPIC,
+    PathLike,
+)
 
 #: The position selection that drops position 0 and a trailing [SEP] (:func:`paper_positions`).
 AUTO: Final = "auto"
@@ -38,12 +54,17 @@ class DecomposeResult:
     decomposition
         It, opened (lazy; :func:`~posctx.decomposition.open_decomposition`).
     contexts_read
-        Contexts whose hidden states were read: all of the selection for a fresh
-        decomposition, only the new ones for an update.
+        Contexts whose hidden states were read: none from statistics, all of the selection
+        for a fresh decomposition from the hidden states, only the new ones for an update.
     previous
         The decomposition an update started from, else ``None``.
     seconds
         Wall time.
+    source
+        ``"statistics"`` when the statistics kept during extraction served the selection
+        (no hidden state read), else ``"hidden states"`` (naming a stored sample).
+    source_reason
+        Why the hidden states were read, when the store has statistics that could not serve.
     """
 
     path: str
@@ -51,6 +72,8 @@ class DecomposeResult:
     contexts_read: int
     previous: str | None
     seconds: float
+    source: str = "hidden states"
+    source_reason: str | None = None
 
 
 def decompose_store(
@@ -117,27 +140,36 @@ def decompose_store(
     (4, 4)
     """
     start = time.perf_counter()
-    ds = open_hidden(os.fspath(store), storage_options=storage_options, complete_only=complete_only)
+    target = os.fspath(store)
     if previous is not None:
-        given = [
-            flag
-            for flag, is_set in (
-                ("--positions", not (isinstance(positions, str) and positions == AUTO)),
-                ("--contexts", contexts is not None),
-                ("--topic", topic is not None),
-                ("--moments", moments),
-            )
-            if is_set
-        ]
-        if given:
-            raise PosctxError(
-                f"an update (--from {os.fspath(previous)}) takes its positions, contexts and "
-                f"moments from that decomposition: drop {', '.join(given)}"
-            )
-        n_read = update_decomposition(ds, previous, out, mode=mode, storage_options=storage_options)
-    else:
+        _refuse_update_options(previous, positions, contexts, topic, moments)
+    stats, reason = _statistics(target, storage_options, complete_only)
+    if previous is not None and stats is not None:
+        old = json.loads(
+            open_decomposition(previous, storage_options=storage_options).attrs[DECOMPOSITION_ATTR]
+        )
+        # What the update would read is all in the statistics: no previous sums needed.
+        first, last = old["positions"]
+        positions, moments = slice(first, last), bool(old.get("moments"))
+        reason = cannot_serve(stats, positions=positions, moments=moments)
+    if stats is not None and reason is None:
         if topic is not None:
-            in_topic = _topic_contexts(ds, topic, store)
+            _topic_contexts(stats, topic, target)
+        reason = cannot_serve(
+            stats, positions=positions, contexts=contexts, topic=topic, moments=moments
+        )
+    if stats is not None and reason is None:
+        dec = finalize(stored_statistics(stats, positions=positions, topic=topic, moments=moments))
+        write_decomposition(dec, out, mode=mode, storage_options=storage_options)
+        n_read, source = 0, "statistics"
+    elif previous is not None:
+        ds = open_hidden(target, storage_options=storage_options, complete_only=complete_only)
+        n_read = update_decomposition(ds, previous, out, mode=mode, storage_options=storage_options)
+        source = _hidden_source(ds)
+    else:
+        ds = open_hidden(target, storage_options=storage_options, complete_only=complete_only)
+        if topic is not None:
+            in_topic = _topic_contexts(ds, topic, target)
             if contexts is not None:  # both: the topic's contexts among those selected
                 chosen = label_select(ds[CONTEXT], CONTEXT, contexts).values
                 in_topic = in_topic[np.isin(in_topic, chosen)]
@@ -148,15 +180,69 @@ def decompose_store(
             contexts=contexts,
             moments=moments,
         )
+        if reason is not None:
+            record = json.loads(dec.attrs[DECOMPOSITION_ATTR])
+            record["source_reason"] = reason
+            dec.attrs[DECOMPOSITION_ATTR] = json.dumps(record, sort_keys=True)
         n_read = int(dec.sizes[CONTEXT])
         write_decomposition(dec, out, mode=mode, storage_options=storage_options)
+        source = _hidden_source(ds)
     return DecomposeResult(
         path=os.fspath(out),
         decomposition=open_decomposition(out, storage_options=storage_options),
         contexts_read=n_read,
         previous=None if previous is None else os.fspath(previous),
         seconds=time.perf_counter() - start,
+        source=source,
+        source_reason=None if source == "statistics" else reason,
     )
+
+
+def _refuse_update_options(
+    previous: PathLike,
+    positions: Selection | str,
+    contexts: Selection,
+    topic: str | None,
+    moments: bool,
+) -> None:
+    given = [
+        flag
+        for flag, is_set in (
+            ("--positions", not (isinstance(positions, str) and positions == AUTO)),
+            ("--contexts", contexts is not None),
+            ("--topic", topic is not None),
+            ("--moments", moments),
+        )
+        if is_set
+    ]
+    if given:
+        raise PosctxError(
+            f"an update (--from {os.fspath(previous)}) takes its positions, contexts and "
+            f"moments from that decomposition: drop {', '.join(given)}"
+        )
+
+
+def _statistics(
+    path: str, storage_options: Mapping[str, Any] | None, complete_only: bool
+) -> tuple[xr.Dataset | None, str | None]:
+    """The store's statistics, or ``None`` and why not."""
+    record = read_provenance(path, storage_options)
+    if record is not None and StatisticsPlan.from_record(record) is None:
+        return None, "the store keeps no statistics (made before posctx 0.2, or --no-statistics)"
+    return (
+        open_statistics(path, complete_only=complete_only, storage_options=storage_options),
+        None,
+    )
+
+
+def _hidden_source(ds: xr.Dataset) -> str:
+    sample = ds.attrs.get(HIDDEN_SAMPLE_ATTR)
+    if sample:
+        return (
+            f"hidden states (the {sample['stored_contexts']} stored of "
+            f"{sample['contexts_total']} contexts)"
+        )
+    return "hidden states"
 
 
 def _topic_contexts(ds: xr.Dataset, topic: str | None, store: PathLike) -> np.ndarray:

@@ -15,10 +15,12 @@ from posctx.extraction.cluster import run_blocks_distributed
 from posctx.extraction.plan import (
     BlockRun,
     check_shard,
+    flush_seconds,
     pending_blocks,
     prepare_store,
     refuse_interrupted_extension,
     refuse_mismatch,
+    settle_statistics,
 )
 from posctx.extraction.run import run_blocks
 from posctx.store import (
@@ -30,6 +32,7 @@ from posctx.store import (
     remove_dead_creations,
     remove_partial_files,
 )
+from posctx.store.statistics import StatisticsPlan
 
 if TYPE_CHECKING:  # pragma: no cover
     from posctx.model import LoadedModel
@@ -147,9 +150,13 @@ def extract(
         # The only writer: what killed processes left half-written is garbage now.
         remove_partial_files(path)
     prov = read_provenance(path, storage_options) or {}
-    blocks = plan_blocks(config.store.contexts, int(prov["chunk_contexts"]))
+    chunk = int(prov["chunk_contexts"])
+    blocks = plan_blocks(config.store.contexts, chunk)
+    statistics = StatisticsPlan.from_record(prov)
     done = completed_blocks(path, storage_options)
     mine = pending_blocks(blocks, np.zeros(len(blocks), bool), shard)
+    if statistics is not None:
+        done = settle_statistics(path, storage_options, blocks, done, mine)
     todo = [] if plan_only else pending_blocks(blocks, done, shard)
     n_done = sum(b.size for b in mine if done[b.index])
     start = time.perf_counter()
@@ -162,6 +169,11 @@ def extract(
         progress=progress,
         n_total=sum(b.size for b in mine),
         n_done=n_done,
+        statistics=statistics,
+        topics=() if statistics is None else statistics.topics,
+        n_contexts=config.store.contexts,
+        chunk_contexts=chunk,
+        flush_seconds=flush_seconds(),
     )
     if not todo:
         tokens = 0

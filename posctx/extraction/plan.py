@@ -4,7 +4,7 @@ resume whose settings, weights or interrupted extension do not match what is sto
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,9 +22,16 @@ from posctx.store import (
     provenance_record,
     read_provenance,
 )
-from posctx.types import (
-    TOKEN_ID,
+from posctx.store.statistics import (
+    RECORD_KEY,
+    StatisticsPlan,
+    coverage,
+    read_partials,
+    roll_forward,
+    select_partials,
 )
+from posctx.sums import Edges
+from posctx.types import BLOCK_COMPLETE, TOKEN_ID
 
 if TYPE_CHECKING:  # pragma: no cover
     from posctx.model import LoadedModel
@@ -38,16 +45,21 @@ _RESUMABLE_DIFFERENCES: frozenset[str] = frozenset()
 def config_differences(stored: Mapping[str, Any], requested: Mapping[str, Any]) -> list[str]:
     """Dotted names of the settings that differ between two ``ExtractConfig.to_dict()``.
 
+    A setting one side does not have at all was added in another posctx version: it is not
+    a difference (a store made before posctx kept statistics resumes without them).
+
     >>> config_differences({"model": {"name": "a", "dtype": "float32"}},
     ...                    {"model": {"name": "b", "dtype": "float32"}})
     ['model.name']
+    >>> config_differences({"store": {"contexts": 8}}, {"store": {"contexts": 8, "moments": True}})
+    []
     """
     out = []
     for section in sorted(set(stored) | set(requested)):
         a, b = stored.get(section, {}), requested.get(section, {})
-        for key in sorted(set(a) | set(b)):
+        for key in sorted(set(a) & set(b)):
             name = f"{section}.{key}"
-            if a.get(key) != b.get(key) and name not in _RESUMABLE_DIFFERENCES:
+            if a[key] != b[key] and name not in _RESUMABLE_DIFFERENCES:
                 out.append(name)
     return out
 
@@ -127,6 +139,10 @@ def _extend(
         )
     record = dict(stored)
     record["config"] = config.to_dict()
+    statistics = StatisticsPlan.from_record(stored)
+    if statistics is not None:  # the new contexts may bring topics the first ones lacked
+        topics = sorted({*statistics.topics, *(str(t) for t in plan.topic)})
+        record[RECORD_KEY] = {**stored[RECORD_KEY], "topics": topics}
     record["extensions"] = [
         *stored.get("extensions", []),
         {"from": old, "to": config.store.contexts, "posctx_version": stored.get("posctx_version")},
@@ -142,6 +158,24 @@ def _extend(
         record=record,
         title=_title(config),
         storage_options=storage_options,
+    )
+
+
+def statistics_plan(
+    config: ExtractConfig, loaded: LoadedModel, topics: Iterable[Any]
+) -> StatisticsPlan | None:
+    """The statistics a new store keeps, or ``None`` with ``statistics`` off.
+
+    The left-out positions are those of :func:`posctx.decomposition.paper_positions`:
+    position 0 and the tokenizer's trailing special tokens.
+    """
+    if not config.store.statistics:
+        return None
+    return StatisticsPlan(
+        Edges(config.store.length, 1, len(loaded.special.suffix_ids)),
+        config.store.moments,
+        config.store.hidden_contexts,
+        tuple(sorted({str(t) for t in topics})),
     )
 
 
@@ -181,6 +215,9 @@ def prepare_store(
         special_tokens=special.to_dict(),
         chunk_contexts=chunk,
     )
+    statistics = statistics_plan(config, loaded, plan.topic)
+    if statistics is not None:
+        record[RECORD_KEY] = statistics.to_dict()
     ds, encoding = build_dataset(
         token_ids=plan.token_ids,
         topic=plan.topic,
@@ -194,6 +231,7 @@ def prepare_store(
         chunk_layers=config.store.chunk_layers,
         provenance=record,
         attrs={"title": _title(config)},
+        statistics=None if statistics is None else statistics.edges,
     )
     try:
         create_store(path, ds, encoding, storage_options)
@@ -259,6 +297,55 @@ def pending_blocks(
     return [b for b in blocks if not bool(done[b.index]) and b.index % n == i]
 
 
+def settle_statistics(
+    path: str,
+    storage_options: Mapping[str, Any] | None,
+    blocks: Sequence[Block],
+    done: np.ndarray,
+    mine: Sequence[Block],
+) -> np.ndarray:
+    """Markers that agree with the statistics, before this process computes anything.
+
+    Blocks a killed writer counted but did not mark are marked (:func:`roll_forward`); this
+    process's blocks that are marked but counted by no partial (their partial was lost) are
+    unmarked, so that they are computed again. Returns the markers.
+    """
+    from posctx.store.location import open_group
+
+    done = roll_forward(path, storage_options, blocks, done)
+    counted = coverage(select_partials(read_partials(path, storage_options)[0]), blocks)
+    lost = [b for b in mine if done[b.index] and counted[b.index] == 0]
+    if lost:
+        markers = open_group(path, "r+", storage_options)[BLOCK_COMPLETE]
+        for block in lost:
+            markers[block.index] = 0
+            done[block.index] = False
+    return done
+
+
+#: Environment variable: seconds between a writer's commits of its statistics (default 30).
+FLUSH_ENV = "POSCTX_FLUSH_SECONDS"
+
+
+def flush_seconds() -> float:
+    """How often a writer commits its statistics: ``$POSCTX_FLUSH_SECONDS``, default 30.
+
+    A kill loses at most this much of a writer's work; each commit rewrites its partial.
+    """
+    import os
+
+    value = os.environ.get(FLUSH_ENV, "").strip()
+    try:
+        seconds = float(value) if value else 30.0
+    except ValueError:
+        raise PosctxError(
+            f"{FLUSH_ENV}={value!r} is not a number of seconds: set it to e.g. 30, or unset it"
+        ) from None
+    if seconds < 0:
+        raise PosctxError(f"{FLUSH_ENV} must be >= 0, got {seconds}: set it to e.g. 30")
+    return seconds
+
+
 def check_shard(shard: tuple[int, int] | None) -> None:
     """Refuse a shard that names no blocks: ``(i, n)`` needs ``0 <= i < n``."""
     if shard is not None and not (shard[1] >= 1 and 0 <= shard[0] < shard[1]):
@@ -293,6 +380,15 @@ class BlockRun:
     n_total, n_done
         Contexts of this process's share of the store, and how many were already written
         (the progress bar's total and start).
+    statistics
+        What statistics the store keeps (``None``: none; blocks are marked as written).
+    topics
+        The store's topics, in the order of the position sums' rows.
+    n_contexts, chunk_contexts
+        The store's size and block size (to know its short last block).
+    flush_seconds
+        With statistics, how often a writer commits its partial (and marks the blocks it
+        counts): a kill loses at most this much work.
     """
 
     path: str
@@ -303,9 +399,22 @@ class BlockRun:
     progress: bool = True
     n_total: int | None = None
     n_done: int = 0
+    statistics: StatisticsPlan | None = None
+    topics: tuple[str, ...] = ()
+    n_contexts: int = 0
+    chunk_contexts: int = 0
+    flush_seconds: float = 30.0
+
+    def is_tail(self, block: Block) -> bool:
+        """Whether ``block`` is the store's short last block (its statistics go apart)."""
+        return block.stop == self.n_contexts and block.size < self.chunk_contexts
 
 
 __all__ = [
+    "statistics_plan",
+    "FLUSH_ENV",
+    "flush_seconds",
+    "settle_statistics",
     "BlockRun",
     "config_differences",
     "refuse_mismatch",

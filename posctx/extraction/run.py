@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from posctx.extraction.plan import BlockRun
+from posctx.extraction.statistics import Commit, WriterStatistics
 from posctx.store import Block, BlockWriter
+from posctx.store.statistics import new_owner
 
 if TYPE_CHECKING:  # pragma: no cover
     from posctx.model import LoadedModel
@@ -24,33 +26,54 @@ class _Writer:
 
     The queue holds at most one block, so memory stays at two blocks in flight whatever the
     corpus size, and the forward pass never waits on storage unless storage is the slower side.
+    Each item is a block to write (marked at once, or, with statistics, unmarked with its
+    per-context sums) and/or a commit of the writer's partial.
     """
 
-    def __init__(self, writer: BlockWriter, on_written: Callable[[Block], None]) -> None:
+    def __init__(
+        self, writer: BlockWriter, run: BlockRun, on_written: Callable[[Block], None]
+    ) -> None:
         self._writer = writer
+        self._run = run
         self._on_written = on_written
-        self._queue: queue.Queue[tuple[Block, np.ndarray] | None] = queue.Queue(maxsize=1)
+        self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=1)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="posctx-writer", daemon=True)
+        self._thread = threading.Thread(target=self._run_items, name="posctx-writer", daemon=True)
         self._thread.start()
 
-    def _run(self) -> None:
+    def _run_items(self) -> None:
         while True:
             item = self._queue.get()
             if item is None:
                 return
             if self._error is not None:
                 continue  # drain without writing once something went wrong
-            block, data = item
             try:
-                self._writer.write(block, data)
-                self._on_written(block)
+                self._write(item)
             except BaseException as exc:  # re-raised in the caller's thread
                 self._error = exc
 
-    def put(self, block: Block, data: np.ndarray) -> None:
+    def _write(self, item: _Item) -> None:
+        block, data, contexts, commit = item
+        if block is not None:
+            assert data is not None
+            if contexts is None:
+                self._writer.write(block, data)
+            else:
+                self._writer.write_unmarked(block, data, contexts)
+            self._on_written(block)
+        if commit is not None:
+            commit.apply(self._writer, self._run)
+
+    def put(
+        self,
+        block: Block | None,
+        data: np.ndarray | None,
+        contexts: dict[str, np.ndarray] | None = None,
+        commit: Commit | None = None,
+    ) -> None:
         self.raise_if_failed()
-        self._queue.put((block, data))
+        self._queue.put((block, data, contexts, commit))
 
     def raise_if_failed(self) -> None:
         if self._error is not None:
@@ -60,6 +83,9 @@ class _Writer:
         self._queue.put(None)
         self._thread.join()
         self.raise_if_failed()
+
+
+_Item = tuple[Block | None, np.ndarray | None, dict[str, np.ndarray] | None, "Commit | None"]
 
 
 def compute_block(loaded: LoadedModel, token_ids: np.ndarray, storage_dtype: str) -> np.ndarray:
@@ -72,15 +98,28 @@ def compute_block(loaded: LoadedModel, token_ids: np.ndarray, storage_dtype: str
 def run_blocks(loaded: LoadedModel, run: BlockRun) -> int:
     """Compute and write ``run.blocks`` in this process; returns the number of tokens written.
 
-    A writer thread stores each block while the next one computes.
+    A writer thread stores each block while the next one computes. With statistics, the
+    writer commits its partial every ``run.flush_seconds`` and after the last block.
     """
     writer = BlockWriter(run.path, run.storage_options)
     bar = Progress(run.n_total, run.n_done, run.progress)
-    background = _Writer(writer, lambda block: bar.add(block.size, block.size * run.length))
+    background = _Writer(writer, run, lambda block: bar.add(block.size, block.size * run.length))
+    stats = None if run.statistics is None else WriterStatistics(loaded, run, new_owner())
+    last_commit = time.monotonic()
     try:
         for block in run.blocks:
-            ids = writer.token_ids(block)
-            background.put(block, compute_block(loaded, ids, run.storage_dtype))
+            if stats is None:
+                background.put(
+                    block, compute_block(loaded, writer.token_ids(block), run.storage_dtype)
+                )
+                continue
+            data, contexts, tail = stats.compute(block, writer)
+            commit = tail
+            if tail is None and time.monotonic() - last_commit >= run.flush_seconds:
+                commit, last_commit = stats.commit(), time.monotonic()
+            background.put(block, data, contexts, commit)
+        if stats is not None:
+            background.put(None, None, None, stats.commit())
     finally:
         background.close()
         bar.close()

@@ -6,7 +6,7 @@ import contextlib
 import errno
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -14,7 +14,15 @@ import numpy as np
 from posctx.errors import StoreError
 from posctx.store.layout import Block
 from posctx.store.location import is_remote, local_path, open_group
-from posctx.types import BLOCK_COMPLETE, HIDDEN, TOKEN_ID
+from posctx.types import (
+    BLOCK_COMPLETE,
+    HIDDEN,
+    STAT_CTX_SUM,
+    STAT_CTX_SUMSQ,
+    STAT_EDGE,
+    TOKEN_ID,
+    TOPIC,
+)
 
 # zarr's LocalStore writes a chunk to "<key minus suffix>.<uuid4 hex>.partial" and renames it;
 # a SIGKILL between the two leaves the temporary file behind.
@@ -30,6 +38,7 @@ class BlockWriter:
 
     def __init__(self, path: str, storage_options: Mapping[str, Any] | None = None) -> None:
         group = open_group(path, "r+", storage_options)
+        self._group = group
         self.path = str(path)
         self._local_root = None if is_remote(path) else local_path(path)
         self._hidden = group[HIDDEN]
@@ -40,13 +49,47 @@ class BlockWriter:
     def token_ids(self, block: Block) -> np.ndarray:
         return np.asarray(self._token_id[block.start : block.stop])
 
+    def topics(self, block: Block) -> np.ndarray:
+        """The topic of each context of ``block``."""
+        return np.asarray(self._group[TOPIC][block.start : block.stop])
+
     def write(self, block: Block, data: np.ndarray) -> None:
+        """Write a block's hidden states, then its marker."""
         try:
             self._remove_partials(block)
             self._hidden[block.start : block.stop] = data
             self._marker[block.index] = 1
         except OSError as exc:
             raise StoreError(_write_failure(self.path, block, exc)) from exc
+
+    def write_unmarked(
+        self, block: Block, data: np.ndarray, statistics: Mapping[str, np.ndarray]
+    ) -> None:
+        """Write a block's hidden states (the first ``len(data)`` contexts) and statistics.
+
+        The marker waits for the partial that counts the block (see
+        :mod:`posctx.store.statistics`); :meth:`mark` sets it.
+        """
+        try:
+            self._remove_partials(block)
+            if len(data):
+                self._hidden[block.start : block.start + len(data)] = data
+            for name, key in (
+                (STAT_CTX_SUM, "ctx_sum"),
+                (STAT_CTX_SUMSQ, "ctx_sumsq"),
+                (STAT_EDGE, "edge"),
+            ):
+                self._group[name][block.start : block.stop] = statistics[key]
+        except OSError as exc:
+            raise StoreError(_write_failure(self.path, block, exc)) from exc
+
+    def mark(self, blocks: Sequence[Block]) -> None:
+        """Set the markers of blocks whose data and statistics are written and counted."""
+        try:
+            for block in blocks:
+                self._marker[block.index] = 1
+        except OSError as exc:
+            raise StoreError(_write_failure(self.path, blocks[0], exc)) from exc
 
     def _remove_partials(self, block: Block) -> None:
         """Delete the temporary files a killed writer of this block left behind.
@@ -60,9 +103,10 @@ class BlockWriter:
         """
         if self._local_root is None:
             return
-        for partial in (self._local_root / HIDDEN / "c" / str(block.index)).rglob("*.partial"):
-            if _PARTIAL.search(partial.name):  # zarr's own temporary files only
-                partial.unlink(missing_ok=True)
+        for name in (HIDDEN, STAT_CTX_SUM, STAT_CTX_SUMSQ, STAT_EDGE):
+            for partial in (self._local_root / name / "c" / str(block.index)).rglob("*.partial"):
+                if _PARTIAL.search(partial.name):  # zarr's own temporary files only
+                    partial.unlink(missing_ok=True)
 
 
 def partial_files(path: str) -> list[tuple[str, int]]:

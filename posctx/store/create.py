@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from posctx.errors import StoreError
-from posctx.store.layout import plan_blocks
+from posctx.store.layout import STATISTICS_SCHEMA, plan_blocks
 from posctx.store.location import (
     consolidate,
     is_remote,
@@ -27,6 +27,7 @@ from posctx.types import (
     BLOCK_COMPLETE,
     BLOCK_START,
     CONTEXT,
+    EDGE,
     HIDDEN,
     OFFSET,
     PROVENANCE_ATTR,
@@ -121,11 +122,12 @@ def _remove_dead_creations(target: Path) -> None:
     host_prefix = f".{target.name}.creating-{socket.gethostname()}-"
     for folder in target.parent.glob(host_prefix + "*"):
         pid_text = folder.name[len(host_prefix) :].split("-", 1)[0]
-        if pid_text.isdigit() and not _alive(int(pid_text)):
+        if pid_text.isdigit() and not process_alive(int(pid_text)):
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host is running (someone else's counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -161,7 +163,9 @@ def grow_store(
     if old % chunk_contexts:
         group[BLOCK_COMPLETE][old // chunk_contexts] = 0
     blocks = plan_blocks(new, chunk_contexts)
-    for name in (HIDDEN, TOKEN_ID, CONTEXT, TOPIC, SOURCE, OFFSET):
+    for name in (HIDDEN, TOKEN_ID, CONTEXT, TOPIC, SOURCE, OFFSET, *STATISTICS_SCHEMA):
+        if name == EDGE or (name in STATISTICS_SCHEMA and name not in group):
+            continue  # a store without statistics; the edges coordinate does not grow
         arr = group[name]
         arr.resize((new, *arr.shape[1:]))
     for name in (BLOCK_COMPLETE, BLOCK_START):

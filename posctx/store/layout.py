@@ -9,12 +9,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from posctx.sums import Edges
 from posctx.types import (
     BLOCK,
     BLOCK_COMPLETE,
     BLOCK_START,
     CONTEXT,
     DIM,
+    EDGE,
     HIDDEN,
     HIDDEN_DIMS,
     HIDDEN_KIND,
@@ -27,6 +29,9 @@ from posctx.types import (
     SCHEMA_ATTR,
     SCHEMA_VERSION,
     SOURCE,
+    STAT_CTX_SUM,
+    STAT_CTX_SUMSQ,
+    STAT_EDGE,
     STORAGE_DTYPES,
     TOKEN_ID,
     TOPIC,
@@ -51,6 +56,14 @@ SCHEMA: dict[str, tuple[tuple[str, ...], str]] = {
 }
 #: Where the schema fixes the dtype itself, not only its kind.
 EXACT_DTYPES: dict[str, tuple[str, ...]] = {HIDDEN: STORAGE_DTYPES, TOKEN_ID: ("int32",)}
+#: The statistics a store keeps from extraction, per context (optional: stores made before
+#: posctx 0.2, or with ``--no-statistics``, have none): dims and dtype kinds, as SCHEMA.
+STATISTICS_SCHEMA: dict[str, tuple[tuple[str, ...], str]] = {
+    STAT_CTX_SUM: ((CONTEXT, LAYER, DIM), "f"),
+    STAT_CTX_SUMSQ: ((CONTEXT, LAYER), "f"),
+    STAT_EDGE: ((CONTEXT, EDGE, LAYER, DIM), "f"),
+    EDGE: ((EDGE,), "iu"),
+}
 #: Coordinates labelled ``0..n-1`` (the layer coordinate holds the chosen hidden-state indices).
 RANGE_COORDS = (CONTEXT, POSITION, DIM)
 #: Coordinates of non-empty strings: one name per layer, one topic and source per context.
@@ -73,6 +86,60 @@ class Block:
     @property
     def size(self) -> int:
         return self.stop - self.start
+
+
+#: The provenance record's key for the statistics plan.
+RECORD_KEY = "statistics"
+
+
+@dataclass(frozen=True)
+class StatisticsPlan:
+    """What statistics a store keeps: recorded as ``attrs["posctx"]["statistics"]``.
+
+    Attributes
+    ----------
+    edges
+        The left-out positions.
+    moments
+        Whether partials hold the core cells' second moment.
+    hidden_contexts
+        Contexts whose hidden states are stored (the first ones); ``None`` for all.
+    topics
+        The store's topics, sorted: the rows of its position sums.
+    """
+
+    edges: Edges
+    moments: bool = False
+    hidden_contexts: int | None = None
+    topics: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "lead": self.edges.lead,
+            "trail": self.edges.trail,
+            "length": self.edges.length,
+            "moments": self.moments,
+            "hidden_contexts": self.hidden_contexts,
+            "topics": list(self.topics),
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> StatisticsPlan | None:
+        """The plan a provenance record names, or ``None`` for a store without statistics."""
+        plan = record.get(RECORD_KEY)
+        if not plan:
+            return None
+        return cls(
+            Edges(int(plan["length"]), int(plan["lead"]), int(plan["trail"])),
+            bool(plan["moments"]),
+            plan.get("hidden_contexts"),
+            tuple(str(t) for t in plan.get("topics", ())),
+        )
+
+    def stores_hidden(self, block: Block) -> slice:
+        """The contexts of ``block`` whose hidden states are stored, block-relative."""
+        keep = block.size if self.hidden_contexts is None else self.hidden_contexts - block.start
+        return slice(0, max(0, min(block.size, keep)))
 
 
 def default_chunk_contexts(length: int, n_layers: int, n_dims: int, itemsize: int) -> int:
@@ -173,6 +240,39 @@ def schema_dataset(
     return ds
 
 
+def statistics_variables(
+    *,
+    n_contexts: int,
+    edges: Edges,
+    n_layers: int,
+    n_dims: int,
+    storage_dtype: str,
+    chunk_contexts: int,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Lazy (unwritten) per-context statistics arrays, their coordinates and Zarr encoding.
+
+    Unwritten chunks read as NaN, as an unwritten block of ``hidden`` does.
+    """
+    import dask.array as da
+
+    shapes = {
+        STAT_CTX_SUM: ((n_contexts, n_layers, n_dims), np.float64),
+        STAT_CTX_SUMSQ: ((n_contexts, n_layers), np.float64),
+        STAT_EDGE: ((n_contexts, len(edges.positions), n_layers, n_dims), np.dtype(storage_dtype)),
+    }
+    variables = {}
+    encoding = {}
+    for name, (shape, dtype) in shapes.items():
+        chunks = (chunk_contexts, *shape[1:])
+        variables[name] = (
+            STATISTICS_SCHEMA[name][0],
+            da.full(shape, np.nan, dtype=dtype, chunks=chunks),
+        )
+        encoding[name] = {"chunks": chunks, "compressors": None, "fill_value": np.nan}
+    coords = {EDGE: np.asarray(edges.positions, dtype=np.int64)}
+    return variables, coords, encoding
+
+
 def build_dataset(
     *,
     token_ids: np.ndarray,
@@ -187,12 +287,15 @@ def build_dataset(
     chunk_layers: int,
     provenance: Mapping[str, Any] | None = None,
     attrs: Mapping[str, Any] | None = None,
+    statistics: Edges | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """A new store's :func:`schema_dataset`, lazy, plus the Zarr encoding to write it.
 
     ``hidden`` and ``block_complete`` are lazy zeros: writing the dataset with
     ``compute=False`` creates their metadata without writing a single chunk. Without
     ``provenance``, the record is taken from ``attrs["posctx"]`` (as before posctx 0.2).
+    With ``statistics`` (the left-out positions), the per-context statistics arrays of
+    :data:`STATISTICS_SCHEMA` are added, unwritten.
     """
     import dask.array as da
 
@@ -224,14 +327,28 @@ def build_dataset(
         # One marker per chunk, so concurrent writers never share (and lose) a marker update.
         BLOCK_COMPLETE: {"chunks": (1,), "_FillValue": None},
     }
+    if statistics is not None:
+        variables, coords, stat_encoding = statistics_variables(
+            n_contexts=n_contexts,
+            edges=statistics,
+            n_layers=n_layers,
+            n_dims=hidden_size,
+            storage_dtype=storage_dtype,
+            chunk_contexts=chunk_contexts,
+        )
+        ds = ds.assign_coords(coords).assign(variables)
+        encoding.update(stat_encoding)
     return ds, encoding
 
 
 __all__ = [
+    "RECORD_KEY",
+    "StatisticsPlan",
     "CONTEXT_LABELS",
     "EXACT_DTYPES",
     "RANGE_COORDS",
     "SCHEMA",
+    "STATISTICS_SCHEMA",
     "STRING_COORDS",
     "DEFAULT_CHUNK_BYTES",
     "Block",
@@ -239,4 +356,5 @@ __all__ = [
     "plan_blocks",
     "build_dataset",
     "schema_dataset",
+    "statistics_variables",
 ]

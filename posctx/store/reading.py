@@ -9,9 +9,18 @@ import numpy as np
 
 from posctx.errors import IncompleteStoreError, StoreError
 from posctx.store.blocks import completed_blocks
+from posctx.store.layout import StatisticsPlan
 from posctx.store.location import is_remote, local_path, open_group, size_on_disk, zarr_location
 from posctx.store.provenance import read_provenance
-from posctx.types import BLOCK_COMPLETE, BLOCK_START, COMPLETE_ONLY_ATTR, CONTEXT, HIDDEN, TOKEN_ID
+from posctx.types import (
+    BLOCK_COMPLETE,
+    BLOCK_START,
+    COMPLETE_ONLY_ATTR,
+    CONTEXT,
+    HIDDEN,
+    HIDDEN_SAMPLE_ATTR,
+    TOKEN_ID,
+)
 
 
 def open_hidden(
@@ -34,10 +43,18 @@ def open_hidden(
     chunks
         Dask chunks; default: the store's own chunks.
 
+    Returns
+    -------
+    xarray.Dataset
+        ``hidden`` and ``token_id`` with every label; a store extracted with
+        ``--hidden-contexts N`` opens with its first N contexts only, and says so in
+        ``attrs["posctx_hidden_sample"]`` (``stored_contexts``, ``contexts_total``); its
+        statistics cover every context (:func:`posctx.store.statistics.open_statistics`).
+
     Raises
     ------
     StoreError
-        ``path`` holds no posctx store.
+        ``path`` holds no posctx store, or one that keeps no hidden states.
     IncompleteStoreError
         Some blocks were never written and ``complete_only`` is false.
 
@@ -50,8 +67,17 @@ def open_hidden(
     >>> ds.hidden.dims
     ('context', 'position', 'layer', 'dim')
     """
-    if read_provenance(path, storage_options) is None:
+    record = read_provenance(path, storage_options)
+    if record is None:
         raise StoreError(f"no posctx store at {path}: run `posctx extract ... --out {path}` first")
+    plan = StatisticsPlan.from_record(record)
+    stored = None if plan is None else plan.hidden_contexts
+    if stored == 0:
+        raise StoreError(
+            f"{path} keeps no hidden states (extracted with --hidden-contexts 0): decompose it "
+            f"from its statistics (`posctx decompose {path} --out DECOMPOSITION`, or "
+            "posctx.open_statistics in Python)"
+        )
     ds = open_labelled(path, storage_options=storage_options, chunks=chunks)
     if chunks is None and not is_remote(path):
         from posctx.store.direct import direct_array
@@ -65,6 +91,13 @@ def open_hidden(
     done = np.asarray(ds[BLOCK_COMPLETE].values) == 1
     starts = np.asarray(ds[BLOCK_START].values)
     ds = ds.drop_vars([BLOCK_COMPLETE, BLOCK_START])
+    if stored is not None and stored < ds.sizes[CONTEXT]:
+        # Hidden states of the first contexts only (--hidden-contexts): open those, and say so.
+        total = int(ds.sizes[CONTEXT])
+        ds = ds.isel({CONTEXT: slice(0, stored)})
+        ds.attrs[HIDDEN_SAMPLE_ATTR] = {"stored_contexts": int(stored), "contexts_total": total}
+        keep_blocks = starts < stored
+        done, starts = done[keep_blocks], starts[keep_blocks]
     if done.all():
         return ds
     if not complete_only:

@@ -60,10 +60,13 @@ def test_config_differences_lists_dotted_names_sorted_by_section_and_key() -> No
     asked = {"store": {"length": 9, "contexts": 5}, "model": {"name": "a", "dtype": "float16"}}
     assert config_differences(stored, asked) == ["model.dtype", "store.contexts", "store.length"]
     assert config_differences(stored, stored) == []
-    # A section or key only one side has differs, unless it is None on the other side: a
-    # field added later with default None does not block resuming an older store.
-    assert config_differences({}, {"corpus": {"seed": 1}}) == ["corpus.seed"]
+    # A section or key only one side has is a setting of another posctx version, not a
+    # difference: a store made before a setting existed (statistics, say) still resumes.
+    assert config_differences({}, {"corpus": {"seed": 1}}) == []
     assert config_differences({"model": {}}, {"model": {"attn_implementation": None}}) == []
+    assert config_differences(
+        {"store": {"statistics": True}}, {"store": {"statistics": False}}
+    ) == ["store.statistics"]
 
 
 def test_refuse_mismatch_names_every_difference_with_both_values(corpus: Path) -> None:

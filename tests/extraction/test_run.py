@@ -41,7 +41,7 @@ def _blocks(n: int) -> list[Block]:
 
 def test_the_writer_thread_writes_in_order_and_reports_each_block() -> None:
     recorder, reported = _Recorder(), []
-    writer = _Writer(recorder, lambda block: reported.append(block.index))  # type: ignore[arg-type]
+    writer = _Writer(recorder, None, lambda block: reported.append(block.index))  # type: ignore[arg-type]
     for block in _blocks(5):
         writer.put(block, np.zeros(1))
     writer.close()
@@ -51,7 +51,7 @@ def test_the_writer_thread_writes_in_order_and_reports_each_block() -> None:
 
 def test_a_write_failure_stops_writing_and_is_raised_in_the_caller() -> None:
     recorder, reported = _Recorder(fail_on=1), []
-    writer = _Writer(recorder, lambda block: reported.append(block.index))  # type: ignore[arg-type]
+    writer = _Writer(recorder, None, lambda block: reported.append(block.index))  # type: ignore[arg-type]
     with pytest.raises(OSError, match="No space left on device"):
         for block in _blocks(5):
             writer.put(block, np.zeros(1))

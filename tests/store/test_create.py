@@ -21,10 +21,10 @@ from posctx.errors import StoreError
 from posctx.store.blocks import BlockWriter, completed_blocks
 from posctx.store.create import (
     StoreCreatedConcurrently,
-    _alive,
     _creating_prefix,
     create_store,
     grow_store,
+    process_alive,
 )
 from posctx.store.layout import build_dataset, plan_blocks
 from posctx.store.provenance import read_provenance
@@ -84,11 +84,11 @@ def test_build_folders_are_named_after_host_and_process(tmp_path: Path) -> None:
     host = socket.gethostname()
     assert _creating_prefix(tmp_path / "h.zarr", pid=123) == f".h.zarr.creating-{host}-123-"
     assert _creating_prefix(tmp_path / "h.zarr") == f".h.zarr.creating-{host}-{os.getpid()}-"
-    assert _alive(os.getpid())
+    assert process_alive(os.getpid())
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
-    assert not _alive(int(dead.stdout))
+    assert not process_alive(int(dead.stdout))
 
 
 def test_on_object_storage_the_record_is_written_last(
