@@ -336,14 +336,22 @@ def load_model(config: ModelConfig) -> LoadedModel:
             f"cannot load model {config.name!r}: a weights file is damaged or incomplete ({first}), "
             "as an interrupted download or copy leaves it: download or copy the model again"
         ) from exc
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ImportError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if config.attn_implementation and "attn_implementation" in str(exc):
+        # An unknown implementation is a ValueError naming attn_implementation; a known one whose
+        # package is missing (flash_attention_2 without flash-attn) an ImportError naming it.
+        missing_package = isinstance(exc, ImportError)
+        if config.attn_implementation and (
+            "attn_implementation" in str(exc)
+            or (missing_package and "attention" in str(exc).lower())
+        ):
             raise ModelError(
                 f"attention implementation {config.attn_implementation!r} is not available for "
                 f"model {config.name!r} ({first[:200]}): use --attn-implementation eager or sdpa, "
                 "or leave the option out"
             ) from exc
+        if missing_package:
+            raise  # another package the model or tokenizer needs: transformers' message names it
         if not Path(path).exists() and _hub_offline():
             raise ModelError(_offline_message(config.name)) from exc
         raise ModelError(
