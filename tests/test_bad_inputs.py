@@ -255,6 +255,22 @@ def _incomplete(env: Env) -> str:
     return str(store)
 
 
+def _damaged(env: Env, block: int = 1, unmarked: int | None = None) -> str:
+    """A copy of the good store that lost ``block``'s chunk file of ``hidden`` (a partial copy).
+
+    Every block is one chunk (all layers), so that is all of the block's hidden states; the
+    markers still say it was written. With ``unmarked``, that block's marker is gone too (an
+    interrupted extraction, as in ``_incomplete``).
+    """
+    store = Path(env.hidden())
+    chunk = store / "hidden" / "c" / str(block) / "0" / "0" / "0"
+    assert chunk.is_file()
+    chunk.unlink()
+    if unmarked is not None:
+        (store / "block_complete" / "c" / str(unmarked)).unlink()
+    return str(store)
+
+
 def _foreign_zarr(env: Env) -> str:
     """A Zarr v3 group that posctx did not write."""
     import zarr
@@ -725,6 +741,26 @@ CASES: list[Case] = [
         "re-run the same `posctx extract` command",
     ),
     Case(
+        "decompose-missing-chunk-file",
+        lambda e: ["decompose", _damaged(e), "--out", e.path("d2.zarr")],
+        "1 chunk of hidden is missing although its block is marked written (block 1; "
+        "e.g. hidden/c/1/0/0/0): the store is damaged",
+        "run `posctx validate",
+    ),
+    Case(
+        "decompose-complete-only-missing-chunk-file",
+        lambda e: [
+            "decompose",
+            _damaged(e, block=1, unmarked=2),
+            "--out",
+            e.path("d2.zarr"),
+            "--complete-only",
+        ],
+        "1 chunk of hidden is missing although its block is marked written (block 1; "
+        "e.g. hidden/c/1/0/0/0)",
+        "re-extract those blocks (set their block_complete to 0",
+    ),
+    Case(
         "decompose-other-schema-version",
         lambda e: ["decompose", _schema(e), "--out", e.path("d2.zarr")],
         "has posctx schema 99 but this posctx reads schema 1",
@@ -853,6 +889,21 @@ CASES: list[Case] = [
         ],
         "no posctx store at",
         "run `posctx extract",
+    ),
+    Case(
+        "report-hidden-missing-chunk-file",
+        lambda e: [
+            "report",
+            e.decomposition(),
+            "--out",
+            e.path("report"),
+            "--hidden",
+            _damaged(e, block=2),
+            "--quiet",
+        ],
+        "1 chunk of hidden is missing although its block is marked written (block 2; "
+        "e.g. hidden/c/2/0/0/0)",
+        "run `posctx validate",
     ),
     Case(
         "info-missing-path",

@@ -20,6 +20,7 @@ from moto.server import ThreadedMotoServer
 
 import posctx
 import posctx.store
+import posctx.testing
 from posctx.cli import cli
 from posctx.config import CorpusConfig, ExtractConfig, ModelConfig, StoreConfig
 from posctx.errors import StoreError
@@ -239,3 +240,86 @@ def test_unwritable_bucket_is_reported_before_the_model_loads(s3: S3) -> None:
     url = f"s3://posctx-missing-{uuid.uuid4().hex[:8]}/h.zarr"
     with pytest.raises(StoreError, match="cannot write a store at"):  # not a ModelError
         posctx.extract(config, url, storage_options=opts, progress=False)
+
+
+def _count_s3_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Record every S3 API call s3fs makes: ``(operation, key or prefix)``."""
+    calls: list[tuple[str, str]] = []
+    real = s3fs.S3FileSystem._call_s3
+
+    async def counted(self: Any, method: Any, *args: Any, **kwargs: Any) -> Any:
+        target = kwargs.get("Key") or kwargs.get("Prefix") or ""
+        calls.append((method if isinstance(method, str) else method.__name__, str(target)))
+        return await real(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", counted)
+    return calls
+
+
+@pytest.mark.parametrize("sep", ["/", "."])
+def test_missing_chunks_on_s3_come_from_one_listing(
+    s3: S3, sep: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import zarr
+
+    from posctx.store import plan_blocks
+    from posctx.store.integrity import missing_chunks
+    from posctx.testing import raise_if_dask_computes
+
+    bucket, opts = s3
+    url = f"{bucket}/h.zarr"
+    group = zarr.open_group(url, mode="w", storage_options=opts)
+    hidden = group.create_array(
+        "hidden",
+        shape=(10, 3, 4, 2),
+        chunks=(4, 3, 2, 2),  # 3 blocks of 4 contexts, 2 layer chunks: 6 chunk objects
+        dtype="f4",
+        fill_value=np.nan,
+        compressors=None,
+        chunk_key_encoding={"name": "default", "separator": sep},
+    )
+    hidden[...] = np.ones(hidden.shape, np.float32)
+    blocks = plan_blocks(10, 4)
+    assert missing_chunks(url, blocks, opts) == {}
+
+    key = sep.join(["c", "1", "0", "1", "0"])
+    fs = s3fs.S3FileSystem(**opts)
+    fs.rm(f"{url}/hidden/{key}")
+    calls = _count_s3_calls(monkeypatch)
+    with raise_if_dask_computes(max_computes=0):
+        assert missing_chunks(url, blocks, opts) == {1: [f"hidden/{key}"]}
+    operations = [operation for operation, _ in calls]
+    # The array's metadata (a HEAD and a GET), then one listing of its prefix: 3 requests
+    # in all, none per chunk.
+    assert operations.count("list_objects_v2") == 1 and len(calls) <= 3, calls
+    assert {target for op, target in calls if op != "list_objects_v2"} == {
+        "h.zarr/hidden/zarr.json"
+    }, calls
+
+
+def test_open_hidden_on_s3_refuses_missing_chunk_objects(s3: S3) -> None:
+    bucket, opts = s3
+    url = f"{bucket}/h.zarr"
+    posctx.testing.write_planted_store(
+        url,
+        storage_options=opts,
+        n_contexts=10,
+        length=4,
+        n_layers=2,
+        n_dims=3,
+        chunks_context=4,
+        chunks_layer=1,
+    )
+    posctx.open_hidden(url, storage_options=opts)  # whole
+    s3fs.S3FileSystem(**opts).rm(f"{url}/hidden/c/2/0/1/0")  # a lifecycle rule took it
+    with pytest.raises(StoreError) as info:
+        posctx.open_hidden(url, storage_options=opts)
+    assert str(info.value).startswith(
+        f"{url}: 1 chunk of hidden is missing although its block is marked written (block 2; "
+        f"e.g. hidden/c/2/0/1/0): the store is damaged (a partial copy?); run `posctx validate "
+        f"{url}` for details"
+    )
+    report = posctx.validate_store(url, storage_options=opts, scan=False)
+    completeness = report.check("completeness")
+    assert completeness.status == "fail"
+    assert completeness.figures["missing_chunk_keys"] == ["hidden/c/2/0/1/0"]

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import builtins
+import contextlib
+import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import xarray as xr
+import zarr
 
 from posctx.errors import IncompleteStoreError, StoreError
 from posctx.store import (
+    Block,
     BlockWriter,
     build_dataset,
     check_writable,
@@ -21,6 +28,9 @@ from posctx.store import (
     read_provenance,
     store_info,
 )
+from posctx.store.integrity import missing_chunks
+from posctx.testing import raise_if_dask_computes, write_large_planted_store
+from posctx.types import HIDDEN
 
 
 def _make(
@@ -158,3 +168,130 @@ def test_schema_dataset_writes_exactly_the_declared_schema() -> None:
         assert ds[name].dims == dims, name
         assert ds[name].dtype.kind in kinds, name
         assert str(ds[name].dtype) in EXACT_DTYPES.get(name, (str(ds[name].dtype),)), name
+
+
+# --- a damaged store: chunk files missing from blocks marked written --------------------------
+
+
+def _bare_hidden(location: str, sep: str, **options: Any) -> None:
+    """A group holding only ``hidden``: 10 contexts in blocks of 4, 2 layer chunks, all written."""
+    group = zarr.open_group(location, mode="w", **options)
+    arr = group.create_array(
+        HIDDEN,
+        shape=(10, 3, 4, 2),
+        chunks=(4, 3, 2, 2),
+        dtype="f4",
+        fill_value=np.nan,
+        compressors=None,
+        chunk_key_encoding={"name": "default", "separator": sep},
+    )
+    arr[...] = np.ones(arr.shape, np.float32)
+
+
+@contextlib.contextmanager
+def _no_chunk_reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Fail any ``open`` of a file under ``hidden/`` other than its ``zarr.json``."""
+    opened: list[str] = []
+    real = builtins.open
+
+    def guarded(file: Any, *args: Any, **kwargs: Any) -> Any:
+        name = os.fspath(file) if isinstance(file, (str, os.PathLike)) else ""
+        if f"{os.sep}{HIDDEN}{os.sep}" in name:
+            opened.append(name)
+            assert name.endswith("zarr.json"), f"a chunk was read: {name}"
+        return real(file, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(builtins, "open", guarded)
+        patch.setattr(io, "open", guarded)
+        patch.setattr(np, "fromfile", lambda *a, **k: pytest.fail("a chunk was read"))
+        yield opened
+
+
+@pytest.mark.parametrize("sep", ["/", "."])
+def test_missing_chunks_are_found_by_file_existence_alone(
+    tmp_path: Path, sep: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "h.zarr"
+    _bare_hidden(str(path), sep)
+    blocks = plan_blocks(10, 4)
+    array_dir = path / HIDDEN
+    keys = [sep.join(["c", *k]) for k in (("1", "0", "1", "0"), ("2", "0", "0", "0"))]
+    assert all((array_dir / key).is_file() for key in keys)  # the files the encoding names
+    assert missing_chunks(str(path), blocks) == {}
+    for key in keys:
+        (array_dir / key).unlink()
+    with raise_if_dask_computes(max_computes=0), _no_chunk_reads(monkeypatch) as opened:
+        found = missing_chunks(str(path), blocks)
+    assert opened == [str(array_dir / "zarr.json")]  # the metadata, and no chunk
+    assert found == {1: [f"{HIDDEN}/{keys[0]}"], 2: [f"{HIDDEN}/{keys[1]}"]}
+    assert missing_chunks(str(path), blocks[:1]) == {}  # block 0 has all its files
+    # Only the blocks asked about, whatever their order; a block past the array is empty.
+    assert list(missing_chunks(str(path), [blocks[2], blocks[1], Block(3, 12, 16)])) == [2, 1]
+    (array_dir / "zarr.json").unlink()
+    with pytest.raises(StoreError, match=r"the metadata of `hidden` \(hidden/zarr.json\)"):
+        missing_chunks(str(path), blocks)
+
+
+def test_open_hidden_refuses_a_store_with_missing_chunk_files(tmp_path: Path) -> None:
+    path = tmp_path / "h.zarr"
+    write_large_planted_store(
+        str(path), n_contexts=10, length=4, n_layers=3, n_dims=2, chunk_contexts=4, chunk_layers=2
+    )
+    (path / "hidden" / "c" / "1" / "0" / "1" / "0").unlink()  # block 1, second layer chunk
+    (path / "hidden" / "c" / "2" / "0" / "0" / "0").unlink()  # block 2, first layer chunk
+    expected = (
+        f"{path}: 2 chunks of hidden are missing although their blocks are marked written "
+        "(blocks 1-2; e.g. hidden/c/1/0/1/0): the store is damaged (a partial copy?); run "
+        f"`posctx validate {path}` for details, and restore the files or re-extract those "
+        "blocks (set their block_complete to 0 and re-run the same `posctx extract` command)"
+    )
+    for complete_only in (False, True):
+        with pytest.raises(StoreError) as info:
+            open_hidden(str(path), complete_only=complete_only)
+        assert str(info.value) == expected
+        assert not isinstance(info.value, IncompleteStoreError)
+    # The same store read through zarr (not the direct reader) is refused the same way.
+    with pytest.raises(StoreError, match="2 chunks of hidden are missing"):
+        open_hidden(str(path), chunks={"dim": 2})  # the stored chunks
+
+    # Unmarked, a block's missing files are a hole, not damage: complete_only leaves it out.
+    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    group["block_complete"][2] = 0
+    with pytest.raises(StoreError, match=r"\(block 1; e.g. hidden/c/1/0/1/0\)"):
+        open_hidden(str(path), complete_only=True)
+    group["block_complete"][1] = 0
+    ds = open_hidden(str(path), complete_only=True)
+    assert ds.context.values.tolist() == [0, 1, 2, 3]
+    assert not np.isnan(ds.hidden.values).any()
+    with pytest.raises(IncompleteStoreError, match="2 of 3 blocks are not written yet"):
+        open_hidden(str(path))
+    # Nothing finished and nothing there (a store just created): an empty selection, whose
+    # reading touches chunk 0 in dask, reads as empty rather than refusing that unkept chunk.
+    group["block_complete"][0] = 0
+    for chunk in (path / "hidden" / "c" / "0").rglob("0"):
+        if chunk.is_file():
+            chunk.unlink()
+    assert open_hidden(str(path), complete_only=True).hidden.values.shape == (0, 4, 3, 2)
+
+
+def test_a_chunk_deleted_after_open_is_refused_not_read_as_nan(tmp_path: Path) -> None:
+    import posctx
+    from posctx.store.direct import direct_array, direct_source
+
+    path = tmp_path / "h.zarr"
+    write_large_planted_store(
+        str(path), n_contexts=10, length=4, n_layers=2, n_dims=3, chunk_contexts=4
+    )
+    ds = open_hidden(str(path))
+    source = direct_source(ds.hidden.data)
+    assert source is not None and source.required == {0, 1, 2}  # every block's chunks
+    (path / "hidden" / "c" / "1" / "0" / "0" / "0").unlink()  # after the check at open
+    refused = r"chunk file .*hidden/c/1/0/0/0 is missing although its block is marked written"
+    with pytest.raises(StoreError, match=refused):
+        ds.hidden.values  # noqa: B018  # the chunk-by-chunk reader
+    with pytest.raises(StoreError, match=refused):
+        posctx.decompose(ds).compute()  # the context-by-context reader of the statistics
+    # The raw reader keeps zarr's rule: a missing chunk is the fill value.
+    raw = direct_array(path / "hidden").compute()
+    assert np.isnan(raw[4:8]).all() and not np.isnan(raw[:4]).any()

@@ -128,6 +128,33 @@ def test_unmarked_blocks_are_holes_and_never_scanned_or_rerun(store: Path) -> No
     )
 
 
+def test_missing_chunk_files_of_marked_blocks_fail_completeness(store: Path) -> None:
+    (store / "hidden" / "c" / "1" / "0" / "0" / "0").unlink()  # a partial copy
+    completeness = validate_store(store, scan=False).check("completeness")  # no scan needed
+    assert completeness.status == "fail"
+    assert completeness.detail == (
+        "all 3 blocks marked written, but 1 chunk of hidden is missing although its block is "
+        "marked written (block 1; e.g. hidden/c/1/0/0/0): the store is damaged (a partial "
+        "copy?); restore the files or re-extract those blocks (set their block_complete to 0 "
+        "and re-run the same `posctx extract` command)"
+    )
+    figures = completeness.figures
+    assert (figures["missing_chunks"], figures["damaged_blocks"]) == (1, [1])
+    assert figures["missing_chunk_keys"] == ["hidden/c/1/0/0/0"]
+    finite = validate_store(store).check("finite")  # the scan reads it as NaN, as before
+    assert finite.status == "fail" and finite.figures["blocks"] == [1]
+
+    group = _group(store)
+    group["block_complete"][2] = 0  # an interrupted extraction as well: both are reported
+    detail = validate_store(store, scan=False).check("completeness").detail
+    assert detail.startswith("1 of 3 blocks never marked written: contexts 8-11 (4 contexts)")
+    assert "; and 1 chunk of hidden is missing although its block is marked written" in detail
+    group["block_complete"][1] = 0  # the advice followed: block 1 is a hole to re-extract
+    completeness = validate_store(store, scan=False).check("completeness")
+    assert completeness.detail.startswith("2 of 3 blocks never marked written: contexts 4-11")
+    assert "damaged" not in completeness.detail and completeness.figures["missing_chunks"] == 0
+
+
 def test_nan_in_a_marked_block_fails_the_scan(store: Path) -> None:
     group = _group(store)
     group["hidden"][5, 3, 1, 0] = np.nan

@@ -9,7 +9,8 @@ work to redo, never a silent hole.
 
 Modules: ``layout`` (blocks and schema), ``location`` (paths, URLs, opening the Zarr group),
 ``provenance`` (the attrs record), ``create`` (creation and growth), ``blocks`` (block writes,
-markers, crash leftovers) and ``reading`` (opening as xarray, summaries).
+markers, crash leftovers), ``integrity`` (chunk files missing from blocks marked written),
+``direct`` (direct chunk reads) and ``reading`` (opening as xarray, summaries).
 """
 
 from posctx.store.blocks import BlockWriter, completed_blocks, partial_files, remove_partial_files
@@ -19,6 +20,7 @@ from posctx.store.create import (
     grow_store,
     remove_dead_creations,
 )
+from posctx.store.integrity import missing_chunks
 from posctx.store.layout import (
     DEFAULT_CHUNK_BYTES,
     Block,
@@ -49,6 +51,7 @@ __all__ = [
     "default_chunk_contexts",
     "grow_store",
     "is_remote",
+    "missing_chunks",
     "open_hidden",
     "open_labelled",
     "partial_files",

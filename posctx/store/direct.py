@@ -8,7 +8,10 @@ read through one event-loop thread; the decomposition is bound by that read.
 
 :func:`direct_array` returns ``None`` whenever the fast path does not apply exactly (a remote
 store, any codec besides ``bytes``, sharding, another key encoding); callers then use zarr.
-A chunk that was never written reads as the array's fill value, as zarr would.
+A chunk that was never written reads as the array's fill value, as zarr would, except in the
+``required`` rows: there a missing chunk file raises :class:`~posctx.errors.StoreError`.
+``posctx.open_hidden`` requires the rows of the blocks it keeps (having checked at open that
+their files are there), so a file deleted while the store is read is never averaged as NaN.
 
 The array's graph carries its :class:`DirectSource` (:func:`direct_source` finds it there), so
 a consumer that wants the files themselves (the decomposition reads them one context at a
@@ -19,13 +22,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+
+from posctx.errors import StoreError
+from posctx.store.integrity import chunk_keys
 
 #: Zarr v3 data types the direct reader understands, as little-endian numpy dtypes.
 _DTYPES = {"float16": "<f2", "float32": "<f4", "float64": "<f8"}
@@ -41,6 +47,9 @@ class DirectSource:
     chunk_shape: tuple[int, ...]
     dtype: str
     fill: Any
+    #: Chunk indices along the first axis whose files must exist: a missing one raises
+    #: ``StoreError``; any other missing chunk reads as ``fill`` (zarr's rule).
+    required: frozenset[int] = frozenset()
 
     def chunk_path(self, index: tuple[int, ...]) -> str:
         """The file of chunk ``index`` (default chunk key encoding)."""
@@ -54,12 +63,18 @@ class DirectSource:
 
     def read(self, index: tuple[int, ...]) -> np.ndarray:
         """Chunk ``index`` as an array, cut to the array's bounds."""
-        return read_chunk(
-            self.chunk_path(index),
-            self.chunk_shape,
-            self.chunk_bounds(index),
-            self.dtype,
-            self.fill,
+        path = self.chunk_path(index)
+        if index[0] in self.required and not os.path.exists(path):
+            raise StoreError(self.missing_message(path))
+        return read_chunk(path, self.chunk_shape, self.chunk_bounds(index), self.dtype, self.fill)
+
+    def missing_message(self, path: str) -> str:
+        """The refusal of a missing chunk file in the ``required`` rows."""
+        store = os.path.dirname(self.root)
+        return (
+            f"chunk file {path} is missing although its block is marked written (deleted "
+            f"after the store was opened?): the store is damaged; run `posctx validate {store}` "
+            "for details, and restore the file or re-extract its block"
         )
 
     def rows(self, index: tuple[int, ...], rows: tuple[int, ...]) -> Iterator[np.ndarray]:
@@ -68,7 +83,7 @@ class DirectSource:
         Each row is read with ``readinto`` into one reused buffer, so the chunk never exists
         in memory as a whole and nothing is allocated per row: consume each row before asking
         for the next. Rows are full size (an edge chunk's padding included); a chunk that was
-        never written yields rows of the fill value.
+        never written yields rows of the fill value (``StoreError`` if it is ``required``).
 
         Examples
         --------
@@ -84,6 +99,8 @@ class DirectSource:
         row_shape = self.chunk_shape[1:]
         path = self.chunk_path(index)
         if not os.path.exists(path):
+            if index[0] in self.required:
+                raise StoreError(self.missing_message(path))
             blank = np.full(row_shape, self.fill, dtype=self.dtype)
             for _ in rows:
                 yield blank
@@ -151,12 +168,14 @@ def open_source(array_dir: str | os.PathLike[str]) -> DirectSource | None:
     except (OSError, ValueError):
         return None
     codecs = meta.get("codecs", [])
+    keys = chunk_keys(meta)
     if (
         meta.get("zarr_format") != 3
         or meta.get("node_type") != "array"
         or meta.get("data_type") not in _DTYPES
         or meta.get("chunk_grid", {}).get("name") != "regular"
-        or meta.get("chunk_key_encoding", {}).get("name") != "default"
+        or keys is None
+        or keys.prefix != "c"  # the default encoding, not v2
         or meta.get("storage_transformers")
         or len(codecs) != 1
         or codecs[0].get("name") != "bytes"
@@ -168,7 +187,7 @@ def open_source(array_dir: str | os.PathLike[str]) -> DirectSource | None:
         dtype = dtype.replace("<", ">")
     return DirectSource(
         root=str(root),
-        sep=meta["chunk_key_encoding"].get("configuration", {}).get("separator", "/"),
+        sep=keys.sep,
         shape=tuple(meta["shape"]),
         chunk_shape=tuple(meta["chunk_grid"]["configuration"]["chunk_shape"]),
         dtype=dtype,
@@ -176,8 +195,17 @@ def open_source(array_dir: str | os.PathLike[str]) -> DirectSource | None:
     )
 
 
-def direct_array(array_dir: str | os.PathLike[str], name: str | None = None) -> Any:
+def direct_array(
+    array_dir: str | os.PathLike[str],
+    name: str | None = None,
+    *,
+    required: Iterable[tuple[int, int]] = (),
+) -> Any:
     """A dask array reading ``array_dir``'s chunk files directly, or ``None`` if unsupported.
+
+    A chunk file that is not there reads as the fill value, as with zarr, unless it holds
+    rows of the ``required`` ranges ``(start, stop)`` along the first axis (the contexts of
+    blocks marked written): reading it then raises :class:`~posctx.errors.StoreError`.
 
     Examples
     --------
@@ -200,6 +228,15 @@ def direct_array(array_dir: str | os.PathLike[str], name: str | None = None) -> 
     source = open_source(array_dir)
     if source is None:
         return None
+    step = source.chunk_shape[0]
+    rows = frozenset(
+        i
+        for start, stop in required
+        if stop > start
+        for i in range(start // step, (stop - 1) // step + 1)
+    )
+    if rows:
+        source = replace(source, required=rows)
     grid = [range(0, n, c) for n, c in zip(source.shape, source.chunk_shape, strict=True)]
     chunks = tuple(
         tuple(min(c, n - s) for s in g)

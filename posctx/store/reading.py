@@ -9,7 +9,8 @@ import numpy as np
 
 from posctx.errors import IncompleteStoreError, StoreError
 from posctx.store.blocks import completed_blocks
-from posctx.store.layout import StatisticsPlan
+from posctx.store.integrity import check_chunks_present
+from posctx.store.layout import Block, StatisticsPlan
 from posctx.store.location import is_remote, local_path, open_group, size_on_disk, zarr_location
 from posctx.store.provenance import read_provenance
 from posctx.types import (
@@ -54,7 +55,9 @@ def open_hidden(
     Raises
     ------
     StoreError
-        ``path`` holds no posctx store, or one that keeps no hidden states.
+        ``path`` holds no posctx store, or one that keeps no hidden states, or a block
+        marked written lacks chunk files of ``hidden`` (a damaged store: a partial copy,
+        deleted objects).
     IncompleteStoreError
         Some blocks were never written and ``complete_only`` is false.
 
@@ -79,25 +82,43 @@ def open_hidden(
             "posctx.open_statistics in Python)"
         )
     ds = open_labelled(path, storage_options=storage_options, chunks=chunks)
-    if chunks is None and not is_remote(path):
-        from posctx.store.direct import direct_array
-
-        # Same values, same chunks, read without zarr's general decode path (see store.direct).
-        direct = direct_array(local_path(path) / HIDDEN)
-        if direct is not None and direct.shape == ds[HIDDEN].shape:
-            ds[HIDDEN] = ds[HIDDEN].copy(data=direct)
     # Reading the markers is eager on purpose: a few bytes that decide whether the store is
     # usable at all, never a computation over hidden states.
     done = np.asarray(ds[BLOCK_COMPLETE].values) == 1
     starts = np.asarray(ds[BLOCK_START].values)
     ds = ds.drop_vars([BLOCK_COMPLETE, BLOCK_START])
-    if stored is not None and stored < ds.sizes[CONTEXT]:
-        # Hidden states of the first contexts only (--hidden-contexts): open those, and say so.
-        total = int(ds.sizes[CONTEXT])
+    total = int(ds.sizes[CONTEXT])
+    stops = np.append(starts[1:], total)
+    sample = stored is not None and stored < total
+    if sample:  # --hidden-contexts: only the first contexts' blocks hold hidden states
+        assert stored is not None
+        held = starts < stored
+        done, starts, stops = done[held], starts[held], np.minimum(stops[held], stored)
+    # Every block that will be read (all of them, or the finished ones with complete_only)
+    # must have its chunk files: a missing one would read as NaN. No chunk is read here.
+    marked = [
+        Block(i, int(a), int(b))
+        for i, (a, b, ok) in enumerate(zip(starts, stops, done, strict=True))
+        if ok
+    ]
+    check_chunks_present(path, marked, storage_options)
+    if chunks is None and not is_remote(path):
+        from posctx.store.direct import direct_array
+
+        # Same values, same chunks, read without zarr's general decode path (see store.direct).
+        # A file of a kept block that vanishes after the check is refused too, never read as
+        # NaN; other blocks' chunks may be touched by dask (an empty selection) and are not.
+        direct = direct_array(
+            local_path(path) / HIDDEN, required=[(b.start, b.stop) for b in marked]
+        )
+        if direct is not None and direct.shape == ds[HIDDEN].shape:
+            ds[HIDDEN] = ds[HIDDEN].copy(data=direct)
+    if sample:  # open those, and say so
         ds = ds.isel({CONTEXT: slice(0, stored)})
-        ds.attrs[HIDDEN_SAMPLE_ATTR] = {"stored_contexts": int(stored), "contexts_total": total}
-        keep_blocks = starts < stored
-        done, starts = done[keep_blocks], starts[keep_blocks]
+        ds.attrs[HIDDEN_SAMPLE_ATTR] = {
+            "stored_contexts": int(stored or 0),
+            "contexts_total": total,
+        }
     if done.all():
         return ds
     if not complete_only:
@@ -107,7 +128,6 @@ def open_hidden(
             "or use only the finished contexts (complete_only=True; `posctx decompose "
             "--complete-only`)"
         )
-    stops = np.append(starts[1:], ds.sizes[CONTEXT])
     keep = np.concatenate(
         [np.arange(a, b) for a, b, ok in zip(starts, stops, done, strict=True) if ok]
         or [np.array([], int)]

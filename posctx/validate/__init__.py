@@ -18,7 +18,8 @@ The checks, in order:
 ``provenance``
     The ``posctx`` attrs record is complete and its config parses and agrees with the arrays.
 ``completeness``
-    Which blocks were never marked written, as context ranges.
+    Which blocks were never marked written, as context ranges, and which blocks marked
+    written lack chunk files of ``hidden`` (a damaged store).
 ``partial_files``
     Chunk files a killed writer left half written (local stores).
 ``finite``

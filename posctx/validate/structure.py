@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from posctx.errors import PosctxError
+from posctx.errors import PosctxError, StoreError
 from posctx.store import Block, is_remote, partial_files, plan_blocks
+from posctx.store.integrity import REPAIR_ADVICE, describe_missing, missing_chunks
 from posctx.store.layout import EXACT_DTYPES, RANGE_COORDS, SCHEMA, STRING_COORDS
 from posctx.store.location import local_path, open_group
 from posctx.types import (
@@ -393,13 +394,30 @@ def _check_completeness(st: _Store) -> Check:
     blocks, done = st.blocks(), st.done()
     missing = [b for b in blocks if not done[b.index]]
     holes = _holes(missing)
+    lost = _missing_chunks(st)
     figures = {
         "blocks_total": len(blocks),
         "blocks_complete": int(done.sum()),
         "holes": [[a, b] for a, b in holes],  # [first, last] context of each hole
         "contexts_missing": sum(b.size for b in missing),
+        # chunk files of hidden that blocks marked written lack (a damaged store)
+        "missing_chunks": sum(len(keys) for keys in lost.values()),
+        "damaged_blocks": sorted(lost),
+        "missing_chunk_keys": [k for keys in lost.values() for k in keys][:100],
     }
+    damaged = (
+        f"{describe_missing(lost)}: the store is damaged (a partial copy?); {REPAIR_ADVICE}"
+        if lost
+        else ""
+    )
     if not missing:
+        if damaged:
+            return Check(
+                "completeness",
+                "fail",
+                f"all {len(blocks)} blocks marked written, but {damaged}",
+                figures,
+            )
         return Check("completeness", "ok", f"all {len(blocks)} blocks marked written", figures)
     where = ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in holes[:10])
     more = f" and {len(holes) - 10} more ranges" if len(holes) > 10 else ""
@@ -409,9 +427,22 @@ def _check_completeness(st: _Store) -> Check:
         f"{len(missing)} of {len(blocks)} blocks never marked written: contexts {where}{more} "
         f"({figures['contexts_missing']} contexts); re-run the same `posctx extract` command to "
         "finish them, or use only the finished contexts (`posctx decompose --complete-only`, "
-        "posctx.open_hidden(..., complete_only=True))",
+        f"posctx.open_hidden(..., complete_only=True)){'; and ' + damaged if damaged else ''}",
         figures,
     )
+
+
+def _missing_chunks(st: _Store) -> dict[int, list[str]]:
+    """Chunk files of ``hidden`` that the blocks marked written lack (see store.integrity).
+
+    Empty when ``hidden``'s metadata cannot be read: the schema check reports that.
+    """
+    if HIDDEN not in st.arrays:
+        return {}
+    try:
+        return missing_chunks(st.path, st.complete_blocks(), st.storage_options)
+    except StoreError:
+        return {}
 
 
 def _holes(missing: Sequence[Block]) -> list[tuple[int, int]]:
