@@ -71,6 +71,7 @@ def block_statistics(
     n_topics: int,
     *,
     moments: bool = False,
+    pos_sum: Float64Array | None = None,
 ) -> dict[str, Any]:
     """The statistics extraction keeps of one store block, from its stored values.
 
@@ -86,6 +87,9 @@ def block_statistics(
         Number of topics of the store.
     moments
         Also the core cells' count, mean and centred second moment.
+    pos_sum
+        Add the position sums into this ``(n_topics, T, L, D)`` array (returned as
+        ``pos_sum``) instead of a new one: an accumulator over blocks.
 
     Returns
     -------
@@ -114,7 +118,7 @@ def block_statistics(
         "ctx_sum": np.empty((c, n_layers, n_dims)),
         "ctx_sumsq": np.empty((c, n_layers)),
         "edge": np.ascontiguousarray(x[:, list(edges.positions)]),
-        "pos_sum": np.zeros((n_topics, length, n_layers, n_dims)),
+        "pos_sum": np.zeros((n_topics, length, n_layers, n_dims)) if pos_sum is None else pos_sum,
     }
     buf = np.empty((length, n_layers, n_dims))
     for i in range(c):  # one context at a time: its float64 copy stays in cache
@@ -224,6 +228,10 @@ class PartialSums:
         """Add statistics whose ``pos_sum`` rows are the topics ``topics`` (a subset of ours)."""
         rows = [self.topics.index(t) for t in topics]
         self.pos_sum[rows] += stats["pos_sum"]
+        self.add_moments(stats)
+
+    def add_moments(self, stats: Mapping[str, Any]) -> None:
+        """Merge only the second moments of ``stats`` (position sums added elsewhere)."""
         if self.m2 is not None:
             self.count, self.mean, self.m2 = merge_moments(
                 self.count, self.mean, self.m2, stats["count"], stats["mean"], stats["m2"]

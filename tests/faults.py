@@ -78,7 +78,7 @@ def tiny_config(model: Path, contexts: int = 12, chunk: int = 2) -> dict[str, An
     return ExtractConfig(
         corpus=CorpusConfig(spec="stdlib"),
         model=ModelConfig(name=str(model), batch_size=3),
-        store=StoreConfig(contexts=contexts, length=16, chunk_contexts=chunk),
+        store=StoreConfig(contexts=contexts, length=16, chunk_contexts=chunk, moments=True),
     ).to_dict()
 
 
@@ -140,6 +140,8 @@ def _child(
     from posctx.extraction import extract
 
     torch.set_num_threads(1)  # several children may run at once on two cores
+    # Commit the statistics after every block: the most commits, so the most kill points.
+    os.environ["POSCTX_FLUSH_SECONDS"] = "0"
     # tqdm's default lock is a multiprocessing semaphore, which a SIGKILL leaks (and Python's
     # resource tracker then warns about): a thread lock does for one process.
     tqdm.tqdm.set_lock(threading.RLock())
@@ -231,7 +233,39 @@ def store_contents(path: Path) -> dict[str, Any]:
     record.pop("created", None)
     attrs["posctx"] = record
     out["attrs"] = attrs
+    if "stat_partials" in group:
+        # The partials themselves differ from run to run (writer ids, and how a kill split
+        # the blocks between versions); what must agree is their merged sums, with every
+        # block counted once: open_statistics checks that, then they are compared.
+        from posctx.store.statistics import open_statistics
+
+        stats = open_statistics(str(path), complete_only=True)
+        out["merged_statistics"] = Merged(
+            {
+                name: np.asarray(stats[name].values)
+                for name in ("pos_sum", "mean", "m2")
+                if name in stats
+            }
+        )
     return out
+
+
+@dataclass(frozen=True)
+class Merged:
+    """Sums merged from partials: equal up to float64 rounding (the grouping differs)."""
+
+    arrays: dict[str, Any]
+
+    def agrees(self, other: Merged) -> bool:
+        return set(self.arrays) == set(other.arrays) and all(
+            np.allclose(
+                self.arrays[k],
+                other.arrays[k],
+                rtol=1e-12,
+                atol=1e-12 * np.abs(self.arrays[k]).max(),
+            )
+            for k in self.arrays
+        )
 
 
 def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
@@ -241,6 +275,9 @@ def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
         x, y = a[name], b[name]
         if name == "attrs":
             if x != y:
+                out.append(name)
+        elif isinstance(x, Merged):
+            if not x.agrees(y):
                 out.append(name)
         elif x.shape != y.shape or x.dtype != y.dtype:
             out.append(name)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from posctx.sums import CONTEXT_STATISTICS, Edges
+from posctx.sums import CONTEXT_STATISTICS, Edges, PartialSums, block_statistics
 
 
 class DeviceStatistics:
@@ -32,13 +32,17 @@ class DeviceStatistics:
         Also accumulate the core cells' count, mean and centred second moment.
     device
         A torch device (string or ``torch.device``).
+    numpy_on_cpu
+        On a CPU, accumulate with :func:`posctx.sums.block_statistics` (faster there); off,
+        use the same torch code as on an accelerator (tests compare the two).
 
     Examples
     --------
     >>> import numpy as np, torch
     >>> from posctx.sums import Edges, block_statistics
     >>> x = torch.arange(2 * 4 * 1 * 2, dtype=torch.float32).reshape(2, 4, 1, 2)
-    >>> stats = DeviceStatistics(Edges(4, 1, 1), ("a", "b"), 1, 2, moments=False, device="cpu")
+    >>> stats = DeviceStatistics(Edges(4, 1, 1), ("a", "b"), 1, 2, moments=False, device="cpu",
+    ...                          numpy_on_cpu=False)
     >>> stats.add(x, np.array([0, 1]))
     >>> ref = block_statistics(x.numpy(), Edges(4, 1, 1), [0, 1], 2)
     >>> bool(np.array_equal(stats.take_contexts()["ctx_sum"], ref["ctx_sum"]))
@@ -56,6 +60,7 @@ class DeviceStatistics:
         *,
         moments: bool,
         device: Any,
+        numpy_on_cpu: bool = True,
     ) -> None:
         import torch
 
@@ -73,6 +78,15 @@ class DeviceStatistics:
             torch.zeros((n_layers, n_dims, n_dims), dtype=f64, device=on) if moments else None
         )
         self._contexts: list[dict[str, np.ndarray]] = []
+        # On a CPU the states are host memory already: numpy's per-context passes over a
+        # cached slab (posctx.sums) beat torch's whole-batch float64 copies.
+        self._host = (
+            PartialSums(
+                self.topics, length=edges.length, n_layers=n_layers, n_dims=n_dims, moments=moments
+            )
+            if self.device.type == "cpu" and numpy_on_cpu
+            else None
+        )
 
     def add(self, stacked: Any, topic_index: np.ndarray) -> None:
         """Add a batch ``(b, T, L, D)`` of hidden states, in the storage dtype, on the device.
@@ -82,6 +96,19 @@ class DeviceStatistics:
         """
         import torch
 
+        if self._host is not None:
+            stats = block_statistics(
+                stacked.numpy(),
+                self.edges,
+                topic_index,
+                len(self.topics),
+                moments=self.moments,
+                pos_sum=self._host.pos_sum,
+            )
+            self._contexts.append({name: stats[name] for name in CONTEXT_STATISTICS})
+            if self.moments:
+                self._host.add_moments(stats)
+            return
         x = stacked.double()
         core = x[:, self.edges.core]
         ctx_sum = core.sum(dim=1)
@@ -126,6 +153,8 @@ class DeviceStatistics:
 
     def snapshot(self) -> dict[str, Any]:
         """The accumulated sums so far, on the host (a copy): what a partial stores."""
+        if self._host is not None:
+            return {k: np.copy(v) for k, v in self._host.result().items()}
         out: dict[str, Any] = {"pos_sum": self._pos_sum.cpu().numpy().copy()}
         if self._m2 is not None:
             out.update(

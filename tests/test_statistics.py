@@ -1,0 +1,235 @@
+"""Statistics kept during extraction: a decomposition with no second read of the store.
+
+Real MiniLM on the built-in corpus for the equality with a full read (to 1e-12 relative); a
+tiny random BERT for the layouts (sample of hidden states, extension, shards).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import posctx
+from posctx.config import CorpusConfig, ExtractConfig, ModelConfig, StoreConfig
+from posctx.decomposition import paper_positions
+from posctx.decomposition.stores import decompose_store
+from posctx.errors import StoreError
+from posctx.extraction import extract
+from posctx.store.statistics import open_statistics
+from posctx.types import HIDDEN_SAMPLE_ATTR, STAT_CTX_SUM, STAT_CTX_SUMSQ, STAT_EDGE
+from tests import faults
+
+OUTPUTS = ("mu", "pos", "ctx", "ss_total", "ss_pos", "ss_ctx", "ss_resid")
+
+
+def _config(model: str, contexts: int, **store: Any) -> ExtractConfig:
+    return ExtractConfig(
+        corpus=CorpusConfig(spec="stdlib"),
+        model=ModelConfig(name=model, batch_size=4),
+        store=StoreConfig(contexts=contexts, **{"length": 32, "chunk_contexts": 4, **store}),
+    )
+
+
+def _relative(a: xr.Dataset, b: xr.Dataset, names: tuple[str, ...] = OUTPUTS) -> float:
+    """Largest difference of each variable relative to its own largest magnitude."""
+    return max(
+        float(np.abs(a[n].values - b[n].values).max() / np.abs(b[n].values).max()) for n in names
+    )
+
+
+@pytest.fixture(scope="module")
+def minilm_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("statistics") / "h.zarr"
+    config = _config("minilm", 48, length=64, chunk_contexts=10, moments=True)
+    extract(config, str(path), progress=False)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("positions", "topic", "moments"),
+    [("auto", None, True), (None, None, True), ("auto", "code", False), (None, "reference", False)],
+)
+def test_the_statistics_equal_a_full_read_of_the_store(
+    minilm_store: Path, tmp_path: Path, positions: Any, topic: str | None, moments: bool
+) -> None:
+    result = decompose_store(
+        minilm_store, tmp_path / "d.zarr", positions=positions, topic=topic, moments=moments
+    )
+    assert result.source == "statistics" and result.contexts_read == 0
+    assert json.loads(result.decomposition.attrs["posctx_decomposition"])["source"] == "statistics"
+    hidden = posctx.open_hidden(str(minilm_store))
+    contexts = None
+    if topic is not None:
+        contexts = hidden.context.values[[str(t) == topic for t in hidden.topic.values]]
+    read = posctx.decompose(
+        hidden,
+        positions=paper_positions(hidden) if positions == "auto" else positions,
+        contexts=contexts,
+        moments=moments,
+    ).compute()
+    got = result.decomposition.compute()
+    assert got.position.values.tolist() == read.position.values.tolist()
+    assert got.context.values.tolist() == read.context.values.tolist()
+    assert _relative(got, read) < 1e-12
+    if moments:
+        # Second moments are float32 products of centred rows either way, grouped by batch
+        # here and by chunk in the read: entries agree to float32's precision, and singular
+        # values near zero only to about sqrt(1e-7) of the largest.
+        assert _relative(got, read, ("m2_hidden", "m2_resid")) < 1e-6
+        assert _relative(got, read, ("sv_hidden", "sv_resid")) < 1e-4
+
+
+@pytest.mark.slow
+def test_a_store_without_its_hidden_chunk_files_still_decomposes(
+    minilm_store: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "h.zarr"
+    shutil.copytree(minilm_store, copy)
+    shutil.rmtree(copy / "hidden" / "c")  # every chunk of hidden states moved away
+    result = decompose_store(copy, tmp_path / "d.zarr", moments=True)
+    reference = decompose_store(minilm_store, tmp_path / "r.zarr", moments=True)
+    for name in (*OUTPUTS, "sv_hidden"):
+        np.testing.assert_array_equal(
+            result.decomposition[name].values, reference.decomposition[name].values
+        )
+    with pytest.raises(StoreError, match="chunks of hidden are missing"):
+        posctx.open_hidden(str(copy))  # reading the hidden states is refused, not averaged
+
+
+@pytest.mark.slow
+def test_a_selection_the_statistics_cannot_serve_reads_the_store_and_says_so(
+    minilm_store: Path, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from posctx.cli import cli
+
+    result = decompose_store(minilm_store, tmp_path / "d.zarr", positions=slice(3, 40))
+    assert result.source == "hidden states" and result.contexts_read == 48
+    assert "not an arbitrary position range" in (result.source_reason or "")
+    record = json.loads(result.decomposition.attrs["posctx_decomposition"])
+    assert record["source"] == "hidden states"
+    assert "arbitrary position range" in record["source_reason"]
+    out = CliRunner().invoke(
+        cli,
+        ["decompose", str(minilm_store), "--out", str(tmp_path / "e.zarr"), "--contexts", "0:9"],
+    )
+    assert out.exit_code == 0, out.output
+    assert "read the hidden states: the statistics keep position sums per topic" in out.output
+    out = CliRunner().invoke(
+        cli, ["decompose", str(minilm_store), "--out", str(tmp_path / "f.zarr")]
+    )
+    assert "decomposed from the statistics kept during extraction" in out.output
+
+
+def test_an_update_from_a_previous_decomposition_is_served_by_the_statistics(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    store = tmp_path / "h.zarr"
+    extract(_config(str(tiny_models["bert"]), 10), str(store), progress=False)
+    decompose_store(store, tmp_path / "old.zarr", positions=None)
+    extract(_config(str(tiny_models["bert"]), 18), str(store), progress=False)
+    updated = decompose_store(store, tmp_path / "new.zarr", previous=tmp_path / "old.zarr")
+    assert updated.source == "statistics" and updated.decomposition.sizes["context"] == 18
+    assert updated.decomposition.sizes["position"] == 32  # the previous one's: all positions
+    read = posctx.decompose(posctx.open_hidden(str(store))).compute()
+    assert _relative(updated.decomposition.compute(), read) < 1e-12
+
+
+def test_a_sample_of_hidden_states_and_statistics_for_every_context(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    full, sample, none = tmp_path / "full.zarr", tmp_path / "sample.zarr", tmp_path / "none.zarr"
+    model = str(tiny_models["bert"])
+    extract(_config(model, 18), str(full), progress=False)
+    extract(_config(model, 18, hidden_contexts=6), str(sample), progress=False)
+    extract(_config(model, 18, hidden_contexts=0), str(none), progress=False)
+    a, b, c = (xr.open_zarr(p) for p in (full, sample, none))
+    for name in (STAT_CTX_SUM, STAT_CTX_SUMSQ, STAT_EDGE):
+        np.testing.assert_array_equal(a[name].values, b[name].values)
+        np.testing.assert_array_equal(a[name].values, c[name].values)
+    # Hidden chunk files for the blocks of the first 6 contexts only (blocks 0 and 1), none.
+    assert sorted(p.name for p in (sample / "hidden" / "c").iterdir()) == ["0", "1"]
+    assert not (none / "hidden" / "c").exists()
+    opened = posctx.open_hidden(str(sample))
+    assert opened.sizes["context"] == 6
+    assert opened.attrs[HIDDEN_SAMPLE_ATTR] == {"stored_contexts": 6, "contexts_total": 18}
+    np.testing.assert_array_equal(opened.hidden.values, a.hidden.values[:6])
+    with pytest.raises(StoreError, match="keeps no hidden states .*--hidden-contexts 0"):
+        posctx.open_hidden(str(none))
+    reference = decompose_store(full, tmp_path / "a.zarr").decomposition
+    for store in (sample, none):
+        result = decompose_store(store, tmp_path / f"{store.stem}-d.zarr")
+        assert result.source == "statistics"
+        for name in OUTPUTS:
+            np.testing.assert_array_equal(result.decomposition[name].values, reference[name].values)
+    # A selection the statistics cannot serve reads the stored sample, and says so.
+    sampled = decompose_store(sample, tmp_path / "s.zarr", positions=slice(2, 9))
+    assert sampled.source == "hidden states (the 6 stored of 18 contexts)"
+    assert sampled.decomposition.sizes["context"] == 6
+
+
+def test_an_extension_gives_the_statistics_of_a_fresh_store(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    grown, fresh = tmp_path / "g.zarr", tmp_path / "f.zarr"
+    model = str(tiny_models["bert"])
+    extract(_config(model, 10, moments=True), str(grown), progress=False)  # a short last block
+    extract(_config(model, 19, moments=True), str(grown), progress=False)
+    extract(_config(model, 19, moments=True), str(fresh), progress=False)
+    a, b = xr.open_zarr(grown), xr.open_zarr(fresh)
+    for name in ("hidden", STAT_CTX_SUM, STAT_CTX_SUMSQ, STAT_EDGE):
+        np.testing.assert_array_equal(a[name].values, b[name].values)
+    sa, sb = open_statistics(str(grown)), open_statistics(str(fresh))
+    for name in ("pos_sum", "mean", "m2"):
+        np.testing.assert_allclose(sa[name].values, sb[name].values, rtol=1e-12, atol=1e-12)
+    assert sa.attrs["posctx_statistics"]["count"] == sb.attrs["posctx_statistics"]["count"]
+
+
+def test_shards_give_the_statistics_of_one_process(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    config = faults.tiny_config(tiny_models["bert"], contexts=12, chunk=2)
+    single, sharded = tmp_path / "one.zarr", tmp_path / "shards.zarr"
+    assert faults.run(config, single) == 0
+    procs = [faults.start(config, sharded, shard=(i, 3)) for i in range(3)]
+    assert [faults.wait(p) for p in procs] == [0, 0, 0]
+    diff = faults.differences(faults.store_contents(single), faults.store_contents(sharded))
+    assert diff == []
+
+
+def test_statistics_that_disagree_with_the_markers_are_refused(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    import zarr
+
+    from posctx.cli import main
+
+    store = tmp_path / "h.zarr"
+    extract(_config(str(tiny_models["bert"]), 12), str(store), progress=False)
+    group = zarr.open_group(str(store / "stat_partials"), mode="r+", use_consolidated=False)
+    (name,) = [n for n, _ in group.groups()]
+    del group[name]  # the partial that counts blocks 0-2 is lost
+    with pytest.raises(StoreError, match=r"blocks 0, 1, 2 are marked written but no partial"):
+        open_statistics(str(store))
+    import sys
+
+    argv = sys.argv
+    sys.argv = ["posctx", "decompose", str(store), "--out", str(tmp_path / "d.zarr")]
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+    finally:
+        sys.argv = argv
+    assert exit_info.value.code == 2
+    # The same extract command repairs it: the uncounted blocks are computed again.
+    result = extract(_config(str(tiny_models["bert"]), 12), str(store), progress=False)
+    assert result.blocks_written == 3
+    assert open_statistics(str(store)).sizes["context"] == 12
