@@ -19,7 +19,7 @@ import posctx
 from posctx.config import CorpusConfig, ExtractConfig, ModelConfig, StoreConfig
 from posctx.decomposition import paper_positions
 from posctx.decomposition.stores import decompose_store
-from posctx.errors import StoreError
+from posctx.errors import PosctxError, StoreError
 from posctx.extraction import extract
 from posctx.store.statistics import open_statistics
 from posctx.types import HIDDEN_SAMPLE_ATTR, STAT_CTX_SUM, STAT_CTX_SUMSQ, STAT_EDGE
@@ -174,6 +174,17 @@ def test_a_sample_of_hidden_states_and_statistics_for_every_context(
     sampled = decompose_store(sample, tmp_path / "s.zarr", positions=slice(2, 9))
     assert sampled.source == "hidden states (the 6 stored of 18 contexts)"
     assert sampled.decomposition.sizes["context"] == 6
+    with pytest.raises(PosctxError, match="arbitrary position range, and .* keeps no hidden"):
+        decompose_store(none, tmp_path / "n.zarr", positions=slice(2, 9))
+    # Residual vectors need hidden states: refused for the contexts the sample lacks.
+    hidden = posctx.open_hidden(str(sample))
+    dec = decompose_store(sample, tmp_path / "sd.zarr").decomposition
+    with pytest.raises(PosctxError, match="first 6 of 18 contexts only .*slice\\(0, 6\\)"):
+        posctx.norms(hidden, dec)
+    norms = posctx.norms(hidden, dec.isel(context=slice(0, 6))).compute()
+    assert norms.sizes["context"] == 6
+    with pytest.raises(PosctxError, match="the relative norm and the residual spectrum needs"):
+        posctx.measure_geometry(dec, hidden=hidden)
 
 
 def test_an_extension_gives_the_statistics_of_a_fresh_store(

@@ -38,6 +38,7 @@ from posctx.types import (
     HIDDEN,
     HIDDEN_DIMS,
     HIDDEN_KIND,
+    HIDDEN_SAMPLE_ATTR,
     KIND_ATTR,
     LAYER,
     POSITION,
@@ -426,8 +427,31 @@ def label_indexer(source: pd.Index, wanted: pd.Index, dim: str) -> slice | npt.N
     return found
 
 
+def refuse_partial_sample(ds: xr.Dataset, dec: xr.Dataset, what: str) -> None:
+    """Refuse residual vectors of contexts a sampled store keeps no hidden states of.
+
+    A store extracted with ``--hidden-contexts N`` holds the hidden states of its first N
+    contexts only (``attrs["posctx_hidden_sample"]``); a decomposition of all its contexts
+    (from the statistics) has contexts the residual cannot be formed for.
+    """
+    sample = ds.attrs.get(HIDDEN_SAMPLE_ATTR)
+    if not sample:
+        return
+    held = set(np.asarray(ds[CONTEXT].values).tolist())
+    lacking = [c for c in np.asarray(dec[CONTEXT].values).tolist() if c not in held]
+    if lacking:
+        n = sample["stored_contexts"]
+        raise PosctxError(
+            f"{what} needs the hidden states of every context of the decomposition, and the "
+            f"store keeps them for its first {n} of {sample['contexts_total']} contexts only "
+            f"(--hidden-contexts {n}): use that stored sample, e.g. "
+            f"dec.isel(context=slice(0, {n})), or decompose with --moments for the spectra"
+        )
+
+
 def _hidden_of(ds: xr.Dataset, dec: xr.Dataset) -> xr.DataArray:
     """``ds``'s hidden states at exactly the contexts, positions and layers of ``dec``, lazy."""
+    refuse_partial_sample(ds, dec, "the residual")
     h = hidden_variable(ds)
     return _as_dask(
         h.isel({d: label_indexer(h.indexes[d], dec.indexes[d], d) for d in HIDDEN_DIMS})
@@ -516,6 +540,7 @@ __all__ = [
     "label_select",
     "norms",
     "paper_positions",
+    "refuse_partial_sample",
     "statistics_dataset",
     "statistics",
     "DECOMPOSITION_ATTR",

@@ -35,6 +35,7 @@ from posctx.types import (
     CONTEXT,
     DECOMPOSITION_ATTR,
     HIDDEN_SAMPLE_ATTR,
+    STATISTICS_ATTR,
     TOPIC,
     PathLike,
 )
@@ -162,6 +163,12 @@ def decompose_store(
         dec = finalize(stored_statistics(stats, positions=positions, topic=topic, moments=moments))
         write_decomposition(dec, out, mode=mode, storage_options=storage_options)
         n_read, source = 0, "statistics"
+    elif stats is not None and stats.attrs[STATISTICS_ATTR].get("hidden_contexts") == 0:
+        raise PosctxError(
+            f"{reason}, and {target} keeps no hidden states (extracted with --hidden-contexts "
+            "0): decompose the default positions or all positions (--positions auto or all) "
+            "of all contexts or of one --topic" + ("" if previous is None else ", without --from")
+        )
     elif previous is not None:
         ds = open_hidden(target, storage_options=storage_options, complete_only=complete_only)
         n_read = update_decomposition(ds, previous, out, mode=mode, storage_options=storage_options)

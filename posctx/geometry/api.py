@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 import xarray as xr
 
-from posctx.decomposition.api import dask_data, label_indexer
+from posctx.decomposition.api import dask_data, label_indexer, refuse_partial_sample
 from posctx.errors import PosctxError
 from posctx.geometry import kernels
 from posctx.geometry.graph import gram_array
@@ -148,6 +148,7 @@ def _hidden_gram(hidden: xr.Dataset, dec: xr.Dataset) -> xr.DataArray:
             "the hidden-state store's provenance differs from the decomposition's: pass the "
             "store the decomposition was made from"
         )
+    refuse_partial_sample(hidden, dec, "the relative norm and the residual spectrum")
     h = hidden[HIDDEN].transpose(*HIDDEN_DIMS)
     h = h.isel(
         {d: label_indexer(h.indexes[d], dec.indexes[d], d) for d in (CONTEXT, POSITION, LAYER)}
