@@ -28,10 +28,16 @@ def _config(model: str, contexts: int = 24, chunk: int = 4, batch: int = 4) -> E
 
 
 def _assert_same_store(a_path: Path, b_path: Path) -> None:
+    from posctx.store.statistics import open_statistics
+
     a, b = xr.open_zarr(a_path), xr.open_zarr(b_path)
     assert bool(b.block_complete.all())
-    for name in ("hidden", "token_id", "topic", "source", "offset"):
+    names = ("hidden", "token_id", "topic", "source", "offset")
+    for name in (*names, "stat_ctx_sum", "stat_ctx_sumsq", "stat_edge"):
         np.testing.assert_array_equal(a[name].values, b[name].values)
+    # Position sums from the cluster's task partials, merged: every block counted once.
+    sums_a, sums_b = open_statistics(str(a_path)), open_statistics(str(b_path))
+    np.testing.assert_allclose(sums_a.pos_sum.values, sums_b.pos_sum.values, rtol=1e-13, atol=0)
 
 
 @pytest.fixture(scope="module")

@@ -86,6 +86,7 @@ def write_decomposition(
     *,
     mode: Literal["w", "w-"] = "w-",
     storage_options: Mapping[str, Any] | None = None,
+    one_pass: bool = False,
 ) -> None:
     """Write a decomposition and its sufficient statistics to a Zarr v3 store.
 
@@ -107,6 +108,11 @@ def write_decomposition(
         nothing else: never a hidden-state store or a folder of other files).
     storage_options
         Passed to fsspec for URLs (credentials, endpoint).
+    one_pass
+        Write every variable in one pass. Right when the sums are stored already (the
+        statistics kept during extraction): ``mu`` then needs no pass over ``ctx_sum``, so
+        ``ctx`` streams out with it. From hidden states, the two phases above keep memory
+        bounded.
 
     Raises
     ------
@@ -141,7 +147,7 @@ def write_decomposition(
     two_phase = {"pos_sum", "ctx_sum", "sumsq"} <= set(stats) and any(
         isinstance(out[name].data, da.Array) for name in stats
     )
-    if not two_phase:
+    if one_pass or not two_phase:
         _to_zarr(out, target, mode, storage_options)
         return
     # Phase 1, the one pass over the hidden states: only the statistics, so `ctx_sum` streams

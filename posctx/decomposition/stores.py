@@ -161,7 +161,7 @@ def decompose_store(
         )
     if stats is not None and reason is None:
         dec = finalize(stored_statistics(stats, positions=positions, topic=topic, moments=moments))
-        write_decomposition(dec, out, mode=mode, storage_options=storage_options)
+        write_decomposition(dec, out, mode=mode, storage_options=storage_options, one_pass=True)
         n_read, source = 0, "statistics"
     elif stats is not None and stats.attrs[STATISTICS_ATTR].get("hidden_contexts") == 0:
         raise PosctxError(
