@@ -7,6 +7,7 @@ tiny random BERT for the layouts (sample of hidden states, extension, shards).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -244,3 +245,38 @@ def test_statistics_that_disagree_with_the_markers_are_refused(
     result = extract(_config(str(tiny_models["bert"]), 12), str(store), progress=False)
     assert result.blocks_written == 3
     assert open_statistics(str(store)).sizes["context"] == 12
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0,
+    reason="needs root to mount a size-limited tmpfs (mount -t tmpfs -o size=4m tmpfs DIR)",
+)
+def test_a_statistics_only_store_fits_where_its_hidden_states_would_not(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """--hidden-contexts 0 into a 4 MB file system: the hidden states would need 6x that."""
+    import subprocess
+
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)], check=True)
+    try:
+        config = _config(str(tiny_models["bert"]), 1024, length=64, chunk_contexts=256)
+        hidden_bytes = 1024 * 64 * 3 * 32 * 4  # C x T x layers x dims x float32
+        free = shutil.disk_usage(small).free
+        assert hidden_bytes >= 6 * free
+        with pytest.raises(StoreError, match="No space left on device"):
+            extract(config, str(small / "full.zarr"), progress=False)
+        shutil.rmtree(small / "full.zarr")
+        stats_only = ExtractConfig(
+            corpus=config.corpus,
+            model=config.model,
+            store=StoreConfig(**{**config.store.to_dict(), "hidden_contexts": 0}),
+        )
+        extract(stats_only, str(small / "h.zarr"), progress=False)
+        used = sum(f.stat().st_size for f in (small / "h.zarr").rglob("*") if f.is_file())
+        assert used < free / 2
+        result = decompose_store(small / "h.zarr", tmp_path / "d.zarr")
+        assert result.source == "statistics" and result.decomposition.sizes["context"] == 1024
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
