@@ -14,7 +14,9 @@ statistics ``posctx extract`` keeps, then times, each in its own process and in 
 Each route reports the time of the call in its process (imports excluded), and the bytes the
 process read and wrote during it (``rchar``/``wchar`` of /proc/self/io: every byte through
 read and write calls, from the page cache or the disk). The page cache is warm for both (the
-store was just written or read). Both results are compared (mu, pos, ctx, sums of squares).
+store was just written or read), or with ``--cold`` empty (root only: the page cache is
+dropped before each route, so both read from the disk). Both results are compared (mu, pos,
+ctx, sums of squares).
 Prints a markdown table; ``--json`` writes the figures.
 """
 
@@ -65,8 +67,16 @@ print(json.dumps({"seconds": seconds, "read": read, "written": written}))
 """
 
 
-def run_route(route: str, store: Path, out: Path) -> dict[str, float]:
+def drop_caches() -> None:
+    """Empty the page cache (root only): the next reads come from the disk."""
+    subprocess.run(["sync"], check=True)
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def run_route(route: str, store: Path, out: Path, cold: bool = False) -> dict[str, float]:
     shutil.rmtree(out, ignore_errors=True)
+    if cold:
+        drop_caches()
     code = HARNESS.replace("BODY", ROUTES[route])
     done = subprocess.run(
         [sys.executable, "-c", code, str(store), str(out)],
@@ -119,6 +129,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--workdir", default=None, help="where the stores go (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the stores")
     parser.add_argument("--json", default=None, help="write the figures here")
+    parser.add_argument("--cold", action="store_true", help="drop the page cache before each route")
     args = parser.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="posctx-bench-stats-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -132,11 +143,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             runs: dict[str, list[dict[str, float]]] = {route: [] for route in ROUTES}
             for _ in range(args.repeat):
                 for route in ROUTES:  # in turn: a drift in the machine's speed hits both
-                    runs[route].append(run_route(route, store, work / f"out-{route}.zarr"))
+                    out = work / f"out-{route}.zarr"
+                    runs[route].append(run_route(route, store, out, cold=args.cold))
             worst = compare(work / "out-statistics.zarr", work / "out-read.zarr")
             median = {r: stats.median(x["seconds"] for x in v) for r, v in runs.items()}
             row = {
                 "T": length,
+                "cache": "cold" if args.cold else "warm",
                 "contexts": n_contexts,
                 "hidden_gb": hidden / 1e9,
                 "read_s": median["read"],
@@ -151,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             }
             rows.append(row)
             print(
-                f"| {length} | {n_contexts} | {hidden / 1e9:.2f} | {median['read']:.2f} | "
+                f"| {length} | {'cold' if args.cold else 'warm'} | {n_contexts} | {hidden / 1e9:.2f} | {median['read']:.2f} | "
                 f"{median['statistics']:.2f} | {row['speedup']:.1f}x | "
                 f"{row['read_gb_read']:.2f} / {row['read_gb_written']:.3f} | "
                 f"{row['statistics_gb_read']:.3f} / {row['statistics_gb_written']:.3f} | "
@@ -171,8 +184,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
 if __name__ == "__main__":
     print(
-        "| T | contexts | hidden GB | read s | statistics s | speed-up | read: GB read / "
+        "| T | page cache | contexts | hidden GB | read s | statistics s | speed-up | read: GB read / "
         "written | statistics: GB read / written | max rel. diff |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     main()

@@ -230,14 +230,16 @@ def statistics_dataset(
     moments: bool,
     source_store: Any,
     source: str,
+    kernel: str | None = None,
 ) -> xr.Dataset:
     """Labelled sufficient statistics, with the decomposition record in their attrs.
 
     ``coords`` are the selected contexts' and positions' (and the layers' and dims'); the
     record names the selection, the source store, where the sums came from (``source``:
     ``"hidden states"`` read back, or the ``"statistics"`` kept during extraction) and the
-    posctx version. ``attrs`` (the store's) are kept as the record of where the states came
-    from, marked as a decomposition's.
+    posctx version, and ``kernel``, the per-chunk kernel used (by default the one
+    :func:`~posctx.decomposition.fused.kernel_name` chooses). ``attrs`` (the store's) are
+    kept as the record of where the states came from, marked as a decomposition's.
     """
     coords = xr.Coordinates(coords) if not isinstance(coords, xr.Coordinates) else coords
     position_labels = coords[POSITION].values
@@ -246,7 +248,8 @@ def statistics_dataset(
         "n_positions": int(position_labels.size),
         "n_contexts": int(coords[CONTEXT].size),
         "moments": bool(moments),
-        "kernel": kernel_name(),  # the compiled one-pass kernel or numpy's passes
+        # The compiled one-pass kernel or numpy's passes (none when nothing is read).
+        "kernel": kernel_name() if kernel is None else kernel,
         "source": source,
         "source_store": None if source_store is None else str(source_store),
         "contexts_used": context_ranges(coords[CONTEXT].values),

@@ -173,6 +173,7 @@ def stored_statistics(
         moments=moments,
         source_store=stats.encoding.get("source"),
         source="statistics",
+        kernel="none: sums kept during extraction",
     )
 
 
