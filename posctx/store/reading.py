@@ -10,7 +10,7 @@ import numpy as np
 from posctx.errors import IncompleteStoreError, StoreError
 from posctx.store.blocks import completed_blocks
 from posctx.store.integrity import check_chunks_present
-from posctx.store.layout import Block, StatisticsPlan
+from posctx.store.layout import STATISTICS_SCHEMA, Block, StatisticsPlan
 from posctx.store.location import is_remote, local_path, open_group, size_on_disk, zarr_location
 from posctx.store.provenance import read_provenance
 from posctx.types import (
@@ -86,7 +86,8 @@ def open_hidden(
     # usable at all, never a computation over hidden states.
     done = np.asarray(ds[BLOCK_COMPLETE].values) == 1
     starts = np.asarray(ds[BLOCK_START].values)
-    ds = ds.drop_vars([BLOCK_COMPLETE, BLOCK_START])
+    # The hidden states and their labels; the statistics open with open_statistics.
+    ds = ds.drop_vars([BLOCK_COMPLETE, BLOCK_START, *(v for v in STATISTICS_SCHEMA if v in ds)])
     total = int(ds.sizes[CONTEXT])
     stops = np.append(starts[1:], total)
     sample = stored is not None and stored < total
