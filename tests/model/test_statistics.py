@@ -138,3 +138,16 @@ def test_a_device_object_and_moments_off_keep_no_second_moment() -> None:
     assert stats.device == torch.device("cpu") and stats.topics == TOPICS
     stats.add(*_batches(torch.float32)[0])
     assert set(stats.snapshot()) == {"pos_sum"}
+
+
+@pytest.mark.parametrize("numpy_on_cpu", [False, True])
+def test_an_empty_batch_adds_nothing(numpy_on_cpu: bool) -> None:
+    """As block_statistics of an empty block: no contexts, and moments left as they were."""
+    x, topics = _batches(torch.float32)[0]
+    alone = _accumulate([(x, topics)], moments=True, numpy_on_cpu=numpy_on_cpu)
+    stats = _accumulate([(x, topics), (x[:0], topics[:0])], moments=True, numpy_on_cpu=numpy_on_cpu)
+    assert stats.take_contexts()["ctx_sum"].shape == (4, 2, 5)
+    got, ref = stats.snapshot(), alone.snapshot()
+    assert float(got["count"]) == float(ref["count"]) == 4 * 4
+    for name in ("pos_sum", "mean", "m2"):
+        np.testing.assert_array_equal(got[name], ref[name])
