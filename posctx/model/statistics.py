@@ -131,6 +131,8 @@ class DeviceStatistics:
 
         cells = stacked[:, self.edges.core]
         count = float(cells.shape[0] * cells.shape[1])
+        if not count:  # an empty batch: nothing to merge, and no mean (0 / 0 would be NaN)
+            return
         mean = ctx_sum.sum(dim=0) / count
         n_layers, n_dims = mean.shape
         m2 = torch.empty((n_layers, n_dims, n_dims), dtype=torch.float64, device=self.device)
