@@ -156,7 +156,10 @@ class DeviceStatistics:
     def snapshot(self) -> dict[str, Any]:
         """The accumulated sums so far, on the host (a copy): what a partial stores."""
         if self._host is not None:
-            return {k: np.copy(v) for k, v in self._host.result().items()}
+            return {
+                k: np.copy(v) if isinstance(v, np.ndarray) else float(v)
+                for k, v in self._host.result().items()
+            }
         out: dict[str, Any] = {"pos_sum": self._pos_sum.cpu().numpy().copy()}
         if self._m2 is not None:
             out.update(
