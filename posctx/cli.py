@@ -418,18 +418,16 @@ def report(
     quiet: bool,
 ) -> None:
     """Measure the geometry of position and context and write an HTML report."""
-    from posctx.decomposition import open_decomposition
     from posctx.geometry import GeometryParams
-    from posctx.report import format_metrics_table, write_report
-    from posctx.store import open_hidden
+    from posctx.report import format_metrics_table, report_stores
 
-    opts = _storage_options(storage_option)
-    result = write_report(
-        open_decomposition(decomposition, storage_options=opts),
+    result = report_stores(
+        decomposition,
         out,
-        hidden=open_hidden(hidden, storage_options=opts) if hidden else None,
+        hidden=hidden,
         params=GeometryParams(max_contexts=max_contexts, seed=seed),
         progress=not quiet,
+        storage_options=_storage_options(storage_option),
     )
     click.echo(format_metrics_table(result.metrics))
     click.echo(f"wrote {result.index} in {result.seconds:.1f} s")

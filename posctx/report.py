@@ -309,6 +309,38 @@ rotated. {relative}</p>
 """
 
 
+def report_stores(
+    decomposition: PathLike,
+    out: PathLike,
+    *,
+    hidden: PathLike | None = None,
+    params: GeometryParams | None = None,
+    progress: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
+) -> ReportResult:
+    """The ``posctx report`` command: a decomposition store (and its hidden store) to a report.
+
+    With ``hidden``, the relative norm and the residual spectrum need the hidden states'
+    second moment: from the decomposition itself when it was made with moments, else from the
+    statistics the hidden store kept during extraction when they serve
+    (:func:`~posctx.decomposition.stores.moments_from_statistics`), and only else from one
+    read of the hidden states.
+    """
+    from posctx.decomposition import open_decomposition
+    from posctx.decomposition.stores import moments_from_statistics
+    from posctx.store import open_hidden
+
+    dec = open_decomposition(decomposition, storage_options=storage_options)
+    hidden_ds = None
+    if hidden is not None and "m2_hidden" not in dec:
+        m2 = moments_from_statistics(hidden, dec, storage_options=storage_options)
+        if m2 is not None:
+            dec = dec.assign(m2_hidden=m2.drop_vars(list(m2.coords)))
+        else:
+            hidden_ds = open_hidden(os.fspath(hidden), storage_options=storage_options)
+    return write_report(dec, out, hidden=hidden_ds, params=params, progress=progress)
+
+
 def write_report(
     dec: xr.Dataset,
     out: PathLike,
@@ -398,4 +430,11 @@ def write_report(
     )
 
 
-__all__ = ["PAPER_VALUES", "ReportResult", "format_metrics_table", "render_html", "write_report"]
+__all__ = [
+    "PAPER_VALUES",
+    "ReportResult",
+    "format_metrics_table",
+    "render_html",
+    "report_stores",
+    "write_report",
+]

@@ -280,3 +280,26 @@ def test_a_statistics_only_store_fits_where_its_hidden_states_would_not(
         assert result.source == "statistics" and result.decomposition.sizes["context"] == 1024
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+@pytest.mark.slow
+def test_the_report_takes_the_hidden_moments_from_the_statistics(
+    minilm_store: Path, tmp_path: Path
+) -> None:
+    """No read of the hidden states for the relative norm and the residual spectrum."""
+    from posctx.report import report_stores
+
+    copy = tmp_path / "h.zarr"
+    shutil.copytree(minilm_store, copy)
+    shutil.rmtree(copy / "hidden" / "c")  # nothing left to read
+    decompose_store(copy, tmp_path / "d.zarr")  # no --moments: the report must find them
+    result = report_stores(tmp_path / "d.zarr", tmp_path / "report", hidden=copy, progress=False)
+    read = posctx.measure_geometry(
+        posctx.open_decomposition(str(tmp_path / "d.zarr")),
+        hidden=posctx.open_hidden(str(minilm_store)),
+    )
+    for name in ("relative_norm", "hidden_norm"):
+        np.testing.assert_allclose(result.metrics[name].values, read[name].values, rtol=1e-6)
+    np.testing.assert_allclose(
+        result.metrics.resid_sv.values[:, :10], read.resid_sv.values[:, :10], rtol=1e-4
+    )

@@ -35,6 +35,7 @@ from posctx.types import (
     CONTEXT,
     DECOMPOSITION_ATTR,
     HIDDEN_SAMPLE_ATTR,
+    POSITION,
     STATISTICS_ATTR,
     TOPIC,
     PathLike,
@@ -205,6 +206,37 @@ def decompose_store(
     )
 
 
+def moments_from_statistics(
+    store: PathLike,
+    dec: xr.Dataset,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+) -> xr.DataArray | None:
+    """The second moment of ``dec``'s hidden states from the store's statistics, if they serve.
+
+    ``m2_hidden`` (layer, dim, dim2) over exactly ``dec``'s contexts and positions, lazily,
+    when ``store`` keeps moments (``posctx extract --moments``) and ``dec`` covers all its
+    contexts at the default positions or all positions; ``None`` otherwise. With it, the
+    report's relative norm and residual spectrum need no read of the hidden states.
+    """
+    target = os.fspath(store)
+    record = read_provenance(target, storage_options)
+    plan = None if record is None else StatisticsPlan.from_record(record)
+    if plan is None or not plan.moments:
+        return None
+    complete_only = "complete_only" in json.loads(dec.attrs.get(DECOMPOSITION_ATTR, "{}"))
+    stats = open_statistics(target, complete_only=complete_only, storage_options=storage_options)
+    first, last = (int(v) for v in dec[POSITION].values[[0, -1]])
+    if cannot_serve(stats, positions=slice(first, last), moments=True) is not None:
+        return None
+    if not np.array_equal(stats[CONTEXT].values, dec[CONTEXT].values):
+        return None
+    m2: xr.DataArray = stored_statistics(stats, positions=slice(first, last), moments=True)[
+        "m2_hidden"
+    ]
+    return m2
+
+
 def _refuse_update_options(
     previous: PathLike,
     positions: Selection | str,
@@ -265,4 +297,4 @@ def _topic_contexts(ds: xr.Dataset, topic: str | None, store: PathLike) -> np.nd
     return values
 
 
-__all__ = ["AUTO", "DecomposeResult", "decompose_store"]
+__all__ = ["AUTO", "DecomposeResult", "decompose_store", "moments_from_statistics"]
