@@ -1,4 +1,4 @@
-"""posctx.store.statistics: partials written and read, coverage, roll-forward, open_statistics."""
+"""posctx.store.partials (written and read, coverage, roll-forward) and open_statistics."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import zarr
 import posctx.testing
 from posctx.errors import IncompleteStoreError, StoreError
 from posctx.store.layout import Block, plan_blocks
-from posctx.store.statistics import (
+from posctx.store.partials import (
     Partial,
     _dead_here,
     _host,
@@ -24,7 +24,6 @@ from posctx.store.statistics import (
     coverage,
     delete_partials,
     new_owner,
-    open_statistics,
     partial_arrays,
     read_partials,
     roll_forward,
@@ -32,6 +31,7 @@ from posctx.store.statistics import (
     tail_owner,
     write_partial,
 )
+from posctx.store.statistics import open_statistics
 from posctx.sums import merge_moments
 from posctx.types import BLOCK_COMPLETE, COMPLETE_ONLY_ATTR, STAT_PARTIALS, STATISTICS_ATTR
 
