@@ -12,7 +12,7 @@ from posctx.extraction.plan import BlockRun
 from posctx.extraction.run import Progress, compute_block
 from posctx.extraction.statistics import WriterStatistics
 from posctx.store import Block, BlockWriter
-from posctx.store.statistics import coverage, new_owner, read_partials, select_partials
+from posctx.store.partials import coverage, new_owner, read_partials, select_partials
 
 if TYPE_CHECKING:  # pragma: no cover
     from posctx.model import LoadedModel

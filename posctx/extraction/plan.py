@@ -22,14 +22,8 @@ from posctx.store import (
     provenance_record,
     read_provenance,
 )
-from posctx.store.statistics import (
-    RECORD_KEY,
-    StatisticsPlan,
-    coverage,
-    read_partials,
-    roll_forward,
-    select_partials,
-)
+from posctx.store.layout import RECORD_KEY, StatisticsPlan
+from posctx.store.partials import coverage, read_partials, roll_forward, select_partials
 from posctx.sums import Edges
 from posctx.types import BLOCK_COMPLETE, TOKEN_ID
 

@@ -15,7 +15,7 @@ import numpy as np
 from posctx.extraction.plan import BlockRun
 from posctx.extraction.statistics import Commit, WriterStatistics
 from posctx.store import Block, BlockWriter
-from posctx.store.statistics import new_owner
+from posctx.store.partials import new_owner
 
 if TYPE_CHECKING:  # pragma: no cover
     from posctx.model import LoadedModel

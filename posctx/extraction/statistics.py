@@ -17,7 +17,7 @@ import numpy as np
 
 from posctx.extraction.plan import BlockRun
 from posctx.store import Block, BlockWriter
-from posctx.store.statistics import delete_partials, tail_owner, write_partial
+from posctx.store.partials import delete_partials, tail_owner, write_partial
 
 if TYPE_CHECKING:  # pragma: no cover
     from posctx.model import LoadedModel
