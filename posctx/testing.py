@@ -389,7 +389,8 @@ def write_large_planted_store(
     from tqdm.auto import tqdm
 
     from posctx.store import BlockWriter, build_dataset, create_store, plan_blocks
-    from posctx.store.statistics import RECORD_KEY, StatisticsPlan, write_partial
+    from posctx.store.layout import RECORD_KEY, StatisticsPlan
+    from posctx.store.partials import write_partial
     from posctx.sums import Edges, PartialSums, block_statistics
 
     if chunk_contexts % 2:

@@ -32,7 +32,7 @@ from posctx.store import (
     remove_dead_creations,
     remove_partial_files,
 )
-from posctx.store.statistics import StatisticsPlan
+from posctx.store.layout import StatisticsPlan
 
 if TYPE_CHECKING:  # pragma: no cover
     from posctx.model import LoadedModel
