@@ -184,7 +184,7 @@ def test_memory_limited_run_on_a_store_four_times_the_limit(tmp_path: Path) -> N
     )
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
-    dec = xr.open_zarr(tmp_path / "dec.zarr")
+    dec = posctx.open_decomposition(str(tmp_path / "dec.zarr"))
     np.testing.assert_allclose(dec.mu.values, truth["mu"], atol=1e-4)
     np.testing.assert_allclose(dec.pos.values, truth["pos"], atol=1e-4)
     np.testing.assert_allclose(dec.ctx.values, truth["ctx"], atol=1e-4)

@@ -20,7 +20,7 @@ from posctx.decomposition.graph import OUTPUT_NAMES, STATISTIC_NAMES
 from posctx.errors import PosctxError, StoreError
 from posctx.store import open_labelled, writing_consolidated, zarr_location
 from posctx.store.location import exists
-from posctx.types import CONTEXT, PathLike
+from posctx.types import CONTEXT, DIM, LAYER, POSITION, PathLike
 
 #: Codecs of the stored outputs: none, as for the hidden states. zarr's default (``"auto"``,
 #: zstd) shrank a decomposition store by 17% and made writing ``ctx_sum`` and ``ctx`` (two
@@ -78,6 +78,28 @@ def _refuse_overwriting_hidden(target: str, storage_options: Mapping[str, Any] |
             f"{target} is a Zarr store but not a posctx decomposition: choose another --out "
             "(--overwrite replaces decomposition stores only), or delete it yourself"
         )
+
+
+#: Outputs a decomposition store does not hold but derives when opened (from its sums).
+DERIVED = ("ctx",)
+
+
+def derived_ctx(dec: xr.Dataset) -> xr.DataArray:
+    """``ctx = ctx_sum / T - mu``, lazily: the same float64 operations as finalize.
+
+    Examples
+    --------
+    >>> from posctx.decomposition import decompose
+    >>> from posctx.testing import planted_hidden
+    >>> dec = decompose(planted_hidden(6, 4, 2, 3)[0]).compute()
+    >>> bool((derived_ctx(dec) == dec.ctx).all())
+    True
+    """
+    ctx_sum = dec["ctx_sum"]
+    data = ctx_sum.data / dec.sizes[POSITION] - dec["mu"].transpose(LAYER, DIM).data
+    ctx: xr.DataArray = ctx_sum.copy(data=data)
+    ctx.attrs = {"description": "ctx_sum / n_positions - mu (derived when opened)"}
+    return ctx
 
 
 def write_decomposition(
@@ -144,6 +166,10 @@ def write_decomposition(
         # other arrays; let xarray derive fresh ones from the dask chunks.
         var.encoding = {}
     stats = [name for name in STATISTIC_NAMES if name in out.data_vars]
+    if "ctx_sum" in stats:
+        # ctx is ctx_sum / T - mu: derived when opened (open_decomposition) rather than
+        # written, which halves the per-context bytes (2 x C x L x d x 8) a decomposition writes.
+        out = out.drop_vars([name for name in DERIVED if name in out.data_vars])
     two_phase = {"pos_sum", "ctx_sum", "sumsq"} <= set(stats) and any(
         isinstance(out[name].data, da.Array) for name in stats
     )
@@ -156,8 +182,9 @@ def write_decomposition(
     _to_zarr(out[stats], target, mode, storage_options)
     stored = open_labelled(target, storage_options=storage_options)
     final = finalize(stored)
-    results = [name for name in final.data_vars if name not in stats]
-    _to_zarr(final[results].drop_vars(list(final.coords)), target, "a", storage_options)
+    results = [name for name in final.data_vars if name not in (*stats, *DERIVED)]
+    written = final[results]
+    _to_zarr(written.drop_vars(list(written.coords)), target, "a", storage_options)
 
 
 def _to_zarr(
@@ -237,6 +264,8 @@ def open_decomposition(
             f"`posctx decompose {target} --out DECOMPOSITION` (write_decomposition in Python) "
             "and pass DECOMPOSITION"
         )
+    if "ctx" not in dec.data_vars and {"ctx_sum", "mu"} <= set(dec.data_vars):
+        dec["ctx"] = derived_ctx(dec)
     missing = [name for name in OUTPUT_NAMES if name not in dec.data_vars]
     if missing or DECOMPOSITION_ATTR not in dec.attrs:
         raise StoreError(
@@ -248,6 +277,8 @@ def open_decomposition(
 
 
 __all__ = [
-    "write_decomposition",
+    "DERIVED",
+    "derived_ctx",
     "open_decomposition",
+    "write_decomposition",
 ]

@@ -97,14 +97,17 @@ class DeviceStatistics:
         import torch
 
         if self._host is not None:
-            stats = block_statistics(
-                stacked.numpy(),
-                self.edges,
-                topic_index,
-                len(self.topics),
-                moments=self.moments,
-                pos_sum=self._host.pos_sum,
-            )
+            # NaN/inf states are refused by forward_block at the end of the block, which stops
+            # the run with these sums uncommitted: numpy need not warn about them meanwhile.
+            with np.errstate(invalid="ignore", over="ignore"):
+                stats = block_statistics(
+                    stacked.numpy(),
+                    self.edges,
+                    topic_index,
+                    len(self.topics),
+                    moments=self.moments,
+                    pos_sum=self._host.pos_sum,
+                )
             self._contexts.append({name: stats[name] for name in CONTEXT_STATISTICS})
             if self.moments:
                 self._host.add_moments(stats)
