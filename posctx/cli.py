@@ -336,7 +336,7 @@ def info(store: str, as_json: bool, storage_option: tuple[str, ...]) -> None:
 @click.option(
     "--no-scan",
     is_flag=True,
-    help="Skip the NaN/inf scan of the hidden states (it reads the whole store).",
+    help="Skip the scans that read the whole store: NaN/inf in the hidden states, and the statistics' values.",
 )
 @click.option(
     "--rerun",
