@@ -322,7 +322,7 @@ def decompose(
 @click.option("--json", "as_json", is_flag=True, help="Print the full record as JSON.")
 @_storage_option
 def info(store: str, as_json: bool, storage_option: tuple[str, ...]) -> None:
-    """Show a store's schema, size on disk, completeness and provenance."""
+    """Show a store's schema, size on disk, completeness, statistics and provenance."""
     from posctx.store import store_info
     from posctx.summary import format_store_info
 
@@ -336,7 +336,7 @@ def info(store: str, as_json: bool, storage_option: tuple[str, ...]) -> None:
 @click.option(
     "--no-scan",
     is_flag=True,
-    help="Skip the NaN/inf scan of the hidden states (it reads the whole store).",
+    help="Skip the scans that read the whole store: NaN/inf in the hidden states, and the statistics' values.",
 )
 @click.option(
     "--rerun",

@@ -82,9 +82,16 @@ def format_store_info(info: Mapping[str, Any]) -> str:
             f"[{_human_bytes(arr['uncompressed_bytes'])} uncompressed]"
         )
     state = "complete" if info["complete"] else "INCOMPLETE: re-run the extract command to resume"
+    size = f"size       {_human_bytes(info['size_on_disk'])} on disk"
+    if "size_on_disk_hidden" in info:  # records of posctx 0.2 on
+        size += (
+            f": hidden states {_human_bytes(info['size_on_disk_hidden'])}, statistics "
+            f"{_human_bytes(info.get('size_on_disk_statistics', 0))}"
+        )
     lines += [
-        f"size       {_human_bytes(info['size_on_disk'])} on disk",
+        size,
         f"blocks     {info['blocks_complete']}/{info['blocks_total']} written ({state})",
+        *_statistics_lines(info),
         f"model      {model.get('hf_id')} ({model.get('architecture')}, weights "
         f"{str(model.get('weights_hash'))[:12]}, dtype {model.get('dtype')}, "
         f"attention {model.get('attn_implementation')}, batch {model.get('batch_size')}, "
@@ -96,6 +103,32 @@ def format_store_info(info: Mapping[str, Any]) -> str:
         f"created    {prov.get('created')} by posctx {prov.get('posctx_version')}",
     ]
     return "\n".join(lines)
+
+
+def _statistics_lines(info: Mapping[str, Any]) -> list[str]:
+    """The lines of :func:`format_store_info` on the statistics and the hidden states kept."""
+    if "statistics" not in info:  # a record from before posctx 0.2
+        return []
+    stats = info["statistics"]
+    if stats is None:
+        return [
+            "statistics none (made before posctx 0.2, or with --no-statistics): decompositions "
+            "read the hidden states"
+        ]
+    lines = [
+        f"statistics kept: {len(stats['topics'])} topics, edges {stats['edges']}, "
+        f"{'with' if stats['moments'] else 'no'} moments; {stats['blocks_counted']}/"
+        f"{info['blocks_total']} blocks counted by {stats['partials']} "
+        f"partial{'' if stats['partials'] == 1 else 's'}"
+    ]
+    total = info["arrays"]["hidden"]["shape"][0]
+    stored = info.get("hidden_contexts_stored", total)
+    if stored < total:
+        lines.append(
+            f"hidden     states of {stored} of {total} contexts (--hidden-contexts {stored}); "
+            f"statistics of all {total}"
+        )
+    return lines
 
 
 __all__ = ["format_store_info", "format_variance_table", "variance_shares"]

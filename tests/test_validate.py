@@ -23,6 +23,7 @@ from posctx.extraction import extract
 from posctx.store.location import consolidate
 from posctx.testing import raise_if_dask_computes, write_large_planted_store
 from posctx.validate import ValidationReport, validate_store
+from posctx.validate.statistics import NO_STATISTICS
 
 CHECKS = [
     "schema",
@@ -33,6 +34,7 @@ CHECKS = [
     "finite",
     "token_ids",
     "special_tokens",
+    "statistics",
     "rerun",
 ]
 CLS, SEP, BERT_VOCAB = 101, 102, 30522
@@ -86,7 +88,7 @@ def test_good_store_passes_every_check_and_is_not_modified(good: Path) -> None:
     before = _digest(good)
     report = validate_store(good, rerun=3, seed=1)
     assert _statuses(report) == dict.fromkeys(CHECKS, "ok"), report.format()
-    assert report.ok and report.skipped == [] and report.verdict() == "OK: all 9 checks passed"
+    assert report.ok and report.skipped == [] and report.verdict() == "OK: all 10 checks passed"
     rerun = report.check("rerun").figures
     assert len(rerun["contexts"]) == 3 and rerun["batch_size"] == 3
     # Recomputed inside the batches they were extracted in: same kernels, same values.
@@ -416,6 +418,189 @@ def test_object_storage_store(
         server.stop()
 
 
+# --- stores with statistics, and samples of hidden states -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def kept(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """18 contexts in 5 blocks of 4 (the last of 2), made with statistics (the default): every
+    hidden state (``all``), those of the first 6 contexts (``6``: blocks 0 and 1, block 1 cut
+    at context 6), none (``0``); and a store without statistics (``old``)."""
+    root = tmp_path_factory.mktemp("kept")
+    stores = {}
+    for name, store in (
+        ("all", {}),
+        ("6", {"hidden_contexts": 6}),
+        ("0", {"hidden_contexts": 0}),
+        ("old", {"statistics": False}),
+    ):
+        stores[name] = root / f"{name}.zarr"
+        extract(_config(tiny_models["bert"], contexts=18, **store), str(stores[name]))
+    return stores
+
+
+def _copy(source: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(source, tmp_path / source.name))
+
+
+def test_stores_with_statistics_and_samples_of_hidden_states_validate(
+    kept: dict[str, Path],
+) -> None:
+    full = validate_store(kept["all"], rerun=2)
+    assert full.ok and not full.warnings and full.skipped == [], full.format()
+    statistics = full.check("statistics")
+    assert statistics.figures["contexts_compared"] == 18
+    assert statistics.figures["max_rel_diff"] == 0.0  # made on this CPU: identical
+    assert statistics.figures["partials"] == 2  # the writer's, and the short last block's
+    assert statistics.detail == (
+        "plan of 3 topics, edges [0, 15]; 5 marked blocks each counted by exactly one of 2 "
+        "partials; the per-context statistics of 18 contexts are finite; those of the 18 "
+        "contexts with stored hidden states equal posctx.sums.block_statistics of them exactly"
+    )
+
+    sample = validate_store(kept["6"], rerun=3, seed=2)
+    assert sample.ok and not sample.warnings and sample.skipped == [], sample.format()
+    note = (
+        "the store keeps the hidden states of its first 6 of 18 contexts (extracted with "
+        "--hidden-contexts 6)"
+    )
+    completeness = sample.check("completeness")
+    assert completeness.detail == (
+        f"all 5 blocks marked written; {note}: chunk files of hidden are expected for those only"
+    )
+    assert completeness.figures["blocks_with_hidden"] == 2
+    finite = sample.check("finite")
+    assert finite.figures["values_scanned"] == 6 * 16 * 3 * 32  # block 1 cut at context 6
+    assert finite.figures["blocks_scanned"] == 2 and finite.detail.endswith(
+        f"{note}: only those are scanned"
+    )
+    rerun = sample.check("rerun")
+    assert set(rerun.figures["contexts"]) <= set(range(6)) and rerun.figures["hidden_contexts"] == 6
+    assert "(picked among the first 6 of 18 contexts, the ones whose hidden" in rerun.detail
+    statistics = sample.check("statistics")
+    assert (statistics.figures["contexts_read"], statistics.figures["contexts_compared"]) == (18, 6)
+    assert statistics.detail.endswith(f"exactly; {note}")
+
+    none = validate_store(kept["0"], rerun=2)
+    assert none.ok and [c.name for c in none.checks] == [
+        n for n in CHECKS if n not in ("finite", "rerun")
+    ]
+    assert dict(none.skipped) == {
+        "finite": "cannot run: the store keeps no hidden states (extracted with "
+        "--hidden-contexts 0): the statistics check scans its statistics instead",
+        "rerun": "cannot run: the store keeps no hidden states (extracted with "
+        "--hidden-contexts 0): there is nothing to compare a recomputation with",
+    }
+    assert none.check("completeness").detail.endswith("no chunk file of hidden is expected")
+    assert none.check("statistics").figures["contexts_compared"] == 0
+
+    old = validate_store(kept["old"])
+    assert old.ok and "statistics" not in _statuses(old)
+    assert old.skipped[0] == ("statistics", NO_STATISTICS)
+    assert old.format().splitlines()[-3] == f"skip  statistics      {NO_STATISTICS}"
+
+
+def test_the_content_checks_and_the_statistics_read_a_store_in_one_compute(
+    kept: dict[str, Path],
+) -> None:
+    for name in ("all", "6", "0"):
+        with raise_if_dask_computes(max_computes=1) as counter:
+            report = validate_store(kept[name])
+        assert counter.total_computes == 1 and report.ok
+    with raise_if_dask_computes(max_computes=1):  # --no-scan: the token ids only
+        quick = validate_store(kept["6"], scan=False)
+    assert quick.check("statistics").detail.endswith(
+        "values not read (--no-scan): neither their finiteness nor their agreement with the "
+        "stored hidden states is checked"
+    )
+
+
+def test_a_changed_statistic_or_hidden_state_fails_the_statistics_check(
+    kept: dict[str, Path], tmp_path: Path
+) -> None:
+    store = _copy(kept["6"], tmp_path)
+    (partial,) = [p.name for p in (store / "stat_partials").iterdir() if p.name.startswith("run-")]
+    group = _group(store)
+    group["stat_ctx_sum"][5, 1, 3] = group["stat_ctx_sum"][5, 1, 3] + 1.0  # block 1, stored
+    report = validate_store(store)
+    statistics = report.check("statistics")
+    assert statistics.status == "fail" and [c.name for c in report.failures] == ["statistics"]
+    assert (statistics.figures["mismatched_blocks"], statistics.figures["mismatched_contexts"]) == (
+        [1],
+        [5],
+    )
+    assert statistics.figures["max_abs_diff"] == pytest.approx(1.0)
+    assert statistics.detail.startswith(
+        "the stored statistics of 1 context [5] in block 1 differ from those of their stored "
+        "hidden states (largest relative difference "
+    )
+    assert statistics.detail.endswith(
+        "at context=5, in `stat_ctx_sum`; tolerance 1e-12): the hidden states or the statistics "
+        f"were changed after extraction; delete the partial that counts them (stat_partials/"
+        f"{partial}) and re-run the same `posctx extract` command: it computes that partial's "
+        "blocks again"
+    )
+    assert validate_store(store, scan=False).check("statistics").status == "ok"  # not read
+
+    group["stat_edge"][13, 0, 2, 7] = np.nan  # block 3: no hidden states, never written
+    statistics = validate_store(store).check("statistics")
+    assert statistics.figures["nonfinite_blocks"] == [3]
+    assert (
+        "the per-context statistics of 1 context in block 3 marked written are not finite (NaN: "
+        "never written; first at context=13, in `stat_edge`)" in statistics.detail
+    )
+
+    # A changed hidden state disagrees with its statistics just as well.
+    store = _copy(kept["all"], tmp_path / "all")
+    hidden = _group(store)["hidden"]
+    hidden[9, 4] = hidden[9, 4] * np.float32(1.001)
+    statistics = validate_store(store).check("statistics")
+    assert statistics.status == "fail" and statistics.figures["mismatched_contexts"] == [9]
+
+
+def test_a_lost_partial_fails_and_the_same_extract_command_repairs_it(
+    kept: dict[str, Path], tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    store = _copy(kept["all"], tmp_path)
+    (partial,) = [p for p in (store / "stat_partials").iterdir() if p.name.startswith("run-")]
+    shutil.rmtree(partial)  # the partial that counts blocks 0-3
+    report = validate_store(store, scan=False)
+    statistics = report.check("statistics")
+    assert statistics.status == "fail" and [c.name for c in report.failures] == ["statistics"]
+    assert statistics.detail == (
+        "blocks 0, 1, 2, 3 are marked written but no partial counts them: re-run the same "
+        "`posctx extract` command: it computes them again"
+    )
+    assert statistics.figures["uncounted_blocks"] == [0, 1, 2, 3]
+    result = extract(_config(tiny_models["bert"], contexts=18), str(store))
+    assert result.blocks_written == 4
+    assert validate_store(store).ok
+
+
+def test_partials_left_by_ended_writers_and_counted_unmarked_blocks_warn(
+    kept: dict[str, Path], tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    store = _copy(kept["all"], tmp_path)
+    (store / "stat_partials" / "tail-4-16-17.0").mkdir()  # cut short before its zarr.json
+    report = validate_store(store, scan=False)
+    statistics = report.check("statistics")
+    assert report.ok and statistics.status == "warn"
+    assert statistics.detail == (
+        "1 partial version left by writers that have ended (stat_partials/tail-4-16-17.0): no "
+        "reader counts them; the next `posctx extract` of this store removes them"
+    )
+    extract(_config(tiny_models["bert"], contexts=18), str(store))
+    assert not (store / "stat_partials" / "tail-4-16-17.0").exists()
+    assert validate_store(store, scan=False).check("statistics").status == "ok"
+
+    _group(store)["block_complete"][2] = 0  # killed between its commit and its markers
+    report = validate_store(store, scan=False)
+    assert _statuses(report)["completeness"] == "fail"
+    statistics = report.check("statistics")
+    assert statistics.status == "warn" and statistics.figures["counted_unmarked_blocks"] == [2]
+    assert statistics.detail.startswith("blocks 2 are counted but not marked")
+
+
 # --- the content checks' one dask pass --------------------------------------------------------
 
 
@@ -575,7 +760,7 @@ def test_cli_exit_codes_and_json(
     assert code == 0 and "Usage:" in out and "--clean-partial" in out
 
     code, out, _ = _cli(monkeypatch, capsys, str(good), "--quiet")
-    assert code == 0 and out.strip().splitlines()[-1] == "verdict: OK: all 8 checks passed"
+    assert code == 0 and out.strip().splitlines()[-1] == "verdict: OK: all 9 checks passed"
     assert "OK    completeness" in out and "skip  rerun" in out
 
     code, out, _ = _cli(monkeypatch, capsys, str(good), "--json", "--no-scan")

@@ -10,7 +10,8 @@ work to redo, never a silent hole.
 Modules: ``layout`` (blocks and schema), ``location`` (paths, URLs, opening the Zarr group),
 ``provenance`` (the attrs record), ``create`` (creation and growth), ``blocks`` (block writes,
 markers, crash leftovers), ``integrity`` (chunk files missing from blocks marked written),
-``direct`` (direct chunk reads) and ``reading`` (opening as xarray, summaries).
+``direct`` (direct chunk reads), ``statistics`` (the statistics kept during extraction),
+``reading`` (opening as xarray) and ``info`` (what a store holds, as plain data).
 """
 
 from posctx.store.blocks import BlockWriter, completed_blocks, partial_files, remove_partial_files
@@ -20,6 +21,7 @@ from posctx.store.create import (
     grow_store,
     remove_dead_creations,
 )
+from posctx.store.info import store_info
 from posctx.store.integrity import missing_chunks
 from posctx.store.layout import (
     DEFAULT_CHUNK_BYTES,
@@ -36,7 +38,7 @@ from posctx.store.location import (
     zarr_location,
 )
 from posctx.store.provenance import provenance_record, read_provenance
-from posctx.store.reading import COMPLETE_ONLY_ATTR, open_hidden, open_labelled, store_info
+from posctx.store.reading import COMPLETE_ONLY_ATTR, open_hidden, open_labelled
 
 __all__ = [
     "COMPLETE_ONLY_ATTR",

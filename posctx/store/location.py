@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -145,14 +145,27 @@ def check_writable(path: str, storage_options: Mapping[str, Any] | None = None) 
         )
 
 
-def size_on_disk(path: str, storage_options: Mapping[str, Any] | None = None) -> int:
-    """Bytes the store occupies (unwritten chunks take none)."""
+def size_on_disk(
+    path: str,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    members: Sequence[str] | None = None,
+) -> int:
+    """Bytes the store occupies (unwritten chunks take none), from its files.
+
+    With ``members`` (names of arrays or groups in the store), the bytes under those only; a
+    member that is not there takes none.
+    """
     if is_remote(path):
         fs, root = remote_fs(path, storage_options)
-        return int(fs.du(root))
+        if members is None:
+            return int(fs.du(root))
+        return sum(int(fs.du(f"{root}/{m}")) for m in members if fs.exists(f"{root}/{m}"))
+    roots = [local_path(path)] if members is None else [local_path(path) / m for m in members]
     total = 0
-    for dirpath, _, files in os.walk(local_path(path)):
-        total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files)
+    for top in roots:
+        for dirpath, _, files in os.walk(top):
+            total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files)
     return total
 
 

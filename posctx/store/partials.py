@@ -279,26 +279,78 @@ def check_coverage(
     StoreError
         Naming the blocks, and pointing to ``posctx validate``.
     """
-    done = np.asarray(done, dtype=bool)
-    missing = np.flatnonzero(done & (counts == 0))
-    twice = np.flatnonzero(counts > 1)
-    unmarked = np.flatnonzero(~done & (counts > 0)) if unmarked_counted else np.array([], int)
-    problems = []
-    if missing.size:
-        problems.append(f"blocks {_first(missing)} are marked written but no partial counts them")
-    if twice.size:
-        problems.append(f"blocks {_first(twice)} are counted by more than one partial")
-    if unmarked.size:
-        problems.append(
-            f"blocks {_first(unmarked)} are counted but not marked (an extraction is running, "
-            "or was killed between the two)"
-        )
+    found = coverage_problems(done, counts)
+    problems = [text for kind, text in found.items() if unmarked_counted or kind != "unmarked"]
     if problems:
         raise StoreError(
             f"{path}: the statistics disagree with the blocks' markers: {'; '.join(problems)}: "
             f"re-run the same `posctx extract` command to repair them (`posctx validate {path}` "
             "shows the details)"
         )
+
+
+def coverage_problems(done: np.ndarray, counts: np.ndarray) -> dict[str, str]:
+    """Where the statistics disagree with the markers, as phrases (:func:`check_coverage`).
+
+    Returns
+    -------
+    dict
+        Only the kinds found: ``"missing"`` (blocks marked written that no counted partial
+        lists), ``"twice"`` (blocks more than one counted partial lists) and ``"unmarked"``
+        (blocks counted but not marked: an extraction running, or killed between its commit
+        and its markers), each a phrase naming the blocks.
+
+    Examples
+    --------
+    >>> coverage_problems(np.array([True, True, False]), np.array([0, 1, 1]))
+    {'missing': 'blocks 0 are marked written but no partial counts them', 'unmarked': 'blocks 2 are counted but not marked (an extraction is running, or was killed between the two)'}
+    """
+    done = np.asarray(done, dtype=bool)
+    counts = np.asarray(counts)
+    found: dict[str, str] = {}
+    missing = np.flatnonzero(done & (counts == 0))
+    twice = np.flatnonzero(counts > 1)
+    unmarked = np.flatnonzero(~done & (counts > 0))
+    if missing.size:
+        found["missing"] = f"blocks {_first(missing)} are marked written but no partial counts them"
+    if twice.size:
+        found["twice"] = f"blocks {_first(twice)} are counted by more than one partial"
+    if unmarked.size:
+        found["unmarked"] = (
+            f"blocks {_first(unmarked)} are counted but not marked (an extraction is running, "
+            "or was killed between the two)"
+        )
+    return found
+
+
+def leftover_partials(
+    partials: Iterable[Partial], broken: Iterable[str], blocks: Sequence[Block]
+) -> list[str]:
+    """Partial versions that writers which have ended left behind, and no reader counts.
+
+    Versions cut short by a kill (``broken``, from :func:`read_partials`), versions superseded
+    by a newer one of the same writer, and tails whose block has grown since; only those of
+    writers known to have ended (a process of this host that is gone, or a tail), since a live
+    writer deletes its own. :func:`roll_forward`, run by every ``posctx extract`` of the
+    store, deletes them.
+
+    Examples
+    --------
+    >>> from posctx.store.layout import plan_blocks
+    >>> p = [Partial("tail-2-8-9.0", "tail-2-8-9", 0, ((2, 8, 9),), ("t",), None)]
+    >>> leftover_partials(p, ["tail-2-8-10.0"], plan_blocks(10, 4))
+    ['tail-2-8-10.0', 'tail-2-8-9.0']
+    """
+    partials = list(partials)
+    chosen = {p.name for p in select_partials(partials)}
+    current = {(b.index, b.start, b.stop) for b in blocks}
+    stale = [
+        p.name
+        for p in partials
+        if p.name not in chosen or (p.owner.startswith("tail-") and not set(p.blocks) <= current)
+    ]
+    names = [*broken, *stale]
+    return sorted(name for name in names if _dead_here(name.rpartition(".")[0]))
 
 
 def _first(indices: np.ndarray, n: int = 8) -> str:
@@ -311,7 +363,9 @@ __all__ = [
     "Partial",
     "check_coverage",
     "coverage",
+    "coverage_problems",
     "delete_partials",
+    "leftover_partials",
     "new_owner",
     "partial_arrays",
     "read_partials",

@@ -1,4 +1,4 @@
-"""Opening a store as a labelled, lazy ``xarray.Dataset``, and summarising it."""
+"""Opening a store as a labelled, lazy ``xarray.Dataset``."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ from typing import Any
 import numpy as np
 
 from posctx.errors import IncompleteStoreError, StoreError
-from posctx.store.blocks import completed_blocks
 from posctx.store.integrity import check_chunks_present
 from posctx.store.layout import STATISTICS_SCHEMA, Block, StatisticsPlan
-from posctx.store.location import is_remote, local_path, open_group, size_on_disk, zarr_location
+from posctx.store.location import is_remote, local_path, zarr_location
 from posctx.store.provenance import read_provenance
 from posctx.types import (
     BLOCK_COMPLETE,
@@ -20,7 +19,6 @@ from posctx.types import (
     CONTEXT,
     HIDDEN,
     HIDDEN_SAMPLE_ATTR,
-    TOKEN_ID,
 )
 
 
@@ -173,32 +171,4 @@ def open_labelled(
     return ds
 
 
-def store_info(path: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Schema, size, completeness and provenance of a store, as plain data."""
-    prov = read_provenance(path, storage_options)
-    if prov is None:
-        raise StoreError(f"no posctx store at {path}: check the path")
-    group = open_group(path, "r", storage_options)
-    arrays = {}
-    for name in (HIDDEN, TOKEN_ID):
-        arr = group[name]
-        arrays[name] = {
-            "shape": list(arr.shape),
-            "chunks": list(arr.chunks),
-            "dtype": str(arr.dtype),
-            "dims": list(arr.metadata.dimension_names or ()),
-            "uncompressed_bytes": int(arr.nbytes),
-        }
-    done = completed_blocks(path, storage_options)
-    return {
-        "path": str(path),
-        "arrays": arrays,
-        "size_on_disk": size_on_disk(path, storage_options),
-        "blocks_complete": int(done.sum()),
-        "blocks_total": int(done.size),
-        "complete": bool(done.all()),
-        "provenance": prov,
-    }
-
-
-__all__ = ["COMPLETE_ONLY_ATTR", "open_hidden", "open_labelled", "store_info"]
+__all__ = ["COMPLETE_ONLY_ATTR", "open_hidden", "open_labelled"]

@@ -19,7 +19,8 @@ The checks, in order:
     The ``posctx`` attrs record is complete and its config parses and agrees with the arrays.
 ``completeness``
     Which blocks were never marked written, as context ranges, and which blocks marked
-    written lack chunk files of ``hidden`` (a damaged store).
+    written lack chunk files of ``hidden`` (a damaged store; of a ``--hidden-contexts N``
+    store, only the contexts whose hidden states it keeps are expected).
 ``partial_files``
     Chunk files a killed writer left half written (local stores).
 ``finite``
@@ -27,6 +28,10 @@ The checks, in order:
 ``token_ids``, ``special_tokens``
     Ids within the model's vocabulary; every context framed by the recorded prefix/suffix
     special tokens, which never appear mid-context.
+``statistics``
+    The statistics kept during extraction (skipped for a store without them): every marked
+    block counted by exactly one partial, the per-context statistics finite and equal to
+    :func:`posctx.sums.block_statistics` of the stored hidden states (``scan=True``).
 ``rerun``
     A few contexts recomputed with the model and compared with the stored values
     (``rerun=N``).
@@ -36,6 +41,7 @@ Where they live: :mod:`~posctx.validate.report` (:class:`Check`, :class:`Validat
 ``partial_files``), :mod:`~posctx.validate.content` (``finite``, ``token_ids``,
 ``special_tokens``: the scans of the data, on the per-chunk numpy summaries of
 :mod:`~posctx.validate.kernels` and their dask graphs in :mod:`~posctx.validate.graph`),
+:mod:`~posctx.validate.statistics` (``statistics``, whose values come from the same pass),
 :mod:`~posctx.validate.rerun` (the model re-run) and :mod:`~posctx.validate.api`
 (:func:`validate_store`, which runs them in order).
 """

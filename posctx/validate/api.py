@@ -18,6 +18,7 @@ from posctx.validate.content import (
 )
 from posctx.validate.report import Check, ValidationReport, _Skip
 from posctx.validate.rerun import _check_rerun
+from posctx.validate.statistics import _check_statistics, statistics_absent
 from posctx.validate.structure import (
     _check_completeness,
     _check_labels,
@@ -102,12 +103,12 @@ def validate_store(
     storage_options
         fsspec options for URLs.
     scan
-        Scan the hidden states of every block marked written for NaN/inf (reads the whole
-        store, chunk by chunk).
+        Scan the hidden states of every block marked written for NaN/inf, and read the
+        statistics' values (reads the whole store, chunk by chunk).
     rerun
-        Recompute this many contexts (picked at random among the written blocks) with the
-        recorded model and compare them with the stored values; 0 skips the check. Loads the
-        model.
+        Recompute this many contexts (picked at random among the written blocks, among the
+        contexts whose hidden states are stored) with the recorded model and compare them
+        with the stored values; 0 skips the check. Loads the model.
     seed
         Seeds the choice of contexts to recompute.
     progress
@@ -129,10 +130,11 @@ def validate_store(
 
     Notes
     -----
-    The checks that read the data (``finite``, ``token_ids``, ``special_tokens``) share one
-    ``dask.compute`` of small per-chunk summaries, run on the active dask scheduler: threads
+    The checks that read the data (``finite``, ``token_ids``, ``special_tokens`` and the
+    values of ``statistics``) share one ``dask.compute`` of small per-chunk summaries, run on the active dask scheduler: threads
     by default, a ``dask.distributed`` client's workers when one is active. Peak memory is one
-    chunk per worker thread. Only when that pass fails does each of ``hidden`` and
+    chunk per worker thread (one block of every layer where ``statistics`` recomputes a
+    block's sums from ``hidden`` chunked by layers). Only when that pass fails does each of ``hidden`` and
     ``token_id`` get read again on its own, to tell which check the failure belongs to. The
     ``rerun`` check reads its few contexts with zarr, outside dask.
 
@@ -172,6 +174,7 @@ def validate_store(
         )
     # finite, token_ids and special_tokens share one dask pass, run when the first of them asks.
     content = _ContentScan(st, scan=scan, progress=progress)
+    # Each step: its name, the check, and why it is skipped (not requested, or not applicable).
     steps: list[tuple[str, Callable[[], Check], str | None]] = [
         ("schema", lambda: _check_schema(st), None),
         ("labels", lambda: _check_labels(st), None),
@@ -185,6 +188,7 @@ def validate_store(
         ),
         ("token_ids", lambda: _check_token_ids(st, content), None),
         ("special_tokens", lambda: _check_special_tokens(st, content), None),
+        ("statistics", lambda: _check_statistics(st, content), statistics_absent(st)),
         (
             "rerun",
             lambda: _check_rerun(st, rerun, seed),
@@ -195,9 +199,9 @@ def validate_store(
     ]
     checks: list[Check] = []
     skipped: list[tuple[str, str]] = []
-    for name, run, not_requested in steps:
-        if not_requested:
-            skipped.append((name, not_requested))
+    for name, run, skip in steps:
+        if skip:
+            skipped.append((name, skip))
             continue
         try:
             checks.append(run())

@@ -1,6 +1,7 @@
 """The checks that read a store's data: finite hidden states, token ids, special tokens.
 
-All three read through one dask pass (:class:`_ContentScan`): the per-chunk summaries of
+All three, and the values the ``statistics`` check reads (:mod:`posctx.validate.statistics`),
+come from one dask pass (:class:`_ContentScan`): the per-chunk summaries of
 :mod:`posctx.validate.kernels`, built into graphs by :mod:`posctx.validate.graph`, are
 computed in a single ``dask.compute`` on whatever scheduler is active (threads by default, a
 ``dask.distributed`` client if one is set), so memory stays at one chunk per worker thread
@@ -10,6 +11,7 @@ whatever the size of the store. The checks here combine the summaries and word t
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cache, partial
 from typing import Any
 
 import dask.array as da
@@ -20,20 +22,29 @@ from posctx.progress import dask_progress
 from posctx.store import Block, is_remote
 from posctx.store.location import local_path
 from posctx.types import CONTEXT, HIDDEN, LAYER, LAYER_NAME, POSITION, TOKEN_ID
-from posctx.validate.graph import hidden_summaries, token_summaries
+from posctx.validate.graph import hidden_summaries, statistics_summaries, token_summaries
 from posctx.validate.kernels import (
+    STATISTICS_KEYS,
     Framing,
     HiddenSummary,
+    StatisticsSummary,
     TokenSummary,
     combine_hidden,
+    combine_statistics,
     combine_tokens,
 )
 from posctx.validate.report import Check, _plural, _Skip
 from posctx.validate.structure import _Store
 
-#: The groups of reads the content checks share: ``hidden`` (``finite``) and ``token_id``
-#: (``token_ids`` and ``special_tokens``, which read each block once between them).
-_HIDDEN, _TOKENS = "hidden", "tokens"
+#: The groups of reads the content checks share: ``hidden`` (``finite``), ``token_id``
+#: (``token_ids`` and ``special_tokens``, which read each block once between them) and the
+#: per-context statistics with the stored hidden states (``statistics``).
+_HIDDEN, _TOKENS, _STATISTICS = "hidden", "tokens", "statistics"
+#: The largest relative difference between a context's stored statistics and those of its
+#: stored hidden states that counts as equal. A store made on a CPU matches exactly (the same
+#: numpy code, :func:`posctx.sums.block_statistics`, computed them); an accelerator sums in
+#: float64 in another order, about 1e-16 relative per addition.
+STATISTICS_TOLERANCE = 1e-12
 
 
 def _hidden_array(st: _Store) -> da.Array:
@@ -49,11 +60,35 @@ def _hidden_array(st: _Store) -> da.Array:
     return hidden
 
 
-def _plan_hidden(st: _Store) -> Delayed:
-    """Summaries of every block marked written, one per block and layer chunk."""
-    blocks = st.complete_blocks()
+def _plan_hidden(st: _Store, hidden: Callable[[], da.Array] | None = None) -> Delayed:
+    """Summaries of every block marked written, one per block and layer chunk.
+
+    Only of the contexts whose hidden states the store keeps (:meth:`_Store.stored_blocks`);
+    ``hidden`` gives the dask array to read (default: :func:`_hidden_array`).
+    """
+    if st.stored_contexts() == 0:
+        raise _Skip(f"{st.sample_note()}: the statistics check scans its statistics instead")
+    blocks = st.stored_blocks()
     step = int(st.array(HIDDEN).chunks[2])
-    return hidden_summaries(_hidden_array(st), blocks, step)
+    return hidden_summaries((hidden or partial(_hidden_array, st))(), blocks, step)
+
+
+def _plan_statistics(st: _Store, hidden: Callable[[], da.Array] | None = None) -> Delayed:
+    """Summaries of the per-context statistics of every block marked written, each compared
+    with the statistics of its stored hidden states (one per block).
+
+    ``hidden`` gives the dask array of ``hidden`` to read (default: :func:`_hidden_array`);
+    given the one the ``finite`` scan reads, each chunk is read once for both.
+    """
+    plan = st.statistics_plan()
+    if plan is None:
+        raise _Skip("the store keeps no statistics")
+    arrays = [da.from_zarr(st.statistics_array(name)) for name in STATISTICS_KEYS]
+    stored = {b.index: b.size for b in st.stored_blocks()}
+    x = (hidden or partial(_hidden_array, st))() if any(stored.values()) else None
+    return statistics_summaries(
+        arrays, x, st.complete_blocks(), stored, plan.edges, STATISTICS_TOLERANCE
+    )
 
 
 def _vocab_limit(st: _Store) -> int | None:
@@ -120,9 +155,15 @@ class _ContentScan:
         self._results: dict[str, Any] | None = None
 
     def _run(self) -> dict[str, Any]:
+        # One dask array of hidden for both graphs that read it: they share its read tasks.
+        hidden = cache(partial(_hidden_array, self._st))
         plans: dict[str, Callable[[_Store], Delayed]] = {_TOKENS: _plan_tokens}
         if self._scan:
-            plans = {_HIDDEN: _plan_hidden, **plans}
+            plans = {
+                _HIDDEN: partial(_plan_hidden, hidden=hidden),
+                **plans,
+                _STATISTICS: partial(_plan_statistics, hidden=hidden),
+            }
         results: dict[str, Any] = {}
         lazy: dict[str, Delayed] = {}
         for group, plan in plans.items():
@@ -144,6 +185,7 @@ class _ContentScan:
         combine: dict[str, Callable[[list[Any]], Any]] = {
             _HIDDEN: combine_hidden,
             _TOKENS: combine_tokens,
+            _STATISTICS: combine_statistics,
         }
         return {
             group: value if isinstance(value, Exception) else combine[group](value)
@@ -168,10 +210,20 @@ class _ContentScan:
         summary: TokenSummary = self._get(_TOKENS)
         return summary
 
+    @property
+    def scan(self) -> bool:
+        """Whether the pass reads ``hidden`` and the statistics (not ``--no-scan``)."""
+        return self._scan
+
+    def statistics(self) -> StatisticsSummary:
+        """The per-context statistics of the marked blocks, against their hidden states."""
+        summary: StatisticsSummary = self._get(_STATISTICS)
+        return summary
+
 
 def _check_finite(st: _Store, content: _ContentScan) -> Check:
-    blocks = st.complete_blocks()
-    n_unmarked = len(st.blocks()) - len(blocks)
+    blocks = st.stored_blocks()
+    n_unmarked = len(st.blocks()) - len(st.complete_blocks())
     found = content.hidden()
     bad_contexts = found.contexts.tolist()
     figures: dict[str, Any] = {
@@ -185,6 +237,9 @@ def _check_finite(st: _Store, content: _ContentScan) -> Check:
         "contexts": bad_contexts[:100],
     }
     skipped = f"; {_plural(n_unmarked, 'unmarked block')} not scanned" if n_unmarked else ""
+    if st.sample_note():
+        figures["hidden_contexts"] = st.stored_contexts()
+        skipped += f"; {st.sample_note()}: only those are scanned"
     if found.first is None:
         return Check(
             "finite",

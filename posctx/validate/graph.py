@@ -5,17 +5,20 @@ summaries of :mod:`posctx.validate.kernels`, in store order, one task per chunk:
 
     hidden chunk (block i, layer chunk k) --hidden_chunk_summary--> HiddenSummary
     token_id block i                      --token_chunk_summary---> TokenSummary
+    stat_* block i (+ its stored hidden)  --statistics_chunk_summary--> StatisticsSummary
     all of them                           --_gather---------------> [summary, ...]  (small)
 
 Computed together (``dask.base.compute(a, b)``), every chunk is read once, in parallel on
 whatever scheduler is active (threads by default, a ``dask.distributed`` client if one is
-set), and memory stays at one chunk per worker thread. The tasks are module-level functions
-with plain arguments, so the graphs pickle and run on every scheduler.
+set), and memory stays at one chunk per worker thread (one block of every layer for the
+statistics, which recompute the sums as extraction did). Graphs built on the same dask array
+of ``hidden`` share its read tasks. The tasks are module-level functions with plain
+arguments, so the graphs pickle and run on every scheduler.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dask.array as da
@@ -25,7 +28,13 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
 from posctx.store import Block
-from posctx.validate.kernels import Framing, hidden_chunk_summary, token_chunk_summary
+from posctx.sums import Edges
+from posctx.validate.kernels import (
+    Framing,
+    hidden_chunk_summary,
+    statistics_chunk_summary,
+    token_chunk_summary,
+)
 
 
 def _gather(*summaries: Any) -> list[Any]:
@@ -46,12 +55,17 @@ def _chunk_indices(x: da.Array) -> dict[int, int]:
     return {int(s): i for i, s in enumerate(np.cumsum((0, *x.chunks[0][:-1])))}
 
 
-def _collect(x: da.Array, name: str, tasks: dict[Any, Any]) -> Delayed:
-    """One Delayed that gathers ``tasks`` (which read chunks of ``x``) into a list."""
+def _collect(arrays: Sequence[da.Array], name: str, tasks: dict[Any, Any]) -> Delayed:
+    """One Delayed that gathers ``tasks`` (which read chunks of ``arrays``) into a list."""
     layer = {**tasks, name: (_gather, *tasks)}
+    layers: dict[str, Any] = {}
+    dependencies: dict[str, Any] = {}
+    for x in arrays:
+        layers.update(x.dask.layers)
+        dependencies.update(x.dask.dependencies)
     graph = HighLevelGraph(
-        {**x.dask.layers, name: MaterializedLayer(layer)},
-        {**x.dask.dependencies, name: {x.name}},
+        {**layers, name: MaterializedLayer(layer)},
+        {**dependencies, name: {x.name for x in arrays}},
     )
     return Delayed(name, graph, layer=name)
 
@@ -101,7 +115,7 @@ def hidden_summaries(hidden: da.Array, blocks: Sequence[Block], layer_chunk: int
         for b in blocks
         for k, start in enumerate(starts)
     }
-    return _collect(x, name, tasks)
+    return _collect([x], name, tasks)
 
 
 def token_summaries(
@@ -144,7 +158,79 @@ def token_summaries(
         )
         for b in blocks
     }
-    return _collect(x, name, tasks)
+    return _collect([x], name, tasks)
 
 
-__all__ = ["hidden_summaries", "token_summaries"]
+def statistics_summaries(
+    statistics: Sequence[da.Array],
+    hidden: da.Array | None,
+    blocks: Sequence[Block],
+    stored: Mapping[int, int],
+    edges: Edges,
+    tolerance: float,
+) -> Delayed:
+    """Lazy summaries of ``blocks``' per-context statistics and their stored hidden states.
+
+    Parameters
+    ----------
+    statistics
+        The store's ``stat_ctx_sum``, ``stat_ctx_sumsq`` and ``stat_edge`` as dask arrays.
+    hidden
+        The store's ``hidden`` as a dask array (``None`` when no block keeps hidden states).
+    blocks
+        The blocks to check, ascending.
+    stored
+        Block index -> how many of its first contexts keep their hidden states (blocks not
+        listed keep none).
+    edges, tolerance
+        As :func:`~posctx.validate.kernels.statistics_chunk_summary` takes them.
+
+    Returns
+    -------
+    Delayed
+        The list of :class:`~posctx.validate.kernels.StatisticsSummary`, one per block.
+
+    Examples
+    --------
+    >>> import dask
+    >>> from posctx.sums import block_statistics
+    >>> x = np.random.default_rng(0).normal(size=(6, 4, 2, 3)).astype(np.float32)
+    >>> ref = block_statistics(x, Edges(4), np.zeros(6, np.intp), 1)
+    >>> stats = [da.from_array(ref[k], chunks=2) for k in ("ctx_sum", "ctx_sumsq", "edge")]
+    >>> lazy = statistics_summaries(stats, da.from_array(x, chunks=(2, 4, 1, 3)),
+    ...                             [Block(0, 0, 2), Block(2, 4, 6)], {0: 2, 2: 1}, Edges(4), 0.0)
+    >>> [(s.contexts, s.compared, s.max_rel) for s in dask.compute(lazy)[0]]
+    [(2, 2, 0.0), (2, 1, 0.0)]
+    """
+    parts = [_by_block(x, blocks, tuple(range(1, x.ndim))) for x in statistics]
+    kept = [
+        Block(b.index, b.start, b.start + stored[b.index]) for b in blocks if stored.get(b.index)
+    ]
+    arrays = list(parts)
+    rows: dict[int, Any] = {}
+    if hidden is not None and kept:
+        h = _by_block(hidden, kept, (1, 2, 3))
+        index = _chunk_indices(h)
+        rows = {b.index: (h.name, index[b.start], 0, 0, 0) for b in kept}
+        arrays.append(h)
+    name = f"posctx-validate-statistics-{tokenize([x.name for x in arrays], blocks, stored, edges, tolerance)}"
+    indices = [_chunk_indices(x) for x in parts]
+    tasks = {
+        (name, b.index): (
+            statistics_chunk_summary,
+            *(
+                (x.name, index[b.start], *(0,) * (x.ndim - 1))
+                for x, index in zip(parts, indices, strict=True)
+            ),
+            rows.get(b.index),
+            b.index,
+            b.start,
+            edges,
+            tolerance,
+        )
+        for b in blocks
+    }
+    return _collect(arrays, name, tasks)
+
+
+__all__ = ["hidden_summaries", "statistics_summaries", "token_summaries"]

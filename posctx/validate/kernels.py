@@ -1,14 +1,18 @@
 """Per-chunk numpy summaries of the content checks, and how they combine.
 
-The bottom of the three layers of the ``finite``, ``token_ids`` and ``special_tokens`` checks
-(numpy kernels -> :mod:`posctx.validate.graph` -> :mod:`posctx.validate.content`); it
-imports neither dask nor zarr. Each check is declared as chunk -> combine:
+The bottom of the three layers of the ``finite``, ``token_ids``, ``special_tokens`` and
+``statistics`` checks (numpy kernels -> :mod:`posctx.validate.graph` ->
+:mod:`posctx.validate.content`); it imports neither dask nor zarr. Each check is declared as
+chunk -> combine:
 
 * chunk: :func:`hidden_chunk_summary` turns one chunk of ``hidden`` (one store block, one
   layer chunk) into a :class:`HiddenSummary`; :func:`token_chunk_summary` turns one block of
-  ``token_id`` into a :class:`TokenSummary`. Both are small whatever the chunk's size.
-* combine: :func:`combine_hidden` and :func:`combine_tokens` fold summaries, given in store
-  order, into one summary of the same kind: counts add up, the first finding stays first.
+  ``token_id`` into a :class:`TokenSummary`; :func:`statistics_chunk_summary` turns one
+  block's per-context statistics, and its stored hidden states, into a
+  :class:`StatisticsSummary`. All are small whatever the chunk's size.
+* combine: :func:`combine_hidden`, :func:`combine_tokens` and :func:`combine_statistics` fold
+  summaries, given in store order, into one summary of the same kind: counts add up, the
+  first finding stays first.
 
 Every index a summary holds is absolute (a context of the store, a layer index of the array),
 so summaries combine without knowing where their chunks lay.
@@ -22,6 +26,9 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from posctx.sums import Edges, block_statistics
+from posctx.types import STAT_CTX_SUM, STAT_CTX_SUMSQ, STAT_EDGE
 
 #: How many bad contexts a summary lists per framing problem (the check's figures show 100).
 MAX_LISTED = 100
@@ -281,14 +288,221 @@ def combine_tokens(summaries: Sequence[TokenSummary]) -> TokenSummary:
     )
 
 
+#: The per-context statistics a store keeps, by array name, with the key
+#: :func:`posctx.sums.block_statistics` gives each.
+STATISTICS_KEYS = {STAT_CTX_SUM: "ctx_sum", STAT_CTX_SUMSQ: "ctx_sumsq", STAT_EDGE: "edge"}
+
+
+@dataclass(frozen=True, eq=False)
+class StatisticsSummary:
+    """The per-context statistics of some blocks: finite, and equal to their hidden states'.
+
+    Attributes
+    ----------
+    values
+        Values of the per-context statistics read.
+    contexts
+        Contexts whose statistics were read.
+    nonfinite_blocks
+        Blocks holding a context whose statistics are not all finite (NaN: never written).
+    nonfinite_contexts
+        Those contexts, ascending.
+    first_nonfinite
+        The first of them as ``(context, array name)``, in store order.
+    compared
+        Contexts whose statistics were compared with those of their stored hidden states.
+    max_abs, max_rel
+        The largest absolute difference, and the largest relative one (per context and array:
+        ``max |recomputed - stored| / max |stored|``), over the compared contexts.
+    worst
+        Where ``max_rel`` is, as ``(context, array name)``; ``None`` when nothing differs.
+    mismatched_blocks, mismatched_contexts
+        Blocks and contexts whose relative difference exceeds the tolerance.
+    inexact
+        Contexts that differ within the tolerance (not bit for bit).
+    not_compared
+        Contexts not compared: their stored hidden states are not finite (the ``finite``
+        check reports them).
+    """
+
+    values: int = 0
+    contexts: int = 0
+    nonfinite_blocks: tuple[int, ...] = ()
+    nonfinite_contexts: npt.NDArray[np.int64] = field(default_factory=_no_contexts)
+    first_nonfinite: tuple[int, str] | None = None
+    compared: int = 0
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    worst: tuple[int, str] | None = None
+    mismatched_blocks: tuple[int, ...] = ()
+    mismatched_contexts: npt.NDArray[np.int64] = field(default_factory=_no_contexts)
+    inexact: int = 0
+    not_compared: npt.NDArray[np.int64] = field(default_factory=_no_contexts)
+
+
+def _context_axes(x: np.ndarray) -> tuple[int, ...]:
+    return tuple(range(1, x.ndim))
+
+
+def statistics_chunk_summary(
+    ctx_sum: npt.ArrayLike,
+    ctx_sumsq: npt.ArrayLike,
+    edge: npt.ArrayLike,
+    hidden: npt.ArrayLike | None,
+    block: int,
+    context_start: int,
+    edges: Edges,
+    tolerance: float,
+) -> StatisticsSummary:
+    """One block's per-context statistics: finite, and equal to those of its hidden states.
+
+    Parameters
+    ----------
+    ctx_sum, ctx_sumsq, edge
+        The block's stored ``stat_ctx_sum`` ``(c, L, D)``, ``stat_ctx_sumsq`` ``(c, L)`` and
+        ``stat_edge`` ``(c, E, L, D)``.
+    hidden
+        The stored hidden states ``(k, T, L, D)`` of the block's first ``k <= c`` contexts
+        (all layers: the sums are recomputed as extraction computed them), or ``None``.
+    block
+        The store block.
+    context_start
+        The store's index of the block's first context.
+    edges
+        The left-out positions of the store's statistics plan.
+    tolerance
+        The largest relative difference that still counts as equal.
+
+    Returns
+    -------
+    StatisticsSummary
+
+    Examples
+    --------
+    >>> from posctx.sums import Edges, block_statistics
+    >>> x = np.arange(3 * 4 * 1 * 2, dtype=np.float32).reshape(3, 4, 1, 2)
+    >>> ref = block_statistics(x, Edges(4), [0, 0, 0], 1)
+    >>> ref["ctx_sum"][2, 0, 1] += 1.0  # context 2's sum is off
+    >>> ref["ctx_sumsq"][1] = np.nan  # context 1's was never written
+    >>> s = statistics_chunk_summary(ref["ctx_sum"], ref["ctx_sumsq"], ref["edge"], x[:3],
+    ...                              block=4, context_start=8, edges=Edges(4), tolerance=1e-12)
+    >>> s.nonfinite_contexts.tolist(), s.first_nonfinite, s.compared
+    ([9], (9, 'stat_ctx_sumsq'), 2)
+    >>> s.mismatched_contexts.tolist(), s.mismatched_blocks, s.worst, round(s.max_rel, 4)
+    ([10], (4,), (10, 'stat_ctx_sum'), 0.0156)
+    """
+    stored = {
+        STAT_CTX_SUM: np.asarray(ctx_sum),
+        STAT_CTX_SUMSQ: np.asarray(ctx_sumsq),
+        STAT_EDGE: np.asarray(edge),
+    }
+    c = int(stored[STAT_CTX_SUM].shape[0])
+    finite = np.ones(c, dtype=bool)
+    first: tuple[int, str] | None = None
+    for name, values in stored.items():
+        ok = np.isfinite(values).all(axis=_context_axes(values))
+        if not ok.all():
+            row = int(np.flatnonzero(~ok)[0])
+            if first is None or row < first[0] - context_start:
+                first = (context_start + row, name)
+        finite &= ok
+    bad = np.flatnonzero(~finite)
+    out: dict[str, Any] = {
+        "values": int(sum(v.size for v in stored.values())),
+        "contexts": c,
+        "nonfinite_blocks": (block,) if bad.size else (),
+        "nonfinite_contexts": (context_start + bad).astype(np.int64),
+        "first_nonfinite": first,
+    }
+    x = None if hidden is None else np.asarray(hidden)
+    if x is None or not len(x):
+        return StatisticsSummary(**out)
+    k = int(x.shape[0])
+    finite_hidden = np.isfinite(x).all(axis=_context_axes(x))
+    rows = np.flatnonzero(finite_hidden & finite[:k])
+    out["not_compared"] = (context_start + np.flatnonzero(~finite_hidden)).astype(np.int64)
+    out["compared"] = int(rows.size)
+    if not rows.size:
+        return StatisticsSummary(**out)
+    fresh = block_statistics(x[rows], edges, np.zeros(rows.size, dtype=np.intp), 1)
+    rel = np.zeros(rows.size)
+    worst_name = np.full(rows.size, STAT_CTX_SUM, dtype=object)
+    max_abs = 0.0
+    for name, key in STATISTICS_KEYS.items():
+        want = stored[name][rows].astype(np.float64)
+        got = np.asarray(fresh[key], dtype=np.float64)
+        axes = _context_axes(want)
+        diff = np.abs(got - want).max(axis=axes, initial=0.0)
+        scale = np.abs(want).max(axis=axes, initial=0.0)
+        r = diff / np.maximum(scale, np.finfo(np.float64).tiny)
+        worst_name[r > rel] = name
+        rel = np.maximum(rel, r)
+        max_abs = max(max_abs, float(diff.max(initial=0.0)))
+    high = np.flatnonzero(rel > tolerance)
+    top = int(rel.argmax())
+    out.update(
+        max_abs=max_abs,
+        max_rel=float(rel[top]),
+        worst=(context_start + int(rows[top]), str(worst_name[top])) if rel[top] > 0 else None,
+        mismatched_blocks=(block,) if high.size else (),
+        mismatched_contexts=(context_start + rows[high]).astype(np.int64),
+        inexact=int(np.count_nonzero((rel > 0) & (rel <= tolerance))),
+    )
+    return StatisticsSummary(**out)
+
+
+def combine_statistics(summaries: Sequence[StatisticsSummary]) -> StatisticsSummary:
+    """One summary of ``summaries``, given in store order.
+
+    Examples
+    --------
+    >>> a = StatisticsSummary(values=10, contexts=2, compared=2, max_rel=1e-15, max_abs=1e-14,
+    ...                       worst=(1, "stat_ctx_sum"), inexact=1)
+    >>> b = StatisticsSummary(values=10, contexts=2, nonfinite_blocks=(3,),
+    ...                       nonfinite_contexts=np.array([7]), first_nonfinite=(7, "stat_edge"))
+    >>> s = combine_statistics([a, b])
+    >>> (s.values, s.contexts, s.compared, s.max_rel, s.worst, s.inexact)
+    (20, 4, 2, 1e-15, (1, 'stat_ctx_sum'), 1)
+    >>> s.nonfinite_blocks, s.nonfinite_contexts.tolist(), s.first_nonfinite
+    ((3,), [7], (7, 'stat_edge'))
+    """
+    parts = list(summaries)
+    worst = max(parts, key=lambda s: s.max_rel, default=StatisticsSummary())
+
+    def joined(name: str) -> npt.NDArray[np.int64]:
+        return np.unique(np.concatenate([_no_contexts(), *(getattr(s, name) for s in parts)]))
+
+    return StatisticsSummary(
+        values=sum(s.values for s in parts),
+        contexts=sum(s.contexts for s in parts),
+        nonfinite_blocks=tuple(sorted({b for s in parts for b in s.nonfinite_blocks})),
+        nonfinite_contexts=joined("nonfinite_contexts"),
+        first_nonfinite=next(
+            (s.first_nonfinite for s in parts if s.first_nonfinite is not None), None
+        ),
+        compared=sum(s.compared for s in parts),
+        max_abs=max((s.max_abs for s in parts), default=0.0),
+        max_rel=worst.max_rel,
+        worst=worst.worst,
+        mismatched_blocks=tuple(sorted({b for s in parts for b in s.mismatched_blocks})),
+        mismatched_contexts=joined("mismatched_contexts"),
+        inexact=sum(s.inexact for s in parts),
+        not_compared=joined("not_compared"),
+    )
+
+
 __all__ = [
     "MAX_EXAMPLES",
     "MAX_LISTED",
+    "STATISTICS_KEYS",
     "Framing",
     "HiddenSummary",
+    "StatisticsSummary",
     "TokenSummary",
     "combine_hidden",
+    "combine_statistics",
     "combine_tokens",
     "hidden_chunk_summary",
+    "statistics_chunk_summary",
     "token_chunk_summary",
 ]

@@ -59,8 +59,11 @@ def _check_rerun(st: _Store, n: int, seed: int) -> Check:
     config = ExtractConfig.from_dict(record["config"])
     hidden, token_id = st.array(HIDDEN), st.array(TOKEN_ID)
     complete = st.complete_blocks()
+    if st.stored_contexts() == 0:
+        raise _Skip(f"{st.sample_note()}: there is nothing to compare a recomputation with")
+    # Only contexts whose hidden states the store keeps (all, but for --hidden-contexts N).
     candidates = np.concatenate(
-        [np.arange(b.start, b.stop) for b in complete] or [np.array([], int)]
+        [np.arange(b.start, b.stop) for b in st.stored_blocks()] or [np.array([], int)]
     )
     if candidates.size == 0:
         raise _Skip("no block is marked written")
@@ -133,10 +136,18 @@ def _check_rerun(st: _Store, n: int, seed: int) -> Check:
         "not_recomputed": sorted(failed),
     }
     done = sorted(per_context)
+    among = ""
+    if st.sample_note():
+        figures["hidden_contexts"] = st.stored_contexts()
+        among = (
+            f" (picked among the first {st.stored_contexts()} of {st.n_contexts()} contexts, "
+            "the ones whose hidden states the store keeps)"
+        )
     summary = (
-        f"{_plural(len(done), 'context')} {done[:10]} recomputed in their extraction batches of "
-        f"{batch}{note}: max abs diff {worst_abs:.3g}, max relative diff {worst_rel:.3g} "
-        f"(tolerance {tolerance:g} for {storage} storage, {config.model.dtype} compute){not_run}"
+        f"{_plural(len(done), 'context')} {done[:10]}{among} recomputed in their extraction "
+        f"batches of {batch}{note}: max abs diff {worst_abs:.3g}, max relative diff "
+        f"{worst_rel:.3g} (tolerance {tolerance:g} for {storage} storage, "
+        f"{config.model.dtype} compute){not_run}"
     )
     if bad:
         c, t, k = worst_at

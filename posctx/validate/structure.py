@@ -17,7 +17,13 @@ import numpy as np
 from posctx.errors import PosctxError, StoreError
 from posctx.store import Block, is_remote, partial_files, plan_blocks
 from posctx.store.integrity import REPAIR_ADVICE, describe_missing, missing_chunks
-from posctx.store.layout import EXACT_DTYPES, RANGE_COORDS, SCHEMA, STRING_COORDS
+from posctx.store.layout import (
+    EXACT_DTYPES,
+    RANGE_COORDS,
+    SCHEMA,
+    STRING_COORDS,
+    StatisticsPlan,
+)
 from posctx.store.location import local_path, open_group
 from posctx.types import (
     BLOCK,
@@ -118,6 +124,65 @@ class _Store:
     def complete_blocks(self) -> list[Block]:
         done = self.done()
         return [b for b in self.blocks() if done[b.index]]
+
+    def statistics_array(self, name: str) -> Any:
+        """One of the statistics arrays (``stat_ctx_sum``...), opened once."""
+        key = f"statistics:{name}"
+        if key not in self._cache:
+            try:
+                self._cache[key] = self.group[name]
+            except KeyError:
+                raise _Skip(f"`{name}` is missing") from None
+        return self._cache[key]
+
+    def statistics_plan(self) -> StatisticsPlan | None:
+        """The recorded statistics plan; ``None`` for a store without statistics.
+
+        Raises what :meth:`StatisticsPlan.from_record` raises for a malformed record (the
+        ``statistics`` check reports it).
+        """
+        return StatisticsPlan.from_record(self.record)
+
+    def stored_contexts(self) -> int | None:
+        """How many contexts (the first ones) keep their hidden states; ``None`` for all.
+
+        A store extracted with ``--hidden-contexts N`` (N below its number of contexts) keeps
+        the hidden states of its first N contexts only; its statistics cover every context. A
+        malformed statistics record counts as all (the ``statistics`` check reports it).
+        """
+        try:
+            plan = self.statistics_plan()
+        except Exception:
+            return None
+        if plan is None or plan.hidden_contexts is None:
+            return None
+        n = self.n_contexts()
+        return int(plan.hidden_contexts) if 0 <= plan.hidden_contexts < n else None
+
+    def stored_blocks(self) -> list[Block]:
+        """The blocks marked written, cut to their contexts whose hidden states are stored.
+
+        All of :meth:`complete_blocks` for a store that keeps every hidden state; for a
+        ``--hidden-contexts N`` store only the blocks that start before context N, the one
+        holding context N cut there.
+        """
+        stored = self.stored_contexts()
+        blocks = self.complete_blocks()
+        if stored is None:
+            return blocks
+        return [Block(b.index, b.start, min(b.stop, stored)) for b in blocks if b.start < stored]
+
+    def sample_note(self) -> str:
+        """For a ``--hidden-contexts N`` store, what it keeps, in words; "" for any other."""
+        stored = self.stored_contexts()
+        if stored is None:
+            return ""
+        if stored == 0:
+            return "the store keeps no hidden states (extracted with --hidden-contexts 0)"
+        return (
+            f"the store keeps the hidden states of its first {stored} of {self.n_contexts()} "
+            f"contexts (extracted with --hidden-contexts {stored})"
+        )
 
     def label(self, name: str, index: int) -> Any:
         """The coordinate label at ``index`` along ``name``, or the index if unreadable."""
@@ -395,7 +460,7 @@ def _check_completeness(st: _Store) -> Check:
     missing = [b for b in blocks if not done[b.index]]
     holes = _holes(missing)
     lost = _missing_chunks(st)
-    figures = {
+    figures: dict[str, Any] = {
         "blocks_total": len(blocks),
         "blocks_complete": int(done.sum()),
         "holes": [[a, b] for a, b in holes],  # [first, last] context of each hole
@@ -405,6 +470,16 @@ def _check_completeness(st: _Store) -> Check:
         "damaged_blocks": sorted(lost),
         "missing_chunk_keys": [k for keys in lost.values() for k in keys][:100],
     }
+    sample = st.sample_note()
+    if sample:  # chunk files are expected only for the blocks that keep hidden states
+        figures["hidden_contexts"] = st.stored_contexts()
+        figures["blocks_with_hidden"] = len(st.stored_blocks())
+        expected = (
+            "chunk files of hidden are expected for those only"
+            if st.stored_contexts()
+            else "no chunk file of hidden is expected"
+        )
+        sample = f"; {sample}: {expected}"
     damaged = (
         f"{describe_missing(lost)}: the store is damaged (a partial copy?); {REPAIR_ADVICE}"
         if lost
@@ -415,10 +490,12 @@ def _check_completeness(st: _Store) -> Check:
             return Check(
                 "completeness",
                 "fail",
-                f"all {len(blocks)} blocks marked written, but {damaged}",
+                f"all {len(blocks)} blocks marked written, but {damaged}{sample}",
                 figures,
             )
-        return Check("completeness", "ok", f"all {len(blocks)} blocks marked written", figures)
+        return Check(
+            "completeness", "ok", f"all {len(blocks)} blocks marked written{sample}", figures
+        )
     where = ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in holes[:10])
     more = f" and {len(holes) - 10} more ranges" if len(holes) > 10 else ""
     return Check(
@@ -427,7 +504,8 @@ def _check_completeness(st: _Store) -> Check:
         f"{len(missing)} of {len(blocks)} blocks never marked written: contexts {where}{more} "
         f"({figures['contexts_missing']} contexts); re-run the same `posctx extract` command to "
         "finish them, or use only the finished contexts (`posctx decompose --complete-only`, "
-        f"posctx.open_hidden(..., complete_only=True)){'; and ' + damaged if damaged else ''}",
+        f"posctx.open_hidden(..., complete_only=True)){'; and ' + damaged if damaged else ''}"
+        f"{sample}",
         figures,
     )
 
@@ -435,12 +513,14 @@ def _check_completeness(st: _Store) -> Check:
 def _missing_chunks(st: _Store) -> dict[int, list[str]]:
     """Chunk files of ``hidden`` that the blocks marked written lack (see store.integrity).
 
+    Only of the contexts whose hidden states the store keeps (:meth:`_Store.stored_blocks`).
+
     Empty when ``hidden``'s metadata cannot be read: the schema check reports that.
     """
     if HIDDEN not in st.arrays:
         return {}
     try:
-        return missing_chunks(st.path, st.complete_blocks(), st.storage_options)
+        return missing_chunks(st.path, st.stored_blocks(), st.storage_options)
     except StoreError:
         return {}
 

@@ -14,7 +14,8 @@ import zarr
 
 from posctx.errors import IncompleteStoreError, StoreError
 from posctx.store.direct import direct_source
-from posctx.store.reading import COMPLETE_ONLY_ATTR, open_hidden, open_labelled, store_info
+from posctx.store.info import store_info
+from posctx.store.reading import COMPLETE_ONLY_ATTR, open_hidden, open_labelled
 from posctx.testing import write_large_planted_store
 
 

@@ -15,6 +15,7 @@ from posctx.errors import StoreError
 from posctx.testing import planted_hidden, write_large_planted_store
 from posctx.validate.api import _has_member, _open, clean_partial_files, validate_store
 from posctx.validate.report import Check, _Skip
+from posctx.validate.statistics import NO_STATISTICS
 
 ORDER = [
     "schema",
@@ -101,7 +102,8 @@ def test_checks_run_in_order_and_a_crashing_check_fails_alone(
     report = validate_store(path)
     assert [c.name for c in report.checks] == ORDER
     assert report.skipped == [
-        ("rerun", "not requested (--rerun N / rerun=N recomputes N contexts with the model)")
+        ("statistics", NO_STATISTICS),  # a store without statistics
+        ("rerun", "not requested (--rerun N / rerun=N recomputes N contexts with the model)"),
     ]
 
     def crash(st: object) -> Check:
@@ -121,6 +123,7 @@ def test_checks_run_in_order_and_a_crashing_check_fails_alone(
     assert report.skipped == [
         ("completeness", "cannot run: `offset` is missing"),
         ("finite", "not requested (--no-scan / scan=False)"),
+        ("statistics", NO_STATISTICS),
         ("rerun", "not requested (--rerun N / rerun=N recomputes N contexts with the model)"),
     ]
 

@@ -11,8 +11,9 @@ import numpy as np
 from dask.delayed import Delayed
 
 from posctx.store import Block, plan_blocks
+from posctx.sums import Edges, block_statistics
 from posctx.testing import raise_if_dask_computes, track_chunk_reads
-from posctx.validate.graph import hidden_summaries, token_summaries
+from posctx.validate.graph import hidden_summaries, statistics_summaries, token_summaries
 from posctx.validate.kernels import Framing, hidden_chunk_summary, token_chunk_summary
 
 
@@ -101,3 +102,28 @@ def test_graph_names_follow_their_inputs() -> None:
     framed = token_summaries(ids, blocks, 10, Framing((1,), (), ()))
     assert framed.key != token_summaries(ids, blocks, 10, None).key
     assert str(framed.key).startswith("posctx-validate-tokens-")
+
+
+def test_statistics_summaries_share_the_hidden_reads_of_the_finite_scan() -> None:
+    x = np.random.default_rng(1).normal(size=(11, 3, 5, 2)).astype(np.float32)
+    ref = block_statistics(x, Edges(3), np.zeros(11, np.intp), 1)
+    stats = [da.from_array(ref[k], chunks=4) for k in ("ctx_sum", "ctx_sumsq", "edge")]
+    tracked, reads = track_chunk_reads(da.from_array(x, chunks=(4, 3, 2, 2)))
+    blocks = plan_blocks(11, 4)
+    kept = [Block(0, 0, 4), Block(1, 4, 6)]  # the hidden states of the first 6 contexts
+    finite = hidden_summaries(tracked, kept, layer_chunk=2)
+    lazy = statistics_summaries(stats, tracked, blocks, {0: 4, 1: 2}, Edges(3), 0.0)
+    assert _tasks(lazy) == 3  # one per block
+    with raise_if_dask_computes(max_computes=1):
+        _, got = dask.compute(finite, lazy)
+    assert sorted(reads.counts) == [(b, 0, k, 0) for b in (0, 1) for k in range(3)]
+    assert set(reads.counts.values()) == {1}  # each chunk read once for both
+    assert [(s.contexts, s.compared, s.max_rel) for s in got] == [
+        (4, 4, 0.0),
+        (4, 2, 0.0),
+        (3, 0, 0.0),
+    ]
+    # Per context: a sum (5 layers x 2 dims), 5 sums of squares, 1 edge position (10 values).
+    assert [s.values for s in got] == [4 * 25, 4 * 25, 3 * 25]
+    without = statistics_summaries(stats, None, blocks, {}, Edges(3), 0.0)
+    assert [s.compared for s in dask.compute(without)[0]] == [0, 0, 0]

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from posctx.sums import Edges, block_statistics
 from posctx.validate.kernels import (
     MAX_EXAMPLES,
     MAX_LISTED,
@@ -15,8 +17,10 @@ from posctx.validate.kernels import (
     HiddenSummary,
     TokenSummary,
     combine_hidden,
+    combine_statistics,
     combine_tokens,
     hidden_chunk_summary,
+    statistics_chunk_summary,
     token_chunk_summary,
 )
 
@@ -226,3 +230,63 @@ def test_no_ids_give_no_range() -> None:
     assert combine_tokens([empty, one]) == TokenSummary(ids=2, min=5, max=6, contexts=1)
     negative = token_chunk_summary(np.array([[5, -6]]), 3, None, None)  # no limit: >= 0 only
     assert (negative.out_of_range, negative.first_out_of_range) == (1, (3, 1, -6))
+
+
+# --- statistics ---------------------------------------------------------------------------------
+
+
+def _statistics(x: np.ndarray, edges: Edges) -> dict[str, np.ndarray]:
+    stats = block_statistics(x, edges, np.zeros(len(x), np.intp), 1)
+    return {k: stats[k] for k in ("ctx_sum", "ctx_sumsq", "edge")}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_statistics_of_stored_hidden_states_match_exactly(dtype: str) -> None:
+    edges = Edges(5, 1, 1)
+    x = np.random.default_rng(2).normal(size=(4, 5, 3, 6)).astype(dtype)
+    stored = _statistics(x, edges)
+    s = statistics_chunk_summary(*stored.values(), x, 2, 8, edges, 0.0)
+    assert (s.values, s.contexts, s.compared, s.max_abs, s.max_rel, s.worst) == (
+        4 * 18 + 4 * 3 + 4 * 36,
+        4,
+        4,
+        0.0,
+        0.0,
+        None,
+    )
+    assert s.mismatched_blocks == () and s.inexact == 0 and s.first_nonfinite is None
+
+
+def test_statistics_compare_the_stored_contexts_only_and_skip_non_finite_hidden() -> None:
+    edges = Edges(5)
+    x = np.random.default_rng(3).normal(size=(4, 5, 2, 3)).astype(np.float32)
+    stored = _statistics(x, edges)
+    stored["edge"][3, 0, 1, 2] += 1.0  # context 3: its hidden states are not stored
+    stored["ctx_sumsq"][1, 0] *= 1 + 1e-14  # context 1: within the tolerance
+    hidden = x[:3].copy()
+    hidden[2, 4, 0, 0] = np.nan  # context 2: not finite, so not compared
+    s = statistics_chunk_summary(*stored.values(), hidden, 0, 0, edges, 1e-12)
+    assert s.compared == 2 and s.not_compared.tolist() == [2] and s.mismatched_blocks == ()
+    assert s.inexact == 1 and s.worst == (1, "stat_ctx_sumsq") and 0 < s.max_rel <= 1e-12
+    tight = statistics_chunk_summary(*stored.values(), hidden, 0, 0, edges, 0.0)
+    assert tight.mismatched_contexts.tolist() == [1] and tight.mismatched_blocks == (0,)
+    assert statistics_chunk_summary(*stored.values(), None, 0, 0, edges, 0.0).compared == 0
+
+
+def test_statistics_summaries_combine_in_store_order() -> None:
+    edges = Edges(4)
+    x = np.random.default_rng(4).normal(size=(6, 4, 1, 2)).astype(np.float32)
+    stored = _statistics(x, edges)
+    stored["ctx_sum"][[1, 4]] = np.nan
+    stored["edge"][5] += 3.0
+    parts = [
+        statistics_chunk_summary(*(v[a:b] for v in stored.values()), x[a:b], i, a, edges, 0.0)
+        for i, (a, b) in enumerate([(0, 3), (3, 6)])
+    ]
+    s = combine_statistics(parts)
+    assert s.nonfinite_contexts.tolist() == [1, 4] and s.nonfinite_blocks == (0, 1)
+    assert s.first_nonfinite == (1, "stat_ctx_sum")
+    assert s.mismatched_contexts.tolist() == [5] and s.worst == (5, "stat_edge")
+    assert s.compared == 4 and s.contexts == 6 and s.max_abs == pytest.approx(3.0, rel=1e-6)
+    empty = combine_statistics([])
+    assert (empty.values, empty.first_nonfinite, empty.worst) == (0, None, None)
