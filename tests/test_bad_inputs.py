@@ -742,7 +742,7 @@ CASES: list[Case] = [
     ),
     Case(
         "decompose-missing-chunk-file",
-        lambda e: ["decompose", _damaged(e), "--out", e.path("d2.zarr")],
+        lambda e: ["decompose", _damaged(e), "--out", e.path("d2.zarr"), "--positions", "2:9"],
         "1 chunk of hidden is missing although its block is marked written (block 1; "
         "e.g. hidden/c/1/0/0/0): the store is damaged",
         "run `posctx validate",
@@ -755,10 +755,12 @@ CASES: list[Case] = [
             "--out",
             e.path("d2.zarr"),
             "--complete-only",
+            "--positions",
+            "2:9",
         ],
         "1 chunk of hidden is missing although its block is marked written (block 1; "
         "e.g. hidden/c/1/0/0/0)",
-        "re-extract those blocks (set their block_complete to 0",
+        "re-run the same `posctx extract` command: it computes the blocks whose files",
     ),
     Case(
         "decompose-other-schema-version",

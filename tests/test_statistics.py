@@ -303,3 +303,23 @@ def test_the_report_takes_the_hidden_moments_from_the_statistics(
     np.testing.assert_allclose(
         result.metrics.resid_sv.values[:, :10], read.resid_sv.values[:, :10], rtol=1e-4
     )
+
+
+@pytest.mark.parametrize("statistics", [True, False])
+def test_the_same_extract_command_recomputes_blocks_whose_chunk_files_are_lost(
+    tiny_models: dict[str, Path], tmp_path: Path, statistics: bool
+) -> None:
+    store = tmp_path / "h.zarr"
+    config = _config(str(tiny_models["bert"]), 12, statistics=statistics)
+    extract(config, str(store), progress=False)
+    before = xr.open_zarr(store).hidden.values.copy()
+    partials = sorted(p.name for p in (store / "stat_partials").iterdir()) if statistics else []
+    (store / "hidden" / "c" / "1" / "0" / "0" / "0").unlink()  # a partial copy lost block 1
+    with pytest.raises(StoreError, match="re-run the same `posctx extract` command: it computes"):
+        posctx.open_hidden(str(store))
+    result = extract(config, str(store), progress=False)
+    assert result.blocks_written == 1
+    np.testing.assert_array_equal(posctx.open_hidden(str(store)).hidden.values, before)
+    if statistics:  # what the partials counted stays counted, once
+        assert sorted(p.name for p in (store / "stat_partials").iterdir()) == partials
+        assert open_statistics(str(store)).sizes["context"] == 12

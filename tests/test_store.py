@@ -243,8 +243,8 @@ def test_open_hidden_refuses_a_store_with_missing_chunk_files(tmp_path: Path) ->
     expected = (
         f"{path}: 2 chunks of hidden are missing although their blocks are marked written "
         "(blocks 1-2; e.g. hidden/c/1/0/1/0): the store is damaged (a partial copy?); run "
-        f"`posctx validate {path}` for details, and restore the files or re-extract those "
-        "blocks (set their block_complete to 0 and re-run the same `posctx extract` command)"
+        f"`posctx validate {path}` for details, and restore the files, or re-run the same "
+        "`posctx extract` command: it computes the blocks whose files are missing again"
     )
     for complete_only in (False, True):
         with pytest.raises(StoreError) as info:

@@ -137,8 +137,8 @@ def test_missing_chunk_files_of_marked_blocks_fail_completeness(store: Path) -> 
     assert completeness.detail == (
         "all 3 blocks marked written, but 1 chunk of hidden is missing although its block is "
         "marked written (block 1; e.g. hidden/c/1/0/0/0): the store is damaged (a partial "
-        "copy?); restore the files or re-extract those blocks (set their block_complete to 0 "
-        "and re-run the same `posctx extract` command)"
+        "copy?); restore the files, or re-run the same `posctx extract` command: it computes "
+        "the blocks whose files are missing again"
     )
     figures = completeness.figures
     assert (figures["missing_chunks"], figures["damaged_blocks"]) == (1, [1])

@@ -145,26 +145,33 @@ def decompose_store(
     target = os.fspath(store)
     if previous is not None:
         _refuse_update_options(previous, positions, contexts, topic, moments)
-    stats, reason = _statistics(target, storage_options, complete_only)
-    if previous is not None and stats is not None:
+    record = read_provenance(target, storage_options)
+    plan = None if record is None else StatisticsPlan.from_record(record)
+    if previous is not None and plan is not None:
         old = json.loads(
             open_decomposition(previous, storage_options=storage_options).attrs[DECOMPOSITION_ATTR]
         )
         # What the update would read is all in the statistics: no previous sums needed.
         first, last = old["positions"]
         positions, moments = slice(first, last), bool(old.get("moments"))
-        reason = cannot_serve(stats, positions=positions, moments=moments)
-    if stats is not None and reason is None:
+    # Decided from the plan alone: a selection they cannot serve never opens the statistics.
+    reason = (
+        "the store keeps no statistics (made before posctx 0.2, or --no-statistics)"
+        if plan is None
+        else cannot_serve(
+            _skeleton(plan), positions=positions, contexts=contexts, topic=topic, moments=moments
+        )
+    )
+    if plan is not None and reason is None:
+        stats = open_statistics(
+            target, complete_only=complete_only, storage_options=storage_options
+        )
         if topic is not None:
             _topic_contexts(stats, topic, target)
-        reason = cannot_serve(
-            stats, positions=positions, contexts=contexts, topic=topic, moments=moments
-        )
-    if stats is not None and reason is None:
         dec = finalize(stored_statistics(stats, positions=positions, topic=topic, moments=moments))
         write_decomposition(dec, out, mode=mode, storage_options=storage_options, one_pass=True)
         n_read, source = 0, "statistics"
-    elif stats is not None and stats.attrs[STATISTICS_ATTR].get("hidden_contexts") == 0:
+    elif plan is not None and plan.hidden_contexts == 0:
         raise PosctxError(
             f"{reason}, and {target} keeps no hidden states (extracted with --hidden-contexts "
             "0): decompose the default positions or all positions (--positions auto or all) "
@@ -261,17 +268,14 @@ def _refuse_update_options(
         )
 
 
-def _statistics(
-    path: str, storage_options: Mapping[str, Any] | None, complete_only: bool
-) -> tuple[xr.Dataset | None, str | None]:
-    """The store's statistics, or ``None`` and why not."""
-    record = read_provenance(path, storage_options)
-    if record is not None and StatisticsPlan.from_record(record) is None:
-        return None, "the store keeps no statistics (made before posctx 0.2, or --no-statistics)"
-    return (
-        open_statistics(path, complete_only=complete_only, storage_options=storage_options),
-        None,
+def _skeleton(plan: StatisticsPlan) -> xr.Dataset:
+    """What :func:`cannot_serve` needs to know of a store's statistics: their plan."""
+    skeleton = xr.Dataset(
+        coords={POSITION: np.arange(plan.edges.length)}, attrs={STATISTICS_ATTR: plan.to_dict()}
     )
+    if plan.moments:
+        skeleton["m2"] = (), 0.0
+    return skeleton
 
 
 def _hidden_source(ds: xr.Dataset) -> str:

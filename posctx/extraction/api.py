@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -15,14 +15,17 @@ from posctx.extraction.cluster import run_blocks_distributed
 from posctx.extraction.plan import (
     BlockRun,
     check_shard,
+    damaged_blocks,
     flush_seconds,
     pending_blocks,
     prepare_store,
     refuse_interrupted_extension,
     refuse_mismatch,
     settle_statistics,
+    unmark,
 )
 from posctx.extraction.run import run_blocks
+from posctx.extraction.statistics import repair_blocks
 from posctx.store import (
     check_writable,
     completed_blocks,
@@ -157,6 +160,10 @@ def extract(
     mine = pending_blocks(blocks, np.zeros(len(blocks), bool), shard)
     if statistics is not None:
         done = settle_statistics(path, storage_options, blocks, done, mine)
+    damaged = [] if plan_only else damaged_blocks(path, storage_options, mine, done, statistics)
+    if damaged and statistics is None:  # computed again like any unfinished block
+        unmark(path, storage_options, damaged)
+        done[[b.index for b in damaged]] = False
     todo = [] if plan_only else pending_blocks(blocks, done, shard)
     n_done = sum(b.size for b in mine if done[b.index])
     start = time.perf_counter()
@@ -175,6 +182,9 @@ def extract(
         chunk_contexts=chunk,
         flush_seconds=flush_seconds(),
     )
+    if damaged and statistics is not None:
+        # Counted already: recompute their hidden states (the same values) and nothing else.
+        repair_blocks(loaded, replace(run, blocks=tuple(damaged), progress=False))
     if not todo:
         tokens = 0
     elif client is not None:
@@ -185,7 +195,7 @@ def extract(
         path=str(path),
         n_contexts=config.store.contexts,
         n_blocks=len(blocks),
-        blocks_written=len(todo),
+        blocks_written=len(todo) + (len(damaged) if statistics is not None else 0),
         blocks_already_done=len(mine) - len(todo),
         tokens_written=tokens,
         seconds=time.perf_counter() - start,

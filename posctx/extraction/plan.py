@@ -304,17 +304,49 @@ def settle_statistics(
     process's blocks that are marked but counted by no partial (their partial was lost) are
     unmarked, so that they are computed again. Returns the markers.
     """
-    from posctx.store.location import open_group
 
     done = roll_forward(path, storage_options, blocks, done)
     counted = coverage(select_partials(read_partials(path, storage_options)[0]), blocks)
     lost = [b for b in mine if done[b.index] and counted[b.index] == 0]
-    if lost:
-        markers = open_group(path, "r+", storage_options)[BLOCK_COMPLETE]
-        for block in lost:
-            markers[block.index] = 0
-            done[block.index] = False
+    unmark(path, storage_options, lost)
+    done[[b.index for b in lost]] = False
     return done
+
+
+def unmark(path: str, storage_options: Mapping[str, Any] | None, blocks: Sequence[Block]) -> None:
+    """Clear the markers of ``blocks``, so that they are computed again."""
+    if not blocks:
+        return
+    from posctx.store.location import open_group
+
+    markers = open_group(path, "r+", storage_options)[BLOCK_COMPLETE]
+    for block in blocks:
+        markers[block.index] = 0
+
+
+def damaged_blocks(
+    path: str,
+    storage_options: Mapping[str, Any] | None,
+    mine: Sequence[Block],
+    done: np.ndarray,
+    statistics: StatisticsPlan | None,
+) -> list[Block]:
+    """This process's blocks marked written whose hidden chunk files are missing.
+
+    A partial copy or an object-store rule can lose chunk files of finished blocks; the same
+    extract command recomputes them (:func:`~posctx.store.integrity.missing_chunks` looks for
+    them by name, reading nothing). Blocks whose hidden states the store does not keep
+    (``--hidden-contexts``) have no files to miss.
+    """
+    from posctx.store.integrity import missing_chunks
+
+    kept = []
+    for block in mine:
+        stored = block.size if statistics is None else statistics.stores_hidden(block).stop
+        if done[block.index] and stored > 0:
+            kept.append(Block(block.index, block.start, block.start + stored))
+    missing = missing_chunks(path, kept, storage_options) if kept else {}
+    return [block for block in mine if block.index in missing]
 
 
 #: Environment variable: seconds between a writer's commits of its statistics (default 30).
@@ -405,6 +437,8 @@ class BlockRun:
 
 
 __all__ = [
+    "unmark",
+    "damaged_blocks",
     "statistics_plan",
     "FLUSH_ENV",
     "flush_seconds",

@@ -125,4 +125,18 @@ class WriterStatistics:
         return out
 
 
-__all__ = ["Commit", "WriterStatistics"]
+def repair_blocks(loaded: LoadedModel, run: BlockRun) -> None:
+    """Compute ``run.blocks`` again and write their hidden states and per-context statistics.
+
+    For blocks that partials count already but whose hidden chunk files were lost: the same
+    forward passes give the same values, so what was counted stays right; nothing is counted
+    again and the markers stay set.
+    """
+    writer = BlockWriter(run.path, run.storage_options)
+    throwaway = WriterStatistics(loaded, run, "repair")
+    for block in run.blocks:
+        data, contexts, _ = throwaway.compute(block, writer)
+        writer.write_unmarked(block, data, contexts)
+
+
+__all__ = ["Commit", "WriterStatistics", "repair_blocks"]

@@ -16,8 +16,8 @@ from posctx.errors import StoreError
 from posctx.store.blocks import completed_blocks
 from posctx.store.layout import STATISTICS_SCHEMA, StatisticsPlan, plan_blocks
 from posctx.store.location import open_group, size_on_disk
+from posctx.store.partials import coverage, read_partials, select_partials
 from posctx.store.provenance import read_provenance
-from posctx.store.statistics import coverage, read_partials, select_partials
 from posctx.types import HIDDEN, STAT_PARTIALS, TOKEN_ID
 
 #: The store's members that hold its statistics: the per-context arrays, the ``edge``

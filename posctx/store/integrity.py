@@ -24,15 +24,15 @@ from typing import Any
 from posctx.errors import StoreError
 from posctx.store.layout import Block
 from posctx.store.location import is_remote, local_path, remote_fs
-from posctx.types import BLOCK_COMPLETE, HIDDEN
+from posctx.types import HIDDEN
 
 #: The name of an array's own metadata document (Zarr v3).
 ARRAY_METADATA = "zarr.json"
 
 #: What to do about missing chunk files, for every message that reports them.
 REPAIR_ADVICE = (
-    "restore the files or re-extract those blocks (set their "
-    f"{BLOCK_COMPLETE} to 0 and re-run the same `posctx extract` command)"
+    "restore the files, or re-run the same `posctx extract` command: it computes the blocks "
+    "whose files are missing again"
 )
 
 #: How many runs of block indices a message lists before it counts the rest.
@@ -320,7 +320,7 @@ def check_chunks_present(
     >>> check_chunks_present(path, plan_blocks(8, 4))  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    posctx.errors.StoreError: ...: 1 chunk of hidden is missing although its block is marked written (block 1; e.g. hidden/c/1/0/0/0): the store is damaged (a partial copy?); run `posctx validate ...` for details, and restore the files or re-extract those blocks ...
+    posctx.errors.StoreError: ...: 1 chunk of hidden is missing although its block is marked written (block 1; e.g. hidden/c/1/0/0/0): the store is damaged (a partial copy?); run `posctx validate ...` for details, and restore the files, or re-run the same ...
     """
     missing = missing_chunks(path, blocks, storage_options)
     if missing:

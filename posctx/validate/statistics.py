@@ -27,7 +27,7 @@ import numpy as np
 
 from posctx.store.integrity import block_runs
 from posctx.store.layout import RECORD_KEY, STATISTICS_SCHEMA, StatisticsPlan
-from posctx.store.statistics import (
+from posctx.store.partials import (
     Partial,
     coverage,
     coverage_problems,
