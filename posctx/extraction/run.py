@@ -105,7 +105,7 @@ def run_blocks(loaded: LoadedModel, run: BlockRun) -> int:
     bar = Progress(run.n_total, run.n_done, run.progress)
     background = _Writer(writer, run, lambda block: bar.add(block.size, block.size * run.length))
     stats = None if run.statistics is None else WriterStatistics(loaded, run, new_owner())
-    last_commit = time.monotonic()
+    last_commit, since_commit = time.monotonic(), 0
     try:
         for block in run.blocks:
             if stats is None:
@@ -115,8 +115,13 @@ def run_blocks(loaded: LoadedModel, run: BlockRun) -> int:
                 continue
             data, contexts, tail = stats.compute(block, writer)
             commit = tail
-            if tail is None and time.monotonic() - last_commit >= run.flush_seconds:
-                commit, last_commit = stats.commit(), time.monotonic()
+            since_commit += data.nbytes
+            # Every flush_seconds, or once the hidden states written since the last commit
+            # outweigh the partial a commit rewrites several times over (so small runs mark
+            # nearly every block, and a failure loses little).
+            due = time.monotonic() - last_commit >= run.flush_seconds
+            if tail is None and (due or since_commit >= 8 * stats.partial_bytes()):
+                commit, last_commit, since_commit = stats.commit(), time.monotonic(), 0
             background.put(block, data, contexts, commit)
         if stats is not None:
             background.put(None, None, None, stats.commit())

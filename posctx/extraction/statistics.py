@@ -107,6 +107,15 @@ class WriterStatistics:
         self.unmarked.append(block)
         return data, contexts, None
 
+    def partial_bytes(self) -> int:
+        """Bytes a commit of this writer's partial writes: its position sums (and moments)."""
+        plan = self.run.statistics
+        assert plan is not None
+        n_layers, n_dims = len(self.loaded.layers), self.loaded.hidden_size
+        per_topic = plan.edges.length * n_layers * n_dims * 8
+        moments = n_layers * n_dims * (n_dims + 1) * 8 if plan.moments else 0
+        return len(self.run.topics) * per_topic + moments
+
     def commit(self) -> Commit | None:
         """The next version of the partial, if blocks were added since the last one."""
         if not self.unmarked or self._sums is None:
