@@ -12,7 +12,7 @@ measures wall time and peak memory (max RSS) of that process:
     ``posctx.open_hidden`` uses for uncompressed local stores), no arithmetic;
 (b) ``posctx``: ``posctx.write_decomposition(posctx.decompose(open_hidden(store)), out)``;
 (b') ``posctx-numpy``: the same with ``POSCTX_KERNEL=numpy`` (numpy's passes instead of the
-    compiled one-pass kernel of ``posctx.decomposition.fused``);
+    compiled one-pass kernel of ``posctx.fused``);
 (b'') ``posctx-prior``: posctx before that kernel and raw outputs: numpy kernel, outputs
     compressed with zstd, ``ctx`` stored in one hidden chunk's contexts per chunk;
 (c) ``naive``: the xarray route a user would write: ``.mean`` over each axis and the sum of

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import posctx
-from posctx.decomposition import fused
+from posctx import fused
 from posctx.decomposition.kernels import ContextSums, chunk_stats
 from posctx.testing import planted_hidden
 
@@ -141,3 +141,12 @@ def test_an_unwritable_numba_cache_falls_back_to_compiling_each_time(
         np.testing.assert_allclose(chunk_stats(x)["sumsq"], (x.astype(float) ** 2).sum((0, 1, 3)))
     finally:
         fused._forget()
+
+
+def test_the_old_module_forwards_with_a_warning() -> None:
+    import posctx.decomposition.fused as old
+
+    with pytest.warns(
+        FutureWarning, match=r"posctx\.decomposition\.fused\.slab_kernel .*posctx\.fused"
+    ):
+        assert old.slab_kernel is fused.slab_kernel

@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1] / "posctx"
 #: import only units listed before it. docs/design.md draws the same order.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("types", "errors", "_version", "_deprecated", "progress"),
-    ("config", "sums"),
+    ("config", "fused"),
+    ("sums",),
     ("store", "corpus", "model", "cluster", "fastread"),
     ("extraction", "decomposition", "validate"),
     ("geometry",),
@@ -33,7 +34,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 #: Kernel modules: pure numpy (and numba); no labelled arrays, graphs or models.
 KERNEL_MODULES = (
     "posctx.decomposition.kernels",
-    "posctx.decomposition.fused",
+    "posctx.fused",
     "posctx.geometry.kernels",
     "posctx.attention.kernels",
     "posctx.validate.kernels",

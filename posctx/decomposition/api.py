@@ -18,7 +18,6 @@ import numpy.typing as npt
 import xarray as xr
 
 from posctx._version import version as _posctx_version
-from posctx.decomposition.fused import kernel_name
 from posctx.decomposition.graph import (
     STATISTIC_NAMES,
     finalize_arrays,
@@ -26,6 +25,7 @@ from posctx.decomposition.graph import (
     statistics_from_files,
 )
 from posctx.errors import PosctxError
+from posctx.fused import kernel_name
 from posctx.store.direct import direct_source
 from posctx.types import (
     COMPLETE_ONLY_ATTR,
@@ -238,7 +238,7 @@ def statistics_dataset(
     record names the selection, the source store, where the sums came from (``source``:
     ``"hidden states"`` read back, or the ``"statistics"`` kept during extraction) and the
     posctx version, and ``kernel``, the per-chunk kernel used (by default the one
-    :func:`~posctx.decomposition.fused.kernel_name` chooses). ``attrs`` (the store's) are
+    :func:`~posctx.fused.kernel_name` chooses). ``attrs`` (the store's) are
     kept as the record of where the states came from, marked as a decomposition's.
     """
     coords = xr.Coordinates(coords) if not isinstance(coords, xr.Coordinates) else coords

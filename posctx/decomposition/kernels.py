@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from posctx._deprecated import renamed
-from posctx.decomposition.fused import COMPILED_DTYPES, slab_kernel
+from posctx.fused import COMPILED_DTYPES, slab_kernel
 from posctx.sums import centred_moments, merge_moments
 from posctx.types import Float64Array
 
@@ -106,7 +106,7 @@ class ContextSums:
         self.pos_sum = np.zeros((length, n_layers, n_dims))
         self.ctx_sum = np.empty((n_contexts, n_layers, n_dims))
         self.sumsq = np.zeros(n_layers)
-        # The compiled one-pass kernel where numba is installed (posctx.decomposition.fused).
+        # The compiled one-pass kernel where numba is installed (posctx.fused).
         self._fused = slab_kernel()
         # One reused buffer: a fresh 1.4 MB array per context would be mmap-allocated and
         # page-faulted every time (measured 1.3x slower). float64 for numpy's passes; float32
