@@ -57,6 +57,7 @@ _storage_option = click.option(
     metavar="KEY=VALUE",
     help="fsspec option for URL stores (repeatable), e.g. endpoint_url=http://localhost:9000.",
 )
+_quiet = click.option("--quiet", is_flag=True, help="No progress bars.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -176,7 +177,7 @@ def cli() -> None:
     is_flag=True,
     help="Create or extend the store (token ids, labels) and compute nothing: run once before starting shards.",
 )
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_quiet
 def extract(**kw: Any) -> None:
     """Extract hidden states of every layer into a labelled Zarr store (resumable)."""
     from posctx.extraction import extract as run
@@ -355,7 +356,7 @@ def info(store: str, as_json: bool, storage_option: tuple[str, ...]) -> None:
     help="Delete .partial chunk files left by a killed writer (local stores; only while no extraction runs).",
 )
 @_storage_option
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_quiet
 def validate(
     store: str,
     as_json: bool,
@@ -407,7 +408,7 @@ def validate(
     help="Seeds the context sample, k-means and random baselines.",
 )
 @_storage_option
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_quiet
 def report(
     decomposition: str,
     out: str,
@@ -496,7 +497,7 @@ def attention(
 )
 @click.option("--contexts", default=512, show_default=True)
 @click.option("--length", default=128, show_default=True)
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_quiet
 def demo(out: str, contexts: int, length: int, quiet: bool) -> None:
     """Run extract -> decompose -> report on MiniLM and the built-in stdlib corpus, offline."""
     from posctx.demo import run_demo

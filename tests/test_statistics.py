@@ -247,6 +247,24 @@ def test_statistics_that_disagree_with_the_markers_are_refused(
     assert open_statistics(str(store)).sizes["context"] == 12
 
 
+def test_a_missing_statistics_chunk_of_a_marked_block_is_refused_not_read_as_nan(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    store = tmp_path / "h.zarr"
+    extract(_config(str(tiny_models["bert"]), 12), str(store), progress=False)
+    whole = decompose_store(str(store), str(tmp_path / "whole.zarr"))
+    assert whole.source == "statistics"
+    chunk = store / STAT_CTX_SUM / "c" / "1" / "0" / "0"  # block 1: contexts 4-7
+    assert chunk.is_file()
+    stats = open_statistics(str(store))
+    chunk.unlink()  # block 1's per-context sums, as a partial copy would lose them
+    with pytest.raises(StoreError, match=r"1 chunk of stat_ctx_sum is missing .*block 1.*validate"):
+        decompose_store(str(store), str(tmp_path / "d.zarr"))
+    # Lost after the store was opened: refused when read, not taken as NaN.
+    with pytest.raises(StoreError, match=r"chunk file .*stat_ctx_sum.* is missing.*validate"):
+        stats[STAT_CTX_SUM].load()
+
+
 @pytest.mark.skipif(
     not hasattr(os, "geteuid") or os.geteuid() != 0,
     reason="needs root to mount a size-limited tmpfs (mount -t tmpfs -o size=4m tmpfs DIR)",

@@ -290,10 +290,12 @@ def describe_missing(missing: Mapping[int, Sequence[str]], name: str = HIDDEN) -
     return f"{head} although {marked} marked written ({which} {block_runs(blocks)}; e.g. {example})"
 
 
-def damaged_store_message(path: str, missing: Mapping[int, Sequence[str]]) -> str:
-    """The one-line refusal of a store with missing chunks, naming them and the way out."""
+def damaged_store_message(
+    path: str, missing: Mapping[int, Sequence[str]], name: str = HIDDEN
+) -> str:
+    """The one-line refusal of a store missing chunks of ``name``, naming them and the fix."""
     return (
-        f"{path}: {describe_missing(missing)}: the store is damaged (a partial copy?); run "
+        f"{path}: {describe_missing(missing, name)}: the store is damaged (a partial copy?); run "
         f"`posctx validate {path}` for details, and {REPAIR_ADVICE}"
     )
 
