@@ -263,6 +263,18 @@ def test_a_missing_statistics_chunk_of_a_marked_block_is_refused_not_read_as_nan
     # Lost after the store was opened: refused when read, not taken as NaN.
     with pytest.raises(StoreError, match=r"chunk file .*stat_ctx_sum.* is missing.*validate"):
         stats[STAT_CTX_SUM].load()
+    # posctx validate names it, and the same extract command computes that block again.
+    report = posctx.validate_store(str(store), scan=False)
+    check = next(c for c in report.checks if c.name == "statistics")
+    assert check.status == "fail", check.detail
+    assert "1 chunk of stat_ctx_sum is missing" in check.detail
+    assert check.figures["missing_statistics_chunks"] == 1
+    result = extract(_config(str(tiny_models["bert"]), 12), str(store), progress=False)
+    assert result.blocks_written == 1
+    again = decompose_store(str(store), str(tmp_path / "again.zarr"))
+    assert (
+        _relative(posctx.open_decomposition(again.path), posctx.open_decomposition(whole.path)) == 0
+    )
 
 
 @pytest.mark.skipif(

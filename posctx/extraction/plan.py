@@ -331,21 +331,26 @@ def damaged_blocks(
     done: np.ndarray,
     statistics: StatisticsPlan | None,
 ) -> list[Block]:
-    """This process's blocks marked written whose hidden chunk files are missing.
+    """This process's blocks marked written whose hidden or statistics chunk files are missing.
 
     A partial copy or an object-store rule can lose chunk files of finished blocks; the same
     extract command recomputes them (:func:`~posctx.store.integrity.missing_chunks` looks for
     them by name, reading nothing). Blocks whose hidden states the store does not keep
-    (``--hidden-contexts``) have no files to miss.
+    (``--hidden-contexts``) have no hidden files to miss, but their per-context statistics.
     """
     from posctx.store.integrity import missing_chunks
+    from posctx.store.statistics import PER_CONTEXT
 
     kept = []
     for block in mine:
         stored = block.size if statistics is None else statistics.stores_hidden(block).stop
         if done[block.index] and stored > 0:
             kept.append(Block(block.index, block.start, block.start + stored))
-    missing = missing_chunks(path, kept, storage_options) if kept else {}
+    missing = set(missing_chunks(path, kept, storage_options) if kept else {})
+    marked = [block for block in mine if done[block.index]]
+    if statistics is not None and marked:
+        for name in PER_CONTEXT:
+            missing.update(missing_chunks(path, marked, storage_options, name=name))
     return [block for block in mine if block.index in missing]
 
 

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from posctx.store.integrity import block_runs
+from posctx.errors import StoreError
+from posctx.store.integrity import REPAIR_ADVICE, block_runs, describe_missing, missing_chunks
 from posctx.store.layout import RECORD_KEY, STATISTICS_SCHEMA, StatisticsPlan
 from posctx.store.partials import (
     Partial,
@@ -35,6 +36,7 @@ from posctx.store.partials import (
     read_partials,
     select_partials,
 )
+from posctx.store.statistics import PER_CONTEXT
 from posctx.types import (
     EDGE,
     HIDDEN,
@@ -207,6 +209,13 @@ def _check_statistics(st: _Store, content: _ContentScan) -> Check:
         incomplete_partials=sorted(broken),
     )
     problems = _partial_problems(st, plan, selected)
+    lost = _missing_chunks(st, [b for b in blocks if done[b.index]])
+    figures["missing_statistics_chunks"] = sum(len(k) for m in lost.values() for k in m.values())
+    problems.extend(
+        f"{describe_missing(missing, name)}: the store is damaged (a partial copy?); "
+        f"{REPAIR_ADVICE}"
+        for name, missing in lost.items()
+    )
     warnings: list[str] = []
     if "missing" in found:
         problems.append(
@@ -247,6 +256,19 @@ def _check_statistics(st: _Store, content: _ContentScan) -> Check:
     if warnings:
         return Check("statistics", "warn", "; ".join(warnings), figures)
     return Check("statistics", "ok", "; ".join(held), figures)
+
+
+def _missing_chunks(st: _Store, marked: Sequence[Any]) -> dict[str, dict[int, list[str]]]:
+    """Per statistics array, the chunk files that the blocks marked written lack."""
+    lost: dict[str, dict[int, list[str]]] = {}
+    for name in PER_CONTEXT:
+        try:
+            missing = missing_chunks(st.path, marked, st.storage_options, name=name)
+        except StoreError:  # unreadable metadata: the structure checks report it
+            continue
+        if missing:
+            lost[name] = missing
+    return lost
 
 
 def _values(
