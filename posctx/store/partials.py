@@ -89,7 +89,12 @@ def _partials_group(path: str, storage_options: Mapping[str, Any] | None, mode: 
         return group[STAT_PARTIALS]
     if mode == "r":
         return None
-    return group.require_group(STAT_PARTIALS)
+    from zarr.errors import ContainsGroupError
+
+    try:
+        return group.require_group(STAT_PARTIALS)
+    except ContainsGroupError:  # a concurrent writer (a shard) created it since the lookup
+        return group[STAT_PARTIALS]
 
 
 def read_partials(

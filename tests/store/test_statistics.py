@@ -151,6 +151,25 @@ def test_a_written_partial_reads_back_with_its_blocks_topics_and_arrays(tmp_path
     assert dims == ("layer", "dim", "dim2")
 
 
+def test_a_partials_group_made_by_a_concurrent_writer_meanwhile_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shards race to create ``stat_partials``: zarr's require_group looks, then creates, and
+    raises if another process created the group in between (seen with three shards)."""
+    from zarr.errors import ContainsGroupError
+
+    path = str(tmp_path / "g.zarr")
+    zarr.open_group(path, mode="w")
+
+    def racing(self: zarr.Group, name: str, **kwargs: Any) -> Any:
+        zarr.open_group(path, mode="a").create_group(name)  # the other shard, in between
+        raise ContainsGroupError(f"A group exists in store at path {name!r}.")
+
+    monkeypatch.setattr(zarr.Group, "require_group", racing)
+    write_partial(path, None, owner="w", seq=0, blocks=[BLOCKS[0]], topics=["t"], sums=_sums(1))
+    assert [p.name for p in read_partials(path)[0]] == ["w.0"]
+
+
 def test_a_store_without_partials_reads_none(tmp_path: Path) -> None:
     path = str(tmp_path / "g.zarr")
     zarr.open_group(path, mode="w")
