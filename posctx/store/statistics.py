@@ -1,4 +1,4 @@
-"""The decomposition's statistics a store keeps from extraction: layout, partials, coverage.
+"""The decomposition's statistics a store keeps from extraction, opened for a decomposition.
 
 Per context, with its block (covered by the block's marker like its hidden states):
 ``stat_ctx_sum`` and ``stat_ctx_sumsq``, float64 sums over the core positions, and
@@ -33,23 +33,16 @@ import numpy as np
 
 from posctx.errors import StoreError
 from posctx.store.integrity import damaged_store_message, missing_chunks
-from posctx.store.layout import RECORD_KEY, StatisticsPlan
+from posctx.store.layout import StatisticsPlan
 from posctx.store.location import is_remote, local_path, open_group
 from posctx.store.partials import (
     PARTIAL_DIMS,
     Partial,
     check_coverage,
     coverage,
-    coverage_problems,
-    delete_partials,
-    leftover_partials,
-    new_owner,
     partial_arrays,
     read_partials,
-    roll_forward,
     select_partials,
-    tail_owner,
-    write_partial,
 )
 from posctx.types import (
     BLOCK_COMPLETE,
@@ -239,21 +232,6 @@ def _merged_partials(
 
 
 __all__ = [
-    "PARTIAL_DIMS",
-    "RECORD_KEY",
-    "Partial",
-    "StatisticsPlan",
-    "check_coverage",
-    "coverage",
-    "coverage_problems",
-    "delete_partials",
-    "leftover_partials",
-    "new_owner",
+    "PER_CONTEXT",
     "open_statistics",
-    "partial_arrays",
-    "read_partials",
-    "roll_forward",
-    "select_partials",
-    "tail_owner",
-    "write_partial",
 ]

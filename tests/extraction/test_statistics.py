@@ -19,12 +19,9 @@ from posctx.extraction.statistics import Commit, WriterStatistics
 from posctx.model import LoadedModel, forward_hidden, load_model
 from posctx.store import Block, BlockWriter, plan_blocks, read_provenance
 from posctx.store.blocks import completed_blocks
-from posctx.store.statistics import (
-    StatisticsPlan,
-    open_statistics,
-    read_partials,
-    write_partial,
-)
+from posctx.store.layout import StatisticsPlan
+from posctx.store.partials import read_partials, write_partial
+from posctx.store.statistics import open_statistics
 from posctx.sums import CONTEXT_STATISTICS, block_statistics
 from posctx.types import BLOCK_COMPLETE
 from tests.stores import tiny_config, write_corpus
