@@ -225,6 +225,14 @@ def extract(**kw: Any) -> None:
             require_topic_column=source is click.core.ParameterSource.COMMANDLINE,
         )
     verb = "resumed" if result.resumed else "created"
+    if result.plan_only:
+        click.echo(
+            f"planned {result.path} ({verb}): {result.blocks_already_done} of "
+            f"{result.n_blocks} blocks already written, {result.blocks_missing} to write; "
+            "nothing computed (--plan-only): run the same command without --plan-only to "
+            "extract them"
+        )
+        return
     click.echo(
         f"{verb} {result.path}: {result.blocks_written} blocks written, "
         f"{result.blocks_already_done} already done, {result.tokens_written:,} tokens in "

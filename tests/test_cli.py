@@ -25,22 +25,16 @@ def test_help(command: list[str]) -> None:
 
 def test_extract_info_decompose(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     out, dec = tmp_path / "h.zarr", tmp_path / "d.zarr"
-    run = _posctx(
-        "extract",
-        "--model",
-        str(tiny_models["bert"]),
-        "--contexts",
-        "9",
-        "--length",
-        "12",
-        "--chunk-contexts",
-        "4",
-        "--quiet",
-        "--out",
-        str(out),
+    extract = ("extract", "--model", str(tiny_models["bert"]), "--contexts", "9")
+    extract += ("--length", "12", "--chunk-contexts", "4", "--quiet", "--out", str(out))
+    planned = _posctx(*extract, "--plan-only")
+    assert planned.returncode == 0, planned.stderr
+    assert planned.stdout.startswith("planned ") and "(created): 0 of 3 blocks already" in (
+        planned.stdout
     )
+    run = _posctx(*extract)
     assert run.returncode == 0, run.stderr
-    assert "created" in run.stdout and "3 blocks written" in run.stdout
+    assert "resumed" in run.stdout and "3 blocks written, 0 already done" in run.stdout
     info = _posctx("info", str(out))
     assert info.returncode == 0, info.stderr
     assert "3/3 written (complete)" in info.stdout

@@ -55,6 +55,8 @@ class ExtractResult:
     resumed: bool
     #: blocks of the store still unwritten when this call ended (other shards' work, if any).
     blocks_missing: int = 0
+    #: the call only planned (``plan_only``): it created or checked the store, computed nothing.
+    plan_only: bool = False
 
     @property
     def tokens_per_second(self) -> float:
@@ -196,11 +198,12 @@ def extract(
         n_contexts=config.store.contexts,
         n_blocks=len(blocks),
         blocks_written=len(todo) + (len(damaged) if statistics is not None else 0),
-        blocks_already_done=len(mine) - len(todo),
+        blocks_already_done=sum(1 for b in mine if done[b.index]),
         tokens_written=tokens,
         seconds=time.perf_counter() - start,
         resumed=resumed,
         blocks_missing=int((~completed_blocks(path, storage_options)).sum()),
+        plan_only=plan_only,
     )
 
 

@@ -43,10 +43,14 @@ def test_plan_only_creates_the_store_and_computes_nothing(
     planned = extract(_config(gpt2, corpus), str(path), progress=False, loaded=gpt2, plan_only=True)
     assert (planned.resumed, planned.n_blocks, planned.blocks_written) == (False, 3, 0)
     assert (planned.blocks_missing, planned.tokens_written) == (3, 0)
+    assert (planned.plan_only, planned.blocks_already_done) == (True, 0)  # nothing done yet
     ds = xr.open_zarr(path)
     assert not ds.block_complete.values.any() and np.isnan(ds.hidden.values).all()
     done = extract(_config(gpt2, corpus), str(path), progress=False, loaded=gpt2)
     assert (done.resumed, done.blocks_written, done.blocks_missing) == (True, 3, 0)
+    assert (done.plan_only, done.blocks_already_done) == (False, 0)
+    again = extract(_config(gpt2, corpus), str(path), progress=False, loaded=gpt2, plan_only=True)
+    assert (again.blocks_already_done, again.blocks_missing, again.blocks_written) == (3, 0, 0)
     assert done.tokens_written == 12 * 8
     ids = xr.open_zarr(path).token_id.values
     np.testing.assert_array_equal(xr.open_zarr(path).hidden.values, forward_hidden(gpt2, ids))
