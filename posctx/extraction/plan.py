@@ -339,7 +339,7 @@ def damaged_blocks(
     (``--hidden-contexts``) have no hidden files to miss, but their per-context statistics.
     """
     from posctx.store.integrity import missing_chunks
-    from posctx.store.statistics import PER_CONTEXT
+    from posctx.store.layout import PER_CONTEXT_STATISTICS
 
     kept = []
     for block in mine:
@@ -349,7 +349,7 @@ def damaged_blocks(
     missing = set(missing_chunks(path, kept, storage_options) if kept else {})
     marked = [block for block in mine if done[block.index]]
     if statistics is not None and marked:
-        for name in PER_CONTEXT:
+        for name in PER_CONTEXT_STATISTICS:
             missing.update(missing_chunks(path, marked, storage_options, name=name))
     return [block for block in mine if block.index in missing]
 

@@ -12,14 +12,11 @@ from typing import Any
 import numpy as np
 
 from posctx.errors import StoreError
-from posctx.store.layout import Block
+from posctx.store.layout import PER_CONTEXT_STATISTICS, Block
 from posctx.store.location import is_remote, local_path, open_group
 from posctx.types import (
     BLOCK_COMPLETE,
     HIDDEN,
-    STAT_CTX_SUM,
-    STAT_CTX_SUMSQ,
-    STAT_EDGE,
     TOKEN_ID,
     TOPIC,
 )
@@ -74,11 +71,7 @@ class BlockWriter:
             self._remove_partials(block)
             if len(data):
                 self._hidden[block.start : block.start + len(data)] = data
-            for name, key in (
-                (STAT_CTX_SUM, "ctx_sum"),
-                (STAT_CTX_SUMSQ, "ctx_sumsq"),
-                (STAT_EDGE, "edge"),
-            ):
+            for name, key in PER_CONTEXT_STATISTICS.items():
                 self._group[name][block.start : block.stop] = statistics[key]
         except OSError as exc:
             raise StoreError(_write_failure(self.path, block, exc)) from exc
@@ -103,7 +96,7 @@ class BlockWriter:
         """
         if self._local_root is None:
             return
-        for name in (HIDDEN, STAT_CTX_SUM, STAT_CTX_SUMSQ, STAT_EDGE):
+        for name in (HIDDEN, *PER_CONTEXT_STATISTICS):
             for partial in (self._local_root / name / "c" / str(block.index)).rglob("*.partial"):
                 if _PARTIAL.search(partial.name):  # zarr's own temporary files only
                     partial.unlink(missing_ok=True)

@@ -64,6 +64,13 @@ STATISTICS_SCHEMA: dict[str, tuple[tuple[str, ...], str]] = {
     STAT_EDGE: ((CONTEXT, EDGE, LAYER, DIM), "f"),
     EDGE: ((EDGE,), "iu"),
 }
+#: The statistics kept per context, chunked by block like ``hidden``: each array's name and
+#: the key of :func:`posctx.sums.block_statistics` that fills it.
+PER_CONTEXT_STATISTICS: dict[str, str] = {
+    STAT_CTX_SUM: "ctx_sum",
+    STAT_CTX_SUMSQ: "ctx_sumsq",
+    STAT_EDGE: "edge",
+}
 #: Coordinates labelled ``0..n-1`` (the layer coordinate holds the chosen hidden-state indices).
 RANGE_COORDS = (CONTEXT, POSITION, DIM)
 #: Coordinates of non-empty strings: one name per layer, one topic and source per context.
@@ -346,6 +353,7 @@ __all__ = [
     "StatisticsPlan",
     "CONTEXT_LABELS",
     "EXACT_DTYPES",
+    "PER_CONTEXT_STATISTICS",
     "RANGE_COORDS",
     "SCHEMA",
     "STATISTICS_SCHEMA",

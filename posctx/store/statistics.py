@@ -33,7 +33,7 @@ import numpy as np
 
 from posctx.errors import StoreError
 from posctx.store.integrity import damaged_store_message, missing_chunks
-from posctx.store.layout import StatisticsPlan
+from posctx.store.layout import PER_CONTEXT_STATISTICS, StatisticsPlan
 from posctx.store.location import is_remote, local_path, open_group
 from posctx.store.partials import (
     PARTIAL_DIMS,
@@ -47,14 +47,8 @@ from posctx.store.partials import (
 from posctx.types import (
     BLOCK_COMPLETE,
     CONTEXT,
-    STAT_CTX_SUM,
-    STAT_CTX_SUMSQ,
-    STAT_EDGE,
     STAT_TOPIC,
 )
-
-#: The statistics kept per context, chunked by block like ``hidden``.
-PER_CONTEXT = (STAT_CTX_SUM, STAT_CTX_SUMSQ, STAT_EDGE)
 
 
 def open_statistics(
@@ -132,7 +126,9 @@ def open_statistics(
     out = ds[[name for name in keep if name in ds.data_vars]]
     out = out.drop_vars([v for v in (HIDDEN, TOKEN_ID, BLOCK_COMPLETE, BLOCK_START) if v in out])
     marked = [b for b in blocks if done[b.index]]
-    for name in PER_CONTEXT:  # as for hidden: a lost chunk file is refused, not read as NaN
+    for (
+        name
+    ) in PER_CONTEXT_STATISTICS:  # as for hidden: a lost chunk file is refused, not read as NaN
         missing = missing_chunks(path, marked, storage_options, name=name)
         if missing:
             raise StoreError(damaged_store_message(path, missing, name))
@@ -177,7 +173,7 @@ def _read_directly(out: Any, path: str, marked: list[tuple[int, int]]) -> None:
     """
     from posctx.store.direct import direct_array
 
-    for name in PER_CONTEXT:
+    for name in PER_CONTEXT_STATISTICS:
         direct = direct_array(local_path(path) / name, required=marked)
         if direct is not None and direct.shape == out[name].shape:
             out[name] = out[name].copy(data=direct)
@@ -232,6 +228,5 @@ def _merged_partials(
 
 
 __all__ = [
-    "PER_CONTEXT",
     "open_statistics",
 ]

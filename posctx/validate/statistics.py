@@ -27,7 +27,12 @@ import numpy as np
 
 from posctx.errors import StoreError
 from posctx.store.integrity import REPAIR_ADVICE, block_runs, describe_missing, missing_chunks
-from posctx.store.layout import RECORD_KEY, STATISTICS_SCHEMA, StatisticsPlan
+from posctx.store.layout import (
+    PER_CONTEXT_STATISTICS,
+    RECORD_KEY,
+    STATISTICS_SCHEMA,
+    StatisticsPlan,
+)
 from posctx.store.partials import (
     Partial,
     coverage,
@@ -36,7 +41,6 @@ from posctx.store.partials import (
     read_partials,
     select_partials,
 )
-from posctx.store.statistics import PER_CONTEXT
 from posctx.types import (
     EDGE,
     HIDDEN,
@@ -261,7 +265,7 @@ def _check_statistics(st: _Store, content: _ContentScan) -> Check:
 def _missing_chunks(st: _Store, marked: Sequence[Any]) -> dict[str, dict[int, list[str]]]:
     """Per statistics array, the chunk files that the blocks marked written lack."""
     lost: dict[str, dict[int, list[str]]] = {}
-    for name in PER_CONTEXT:
+    for name in PER_CONTEXT_STATISTICS:
         try:
             missing = missing_chunks(st.path, marked, st.storage_options, name=name)
         except StoreError:  # unreadable metadata: the structure checks report it
