@@ -199,8 +199,11 @@ def prepare_store(
     special = loaded.special
     plan = plan_contexts(config, loaded, corpus, progress)
     itemsize = np.dtype(config.store.storage_dtype).itemsize
+    # About 64 MB per chunk: with --chunk-layers, a chunk holds that many layers of a context,
+    # so more contexts fit in one (and in each block, which the forward pass batches).
+    layers_per_chunk = min(config.store.chunk_layers or len(loaded.layers), len(loaded.layers))
     chunk = config.store.chunk_contexts or default_chunk_contexts(
-        config.store.length, len(loaded.layers), loaded.hidden_size, itemsize
+        config.store.length, layers_per_chunk, loaded.hidden_size, itemsize
     )
     record = provenance_record(
         config=config.to_dict(),

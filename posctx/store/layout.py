@@ -150,7 +150,7 @@ class StatisticsPlan:
 
 
 def default_chunk_contexts(length: int, n_layers: int, n_dims: int, itemsize: int) -> int:
-    """Contexts per chunk so that one ``hidden`` chunk holds about 64 MB."""
+    """Contexts per chunk so that one ``hidden`` chunk of ``n_layers`` layers holds about 64 MB."""
     per_context = max(1, length * n_layers * n_dims * itemsize)
     return max(1, DEFAULT_CHUNK_BYTES // per_context)
 

@@ -158,6 +158,24 @@ def test_plan_contexts_frames_contexts_with_the_models_special_tokens(
 # --- creating and resuming a store -----------------------------------------------------------
 
 
+def test_the_default_chunk_holds_64_mb_of_the_layers_a_chunk_has(
+    models: dict[str, LoadedModel], corpus: Path, tmp_path: Path
+) -> None:
+    """With --chunk-layers 1, a chunk of one layer holds three times the contexts of one of all
+    three layers: chunks stay near 64 MB, and blocks (the forward pass's batches) grow."""
+    from dataclasses import replace
+
+    loaded = models["gpt2"]
+    config = tiny_config(loaded.path, corpus, contexts=7, length=8, chunk=0)
+    config = replace(config, store=replace(config.store, chunk_layers=1))
+    prepare_store(config, str(tmp_path / "h.zarr"), loaded, progress=False)
+    record = read_provenance(str(tmp_path / "h.zarr"))
+    assert record is not None
+    assert record["chunk_contexts"] == default_chunk_contexts(8, 1, 32, 4) == 65536  # 3 x 21845
+    group = zarr.open_group(str(tmp_path / "h.zarr"), mode="r", use_consolidated=False)
+    assert group["hidden"].chunks == (65536, 8, 1, 32)
+
+
 def test_prepare_store_creates_the_store_with_its_record_then_resumes_it(
     models: dict[str, LoadedModel], corpus: Path, tmp_path: Path
 ) -> None:
