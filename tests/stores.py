@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from pydoc_data.topics import topics as pydoc_topics
+from typing import Any
 
 from posctx.config import CorpusConfig, ExtractConfig, ModelConfig, StoreConfig
 
@@ -40,3 +41,20 @@ def tiny_config(
             contexts=contexts, length=length, chunk_contexts=chunk, storage_dtype=storage_dtype
         ),
     )
+
+
+def writable_group(path: Path) -> Any:
+    """A store's root group for writing, opened from the arrays' own metadata (the
+    consolidated copy is what some tests make stale)."""
+    import zarr
+
+    return zarr.open_group(str(path), mode="r+", use_consolidated=False)
+
+
+def set_record(path: Path, **changes: Any) -> None:
+    """Change keys of a store's provenance record (``attrs["posctx"]``) in place."""
+    from posctx.store.location import consolidate
+
+    group = writable_group(path)
+    group.attrs.update(posctx={**dict(group.attrs["posctx"]), **changes})
+    consolidate(str(path), None)  # an attrs write drops the consolidated copy: put it back

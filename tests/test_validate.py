@@ -24,6 +24,7 @@ from posctx.store.location import consolidate
 from posctx.testing import raise_if_dask_computes, write_large_planted_store
 from posctx.validate import ValidationReport, validate_store
 from posctx.validate.statistics import NO_STATISTICS
+from tests.stores import writable_group
 
 CHECKS = [
     "schema",
@@ -62,13 +63,8 @@ def store(good: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(good, tmp_path / "h.zarr"))
 
 
-def _group(path: Path) -> Any:
-    # The arrays' own metadata: the consolidated copy is what some tests make stale.
-    return zarr.open_group(str(path), mode="r+", use_consolidated=False)
-
-
 def _set_attrs(path: Path, **attrs: Any) -> None:
-    _group(path).attrs.update(attrs)
+    writable_group(path).attrs.update(attrs)
     consolidate(str(path), None)  # an attrs write drops the consolidated copy: put it back
 
 
@@ -106,7 +102,7 @@ def test_good_store_passes_every_check_and_is_not_modified(good: Path) -> None:
 
 
 def test_unmarked_blocks_are_holes_and_never_scanned_or_rerun(store: Path) -> None:
-    group = _group(store)
+    group = writable_group(store)
     group["block_complete"][1] = 0
     group["hidden"][4:8] = np.nan  # what an unwritten block holds
     report = validate_store(store, rerun=12)
@@ -146,7 +142,7 @@ def test_missing_chunk_files_of_marked_blocks_fail_completeness(store: Path) -> 
     finite = validate_store(store).check("finite")  # the scan reads it as NaN, as before
     assert finite.status == "fail" and finite.figures["blocks"] == [1]
 
-    group = _group(store)
+    group = writable_group(store)
     group["block_complete"][2] = 0  # an interrupted extraction as well: both are reported
     detail = validate_store(store, scan=False).check("completeness").detail
     assert detail.startswith("1 of 3 blocks never marked written: contexts 8-11 (4 contexts)")
@@ -158,7 +154,7 @@ def test_missing_chunk_files_of_marked_blocks_fail_completeness(store: Path) -> 
 
 
 def test_nan_in_a_marked_block_fails_the_scan(store: Path) -> None:
-    group = _group(store)
+    group = writable_group(store)
     group["hidden"][5, 3, 1, 0] = np.nan
     group["hidden"][9, 0, 2, :] = np.inf
     report = validate_store(store)
@@ -177,7 +173,7 @@ def test_nan_in_a_marked_block_fails_the_scan(store: Path) -> None:
 
 
 def test_token_ids_outside_the_vocabulary_fail(store: Path) -> None:
-    _group(store)["token_id"][2, 4] = BERT_VOCAB
+    writable_group(store)["token_id"][2, 4] = BERT_VOCAB
     report = validate_store(store, scan=False)
     tokens = report.check("token_ids")
     assert tokens.status == "fail"
@@ -186,8 +182,8 @@ def test_token_ids_outside_the_vocabulary_fail(store: Path) -> None:
     assert report.check("special_tokens").status == "ok"
 
     # A store from before vocab_size was recorded: the lower bound only, with a warning.
-    _group(store)["token_id"][2, 4] = 2000
-    record = dict(_group(store).attrs["posctx"])
+    writable_group(store)["token_id"][2, 4] = 2000
+    record = dict(writable_group(store).attrs["posctx"])
     record["model"] = {k: v for k, v in record["model"].items() if k != "vocab_size"}
     _set_attrs(store, posctx=record)
     old = validate_store(store, scan=False)
@@ -197,14 +193,14 @@ def test_token_ids_outside_the_vocabulary_fail(store: Path) -> None:
     assert old.ok
 
     # A context whose batch holds an id the model has no embedding for cannot be recomputed.
-    _group(store)["token_id"][2, 4] = BERT_VOCAB
+    writable_group(store)["token_id"][2, 4] = BERT_VOCAB
     rerun = validate_store(store, scan=False, rerun=12).check("rerun")
     assert rerun.status == "fail" and rerun.figures["not_recomputed"] == [0, 1, 2]
     assert rerun.figures["mismatched_contexts"] == [] and "not recomputed" in rerun.detail
 
 
 def test_misplaced_special_tokens_fail(store: Path) -> None:
-    ids = _group(store)["token_id"]
+    ids = writable_group(store)["token_id"]
     ids[7, 8] = CLS  # [CLS] mid-context: the failure a peer tool had
     report = validate_store(store, scan=False)
     special = report.check("special_tokens")
@@ -223,7 +219,7 @@ def test_misplaced_special_tokens_fail(store: Path) -> None:
 
 def test_missing_or_inconsistent_arrays_fail_the_schema(store: Path) -> None:
     shutil.rmtree(store / "topic")
-    _group(store)["source"].resize((11,))
+    writable_group(store)["source"].resize((11,))
     report = validate_store(store)  # never raises for a damaged store
     schema = report.check("schema")
     assert schema.status == "fail"
@@ -257,7 +253,7 @@ def test_other_schema_version_and_mismatched_record_fail(store: Path) -> None:
         in validate_store(store, scan=False).check("schema").detail
     )
     _set_attrs(store, posctx_kind="hidden")
-    record = dict(_group(store).attrs["posctx"])
+    record = dict(writable_group(store).attrs["posctx"])
     record["config"] = {**record["config"], "store": {**record["config"]["store"], "contexts": 8}}
     _set_attrs(store, posctx=record)
     provenance = validate_store(store, scan=False).check("provenance")
@@ -274,7 +270,7 @@ def test_other_schema_version_and_mismatched_record_fail(store: Path) -> None:
 
 
 def test_an_attrs_write_without_consolidating_is_a_warning(store: Path) -> None:
-    _group(store).attrs.update({"title": "renamed"})
+    writable_group(store).attrs.update({"title": "renamed"})
     report = validate_store(store, scan=False)
     schema = report.check("schema")
     assert schema.status == "warn" and "no consolidated metadata" in schema.detail
@@ -282,7 +278,7 @@ def test_an_attrs_write_without_consolidating_is_a_warning(store: Path) -> None:
 
 
 def test_tampered_values_and_other_weights_fail_the_rerun(store: Path) -> None:
-    hidden = _group(store)["hidden"]
+    hidden = writable_group(store)["hidden"]
     hidden[6] = hidden[6] + np.float32(0.5)
     report = validate_store(store, rerun=12)
     rerun = report.check("rerun")
@@ -292,7 +288,7 @@ def test_tampered_values_and_other_weights_fail_the_rerun(store: Path) -> None:
     assert "contexts [6] differ from what the model computes" in rerun.detail
     assert report.check("finite").status == "ok"  # finite, but wrong
 
-    record = dict(_group(store).attrs["posctx"])
+    record = dict(writable_group(store).attrs["posctx"])
     record["model"] = {**record["model"], "weights_hash": "0" * 32}
     _set_attrs(store, posctx=record)
     rerun = validate_store(store, scan=False, rerun=1).check("rerun")
@@ -310,13 +306,13 @@ def test_decoder_stores_validate(
     assert report.ok and not report.warnings, report.format()
     assert f"every context is {frame};" in report.check("special_tokens").detail
     if kind == "llama":  # a BOS id (1) mid-context is caught like [CLS]
-        _group(out)["token_id"][4, 9] = 1
+        writable_group(out)["token_id"][4, 9] = 1
         special = validate_store(out, scan=False).check("special_tokens")
         assert special.status == "fail" and special.figures["mid_context_first"] == [[4, 9, 1]]
 
 
 def test_rerun_falls_back_to_the_cpu_when_the_recorded_device_is_missing(store: Path) -> None:
-    record = dict(_group(store).attrs["posctx"])
+    record = dict(writable_group(store).attrs["posctx"])
     model = {**record["config"]["model"], "device": "cuda:7"}
     record["config"] = {**record["config"], "model": model}
     _set_attrs(store, posctx=record)
@@ -520,7 +516,7 @@ def test_a_changed_statistic_or_hidden_state_fails_the_statistics_check(
 ) -> None:
     store = _copy(kept["6"], tmp_path)
     (partial,) = [p.name for p in (store / "stat_partials").iterdir() if p.name.startswith("run-")]
-    group = _group(store)
+    group = writable_group(store)
     group["stat_ctx_sum"][5, 1, 3] = group["stat_ctx_sum"][5, 1, 3] + 1.0  # block 1, stored
     report = validate_store(store)
     statistics = report.check("statistics")
@@ -552,7 +548,7 @@ def test_a_changed_statistic_or_hidden_state_fails_the_statistics_check(
 
     # A changed hidden state disagrees with its statistics just as well.
     store = _copy(kept["all"], tmp_path / "all")
-    hidden = _group(store)["hidden"]
+    hidden = writable_group(store)["hidden"]
     hidden[9, 4] = hidden[9, 4] * np.float32(1.001)
     statistics = validate_store(store).check("statistics")
     assert statistics.status == "fail" and statistics.figures["mismatched_contexts"] == [9]
@@ -593,7 +589,7 @@ def test_partials_left_by_ended_writers_and_counted_unmarked_blocks_warn(
     assert not (store / "stat_partials" / "tail-4-16-17.0").exists()
     assert validate_store(store, scan=False).check("statistics").status == "ok"
 
-    _group(store)["block_complete"][2] = 0  # killed between its commit and its markers
+    writable_group(store)["block_complete"][2] = 0  # killed between its commit and its markers
     report = validate_store(store, scan=False)
     assert _statuses(report)["completeness"] == "fail"
     statistics = report.check("statistics")
@@ -612,8 +608,8 @@ def _planted(path: Path) -> Path:
     )
     ids = np.full((22, 6), 7, dtype=np.int32)
     ids[:, 0], ids[:, -1] = CLS, SEP
-    _group(path)["token_id"][...] = ids
-    record = dict(_group(path).attrs["posctx"])
+    writable_group(path)["token_id"][...] = ids
+    record = dict(writable_group(path).attrs["posctx"])
     record["model"] = {"vocab_size": BERT_VOCAB}
     record["special_tokens"] = {
         "policy": "model",
@@ -629,7 +625,7 @@ def _planted(path: Path) -> Path:
 
 def test_content_checks_read_the_store_in_one_compute(tmp_path: Path) -> None:
     path = _planted(tmp_path / "h.zarr")
-    group = _group(path)
+    group = writable_group(path)
     group["hidden"][9, 2, 4, 1] = np.nan  # block 2, last layer chunk
     group["token_id"][13, 3] = SEP  # mid-context, block 3
     group["token_id"][20, 1] = BERT_VOCAB  # outside the vocabulary, the short last block
@@ -656,7 +652,7 @@ def test_content_checks_read_the_store_in_one_compute(tmp_path: Path) -> None:
 
 def test_nan_and_inf_are_counted_exactly_with_the_first_in_store_order(tmp_path: Path) -> None:
     path = _planted(tmp_path / "h.zarr")
-    group = _group(path)
+    group = writable_group(path)
     hidden = group["hidden"]
     hidden[6, 4, 3, 0] = np.nan  # block 1, layer chunk 1: first in store order...
     hidden[7, 0, 0, :] = np.inf  # ...though this one has a smaller layer, so it is not first
@@ -694,8 +690,8 @@ def test_content_checks_run_on_a_distributed_client(tmp_path: Path) -> None:
     from distributed import Client, LocalCluster
 
     path = _planted(tmp_path / "h.zarr")
-    _group(path)["hidden"][10, 2, 3, 1] = np.inf
-    _group(path)["token_id"][4, 0] = 2000
+    writable_group(path)["hidden"][10, 2, 3, 1] = np.inf
+    writable_group(path)["token_id"][4, 0] = 2000
     expected = validate_store(path).to_dict()
     with (
         LocalCluster(
@@ -731,7 +727,7 @@ def test_an_unreadable_chunk_fails_only_the_check_that_reads_it(tmp_path: Path) 
     assert "holds 2 values, expected a chunk of (4, 6, 2, 3)" in report.check("finite").detail
     assert report.check("token_ids").status == "ok"
     assert report.check("special_tokens").status == "ok"
-    _group(path)["block_complete"][1] = 0  # unmarked: its chunks are not even read
+    writable_group(path)["block_complete"][1] = 0  # unmarked: its chunks are not even read
     assert validate_store(path).check("finite").status == "ok"
 
 
@@ -768,7 +764,7 @@ def test_cli_exit_codes_and_json(
     assert code == 0 and record["ok"] is True
     assert {s["name"] for s in record["skipped"]} == {"finite", "rerun"}
 
-    _group(store)["block_complete"][0] = 0
+    writable_group(store)["block_complete"][0] = 0
     code, out, _ = _cli(monkeypatch, capsys, str(store), "--quiet")
     assert code == 1 and "FAIL  completeness" in out and "contexts 0-3" in out
     assert out.strip().splitlines()[-1] == "verdict: FAIL: 1 check failed (completeness)"

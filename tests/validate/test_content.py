@@ -12,11 +12,10 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
-import zarr
 
 import posctx.store.direct
 from posctx.store.direct import direct_source
-from posctx.store.location import consolidate, zarr_json
+from posctx.store.location import zarr_json
 from posctx.testing import raise_if_dask_computes, write_large_planted_store
 from posctx.validate.content import (
     _check_finite,
@@ -31,6 +30,7 @@ from posctx.validate.content import (
 from posctx.validate.kernels import Framing
 from posctx.validate.report import _Skip
 from posctx.validate.structure import _Store
+from tests.stores import set_record, writable_group
 
 CLS, SEP, VOCAB = 101, 102, 30522
 SPECIAL = {
@@ -54,24 +54,14 @@ def good(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     ids = np.full((22, 6), 7, dtype=np.int32)
     ids[:, 0], ids[:, -1] = CLS, SEP
-    _group(path)["token_id"][...] = ids
-    _set_record(path, model={"vocab_size": VOCAB}, special_tokens=SPECIAL)
+    writable_group(path)["token_id"][...] = ids
+    set_record(path, model={"vocab_size": VOCAB}, special_tokens=SPECIAL)
     return path
 
 
 @pytest.fixture
 def store(good: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(good, tmp_path / "h.zarr"))
-
-
-def _group(path: Path) -> Any:
-    return zarr.open_group(str(path), mode="r+", use_consolidated=False)
-
-
-def _set_record(path: Path, **changes: Any) -> None:
-    group = _group(path)
-    group.attrs.update(posctx={**dict(group.attrs["posctx"]), **changes})
-    consolidate(str(path), None)
 
 
 def _st(path: Path) -> _Store:
@@ -170,23 +160,23 @@ def test_hidden_is_read_from_the_chunk_files_when_it_can_be(
 
 
 def test_token_ids_are_planned_for_the_blocks_they_cover(store: Path) -> None:
-    _group(store)["token_id"].resize((17, 6))  # shorter than the planned blocks
+    writable_group(store)["token_id"].resize((17, 6))  # shorter than the planned blocks
     st = _st(store)
     (summaries,) = dask.compute(_plan_tokens(st))
     assert [s.contexts for s in summaries] == [4, 4, 4, 4, 1]  # block 5 (20-21) has none
-    bad = np.asarray(_group(store)["token_id"][...])
+    bad = np.asarray(writable_group(store)["token_id"][...])
     bad[:, 1] = CLS
-    _group(store)["token_id"][...] = bad
-    _set_record(store, special_tokens={**SPECIAL, "prefix_ids": [CLS] * 4, "suffix_ids": [SEP] * 3})
+    writable_group(store)["token_id"][...] = bad
+    set_record(store, special_tokens={**SPECIAL, "prefix_ids": [CLS] * 4, "suffix_ids": [SEP] * 3})
     (summaries,) = dask.compute(_plan_tokens(_st(store)))
     assert {(s.bad_prefix, s.mid) for s in summaries} == {(0, 0)}  # 4 + 3 > 6: not scanned
-    _set_record(store, special_tokens={**SPECIAL, "prefix_ids": ["x"]})  # malformed
+    set_record(store, special_tokens={**SPECIAL, "prefix_ids": ["x"]})  # malformed
     (summaries,) = dask.compute(_plan_tokens(_st(store)))
     assert sum(s.ids for s in summaries) == 17 * 6  # ranges still checked
 
 
 def test_token_id_of_another_shape_is_skipped(store: Path) -> None:
-    group = _group(store)
+    group = writable_group(store)
     del group["token_id"]
     group.create_array("token_id", shape=(22,), dtype="int32", dimension_names=("context",))
     _, content = _scan(store, scan=False)
@@ -212,7 +202,7 @@ def test_finite_values_are_counted_over_the_marked_blocks(store: Path) -> None:
         "blocks": [],
         "contexts": [],
     }
-    _group(store)["block_complete"][5] = 0
+    writable_group(store)["block_complete"][5] = 0
     st, content = _scan(store)
     check = _check_finite(st, content)
     assert check.detail == (
@@ -221,7 +211,7 @@ def test_finite_values_are_counted_over_the_marked_blocks(store: Path) -> None:
 
 
 def test_a_non_finite_value_is_reported_with_its_labels_and_the_fix(store: Path) -> None:
-    _group(store)["hidden"][13, 4, 2, 1] = -np.inf
+    writable_group(store)["hidden"][13, 4, 2, 1] = -np.inf
     st, content = _scan(store)
     check = _check_finite(st, content)
     assert check.status == "fail"
@@ -257,7 +247,7 @@ def test_token_ids_in_the_vocabulary_pass_with_their_range(good: Path) -> None:
 
 
 def test_ids_outside_the_vocabulary_fail_and_without_one_only_negatives_do(store: Path) -> None:
-    ids = _group(store)["token_id"]
+    ids = writable_group(store)["token_id"]
     ids[9, 3] = VOCAB + 5
     ids[20, 2] = VOCAB
     st, content = _scan(store, scan=False)
@@ -269,7 +259,7 @@ def test_ids_outside_the_vocabulary_fail_and_without_one_only_negatives_do(store
         "re-extract into a new store",
     )
     assert check.figures["first"] == {"context": 9, "position": 3, "id": VOCAB + 5}
-    _set_record(store, model={})
+    set_record(store, model={})
     st, content = _scan(store, scan=False)
     check = _check_token_ids(st, content)
     assert (check.status, check.detail) == (
@@ -304,7 +294,7 @@ def test_the_framing_is_described_when_every_context_has_it(store: Path) -> None
         "mid_context": 0,
         "mid_context_first": [],
     }
-    _set_record(store, special_tokens={**SPECIAL, "prefix_tokens": [], "suffix_tokens": None})
+    set_record(store, special_tokens={**SPECIAL, "prefix_tokens": [], "suffix_tokens": None})
     st, content = _scan(store, scan=False)
     assert _check_special_tokens(st, content).detail == (
         "policy 'model': every context is 101 + text + 102; no prefix/suffix id mid-context"
@@ -312,7 +302,7 @@ def test_the_framing_is_described_when_every_context_has_it(store: Path) -> None
 
 
 def test_no_framing_recorded_or_none_chosen(store: Path) -> None:
-    _set_record(store, special_tokens={"policy": "model"})
+    set_record(store, special_tokens={"policy": "model"})
     st, content = _scan(store, scan=False)
     check = _check_special_tokens(st, content)
     assert (check.status, check.detail, check.figures) == (
@@ -321,7 +311,7 @@ def test_no_framing_recorded_or_none_chosen(store: Path) -> None:
         {},
     )
     none = {"policy": "none", "prefix_ids": [], "suffix_ids": [], "separator_ids": [628]}
-    _set_record(store, special_tokens=none)
+    set_record(store, special_tokens=none)
     st, content = _scan(store, scan=False)
     assert _check_special_tokens(st, content).detail == (
         "policy 'none': every context is text; no special id (none recorded) mid-context"
@@ -329,7 +319,7 @@ def test_no_framing_recorded_or_none_chosen(store: Path) -> None:
 
 
 def test_every_framing_problem_is_listed_in_one_failure(store: Path) -> None:
-    ids = _group(store)["token_id"]
+    ids = writable_group(store)["token_id"]
     ids[3, 0] = 7  # no [CLS] in front
     ids[14, 0] = 7
     ids[10, 5] = 7  # no [SEP] at the end
@@ -349,7 +339,7 @@ def test_every_framing_problem_is_listed_in_one_failure(store: Path) -> None:
 
 
 def test_contexts_too_short_for_the_framing_fail_without_a_scan(store: Path) -> None:
-    _set_record(store, special_tokens={**SPECIAL, "prefix_ids": [CLS] * 4, "suffix_ids": [SEP] * 3})
+    set_record(store, special_tokens={**SPECIAL, "prefix_ids": [CLS] * 4, "suffix_ids": [SEP] * 3})
     st, content = _scan(store, scan=False)
     check = _check_special_tokens(st, content)
     assert (check.status, check.detail) == (

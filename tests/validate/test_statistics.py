@@ -8,14 +8,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-import zarr
 
-from posctx.store.location import consolidate, zarr_json
+from posctx.store.location import zarr_json
 from posctx.testing import write_large_planted_store
 from posctx.validate.api import validate_store
 from posctx.validate.content import STATISTICS_TOLERANCE, _ContentScan
 from posctx.validate.statistics import NO_STATISTICS, _check_statistics, statistics_absent
 from posctx.validate.structure import _Store
+from tests.stores import set_record, writable_group
 
 
 @pytest.fixture(scope="module")
@@ -40,16 +40,6 @@ def good(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def store(good: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(good, tmp_path / "h.zarr"))
-
-
-def _group(path: Path) -> Any:
-    return zarr.open_group(str(path), mode="r+", use_consolidated=False)
-
-
-def _set_record(path: Path, **changes: Any) -> None:
-    group = _group(path)
-    group.attrs.update(posctx={**dict(group.attrs["posctx"]), **changes})
-    consolidate(str(path), None)
 
 
 def _check(path: Path, scan: bool = True) -> Any:
@@ -84,8 +74,8 @@ def test_a_store_without_statistics_is_skipped(tmp_path: Path) -> None:
 
 
 def test_a_record_that_does_not_parse_fails(store: Path) -> None:
-    record = dict(_group(store).attrs["posctx"])
-    _set_record(store, statistics={**record["statistics"], "lead": 9})  # no core left
+    record = dict(writable_group(store).attrs["posctx"])
+    set_record(store, statistics={**record["statistics"], "lead": 9})  # no core left
     st = _Store(str(store), None, zarr_json(str(store), None) or {})
     assert statistics_absent(st) is None  # reported by the check, not skipped
     check = _check(store)
@@ -101,7 +91,7 @@ def test_a_record_that_does_not_parse_fails(store: Path) -> None:
 
 def test_arrays_that_disagree_with_the_plan_fail(store: Path) -> None:
     shutil.rmtree(store / "stat_edge")
-    _group(store)["stat_ctx_sumsq"].resize((9, 2))
+    writable_group(store)["stat_ctx_sumsq"].resize((9, 2))
     check = _check(store)
     assert check.status == "fail"
     assert check.detail == (
@@ -111,7 +101,7 @@ def test_arrays_that_disagree_with_the_plan_fail(store: Path) -> None:
 
 def test_a_block_counted_twice_fails_naming_both_partials(store: Path) -> None:
     shutil.copytree(store / "stat_partials" / "planted.0", store / "stat_partials" / "other.0")
-    group = _group(store / "stat_partials" / "other.0")
+    group = writable_group(store / "stat_partials" / "other.0")
     group.attrs.update(owner="other")
     check = _check(store, scan=False)
     assert check.status == "fail"
@@ -141,8 +131,8 @@ def test_a_partial_without_its_sums_fails(store: Path) -> None:
 def test_the_tolerance_depends_on_where_the_store_was_made(
     store: Path, device: str, change: float, status: str
 ) -> None:
-    _set_record(store, config={"model": {"device": device}})
-    sums = _group(store)["stat_ctx_sum"]
+    set_record(store, config={"model": {"device": device}})
+    sums = writable_group(store)["stat_ctx_sum"]
     sums[2] = sums[2] * (1 + change)  # block 0, whose hidden states are stored
     check = _check(store)
     assert check.status == status, check.detail
@@ -165,7 +155,7 @@ def test_the_tolerance_depends_on_where_the_store_was_made(
 
 
 def test_hidden_states_that_are_not_finite_are_left_to_the_finite_check(store: Path) -> None:
-    _group(store)["hidden"][1, 2, 0, 0] = np.nan
+    writable_group(store)["hidden"][1, 2, 0, 0] = np.nan
     report = validate_store(store)
     assert [c.name for c in report.failures] == ["provenance", "finite"]  # planted: no model
     check = report.check("statistics")
