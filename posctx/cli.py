@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from posctx.cluster import dask_client
-from posctx.config import CorpusConfig, ExtractConfig, ModelConfig, StoreConfig
+from posctx.config import AUTO, CorpusConfig, ExtractConfig, ModelConfig, StoreConfig
 from posctx.errors import PosctxError
 
 
@@ -118,14 +118,32 @@ def cli() -> None:
     default=None,
     help="eager, sdpa, ... (default: transformers' choice; recorded).",
 )
-@click.option("--batch-size", default=32, show_default=True)
+@click.option(
+    "--batch-size",
+    default="32",
+    show_default=True,
+    help="Contexts per forward pass, or 'auto': the largest power of two that fits in the "
+    "device's free memory (fixed when the store is created).",
+)
+@click.option(
+    "--writer-threads",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Threads writing finished blocks while the forward passes go on (0: 4, or fewer CPUs).",
+)
 @click.option(
     "--chunk-contexts",
     default=0,
     show_default=True,
     help="Contexts per chunk (0: about 64 MB chunks).",
 )
-@click.option("--chunk-layers", default=0, show_default=True, help="Layers per chunk (0: all).")
+@click.option(
+    "--chunk-layers",
+    default=0,
+    show_default=True,
+    help="Layers per chunk (0: all, unless a context of all layers exceeds 128 MB).",
+)
 @click.option(
     "--statistics/--no-statistics",
     default=True,
@@ -197,7 +215,7 @@ def extract(**kw: Any) -> None:
             layers=_parse_layers(kw["layers"]),
             special_tokens=kw["special_tokens"],
             attn_implementation=kw["attn_implementation"],
-            batch_size=kw["batch_size"],
+            batch_size=_parse_batch_size(kw["batch_size"]),
         ),
         store=StoreConfig(
             contexts=kw["contexts"],
@@ -223,6 +241,7 @@ def extract(**kw: Any) -> None:
             shard=_parse_shard(kw["shard"]),
             plan_only=kw["plan_only"],
             require_topic_column=source is click.core.ParameterSource.COMMANDLINE,
+            writer_threads=kw["writer_threads"] or None,
         )
     verb = "resumed" if result.resumed else "created"
     if result.plan_only:
@@ -240,6 +259,18 @@ def extract(**kw: Any) -> None:
     )
     if result.blocks_missing:
         click.echo(f"{result.blocks_missing} blocks are not written yet")
+
+
+def _parse_batch_size(value: str) -> int | str:
+    """``--batch-size``: a number, or ``auto``."""
+    if value.strip().lower() == AUTO:
+        return AUTO
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r}: give a number of contexts per forward pass, e.g. 32, or auto"
+        ) from None
 
 
 def _parse_shard(value: str | None) -> tuple[int, int] | None:

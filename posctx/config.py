@@ -18,6 +18,9 @@ from posctx.types import MODEL_DTYPES, SPECIAL_TOKEN_POLICIES, STORAGE_DTYPES
 
 _T = TypeVar("_T", bound="_Record")
 
+#: ``batch_size`` that lets posctx choose from the device's free memory.
+AUTO = "auto"
+
 #: the form of a torch device string; whether torch knows the type is checked when loading.
 _DEVICE = re.compile(r"[a-z][a-z0-9_]*(:[0-9]+)?")
 
@@ -103,7 +106,9 @@ class ModelConfig(_Record):
         Passed to ``from_pretrained`` (``"eager"``, ``"sdpa"``...); ``None`` lets transformers
         choose. The implementation actually used is recorded either way.
     batch_size
-        Contexts per forward pass. Recorded: it can change hidden states in low precision.
+        Contexts per forward pass; ``"auto"`` chooses the largest power of two that fits in
+        the device's free memory when the store is created. Recorded, with the
+        value chosen: it can change hidden states in low precision, so a store keeps it.
     """
 
     name: str = "minilm"
@@ -112,7 +117,7 @@ class ModelConfig(_Record):
     layers: tuple[int, ...] = ()
     special_tokens: str = "model"
     attn_implementation: str | None = None
-    batch_size: int = 32
+    batch_size: int | str = 32
 
     def __post_init__(self) -> None:
         if self.dtype not in MODEL_DTYPES:
@@ -130,10 +135,10 @@ class ModelConfig(_Record):
                 f"special-token policy {self.special_tokens!r} is not one of "
                 f"{', '.join(SPECIAL_TOKEN_POLICIES)}"
             )
-        if self.batch_size < 1:
+        if self.batch_size != AUTO and (isinstance(self.batch_size, str) or self.batch_size < 1):
             raise PosctxError(
                 f"--batch-size must be >= 1, got {self.batch_size}: pass --batch-size 1 or more "
-                "(default 32)"
+                "(default 32), or auto to fit the device's free memory"
             )
         if any(layer < 0 for layer in self.layers):
             raise PosctxError(

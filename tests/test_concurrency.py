@@ -47,15 +47,17 @@ def test_a_killed_shard_loses_nothing_of_the_others(
     reference: dict[str, Any], tmp_path: Path
 ) -> None:
     path = tmp_path / "sharded.zarr"
-    kill = faults.Kill(where="hidden/c/4/", mode="torn")  # shard 1's second block, mid-write
+    # Chunks of 2 contexts and batches of 3: forward groups of 2 blocks, and shard i of 3
+    # takes groups i and i + 3. Shard 1 (blocks 2, 3, 8, 9) dies writing block 3.
+    kill = faults.Kill(where="hidden/c/3/", mode="torn")
     procs = [
         faults.start(reference["config"], path, kill=kill if i == 1 else None, shard=(i, 3))
         for i in range(3)
     ]
     assert [faults.wait(p) for p in procs] == [0, -9, 0]
     done = completed_blocks(str(path))
-    assert done[[0, 2, 3, 5, 6, 8, 9, 11]].all()  # shards 0 and 2 finished
-    assert done[1] and not done[4:12:3].any()  # shard 1 finished one block, then died
+    assert done[[0, 1, 4, 5, 6, 7, 10, 11]].all()  # shards 0 and 2 finished
+    assert not done[[2, 3, 8, 9]].any()  # shard 1 died before its first commit
     assert faults.run_shard(reference["config"], path, (1, 3)) == 0
     assert not faults.differences(reference["contents"], faults.store_contents(path))
     assert not faults.leftovers(path)
@@ -146,7 +148,8 @@ def test_plan_only_then_shards_and_extensions_need_one_planner(
     grown = extract(config, path, plan_only=True, progress=False)
     assert (grown.blocks_written, grown.blocks_missing) == (0, 6)
     results = [extract(config, path, shard=(i, 2), progress=False) for i in range(2)]
-    assert [r.blocks_written for r in results] == [3, 3] and results[-1].blocks_missing == 0
+    # Blocks 6-11 in groups 3, 4 and 5 of two blocks: shard 0 takes group 4, shard 1 the others.
+    assert [r.blocks_written for r in results] == [2, 4] and results[-1].blocks_missing == 0
     got = faults.store_contents(Path(path))
     differ = [name for name in faults.differences(reference["contents"], got) if name != "attrs"]
     assert not differ, differ

@@ -397,3 +397,42 @@ def test_stdlib_corpus_end_to_end() -> None:
         else:
             text = (root / source).read_text(encoding="utf-8", errors="replace")
         assert text[offset : offset + len(head)] == head
+
+
+# --- tokenising documents in batches ----------------------------------------------------
+
+
+@pytest.mark.parametrize("read_ahead", [1, 3, 256])
+@pytest.mark.parametrize("balance", [True, False])
+def test_batch_encoding_gives_the_same_plan_and_skips_full_topics(
+    read_ahead: int, balance: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import posctx.corpus.contexts as contexts
+
+    monkeypatch.setattr(contexts, "READ_AHEAD_DOCUMENTS", read_ahead)
+    docs = make_docs({"a": [90] * 30, "b": [40] * 30, "c": [300] * 3}, seed=3)
+    calls: list[list[str]] = []
+
+    def encode_batch(texts: list[str]) -> list[list[int]]:
+        calls.append(texts)
+        return [chars(t) for t in texts]
+
+    kwargs: dict[str, Any] = dict(n_contexts=12, length=32, seed=5, balance=balance)
+    one = _sample(ListCorpus(docs), **kwargs)
+    batched = _sample(ListCorpus(docs), encode_batch=encode_batch, **kwargs)
+    for name in ("token_ids", "topic", "source", "offset"):
+        np.testing.assert_array_equal(getattr(one, name), getattr(batched, name))
+    assert calls and max(len(c) for c in calls) <= read_ahead
+    # What is read ahead past a topic's quota is encoded at most once per window, never again.
+    encoded = [t for c in calls for t in c]
+    assert len(encoded) == len(set(encoded)) <= len(docs)
+
+
+def test_a_loaded_tokenizer_encodes_a_batch_as_one_text_at_a_time(minilm_dir: Path) -> None:
+    from posctx.config import ModelConfig
+    from posctx.model import load_model
+
+    loaded = load_model(ModelConfig(name=str(minilm_dir)))
+    texts = [pydoc_topics["assert"], pydoc_topics["if"], ""]
+    assert loaded.encode_batch(texts) == [loaded.encode(t) for t in texts]
+    assert loaded.encode_batch([]) == []

@@ -230,6 +230,13 @@ def attention_weights(model: Any, layer: int, positions: npt.ArrayLike) -> Atten
     return family.weights(model, layer, np.asarray(positions, dtype=np.int64))
 
 
+def _batch_size(loaded: LoadedModel) -> int:
+    """Contexts per forward pass for attention maps: the model's, or 8 with ``auto`` (each
+    context keeps every layer's ``heads x T x T`` probabilities)."""
+    batch = loaded.config.batch_size
+    return max(1, int(batch)) if not isinstance(batch, str) else 8
+
+
 def _forward_attention(
     loaded: LoadedModel,
     token_ids: npt.NDArray[np.integer],
@@ -253,9 +260,10 @@ def _forward_attention(
     probs, inputs = [], []
     try:
         with torch.inference_mode():
-            for start in range(0, len(token_ids), max(1, loaded.config.batch_size)):
+            batch = _batch_size(loaded)
+            for start in range(0, len(token_ids), batch):
                 ids = torch.as_tensor(
-                    np.asarray(token_ids[start : start + loaded.config.batch_size], dtype=np.int64),
+                    np.asarray(token_ids[start : start + batch], dtype=np.int64),
                     device=device,
                 )
                 out = model(

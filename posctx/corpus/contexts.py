@@ -17,12 +17,13 @@ from __future__ import annotations
 import hashlib
 import sys
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from tqdm import tqdm
 
+from posctx.corpus.documents import Document
 from posctx.corpus.sources import Corpus
 from posctx.errors import CorpusError
 from posctx.types import IntArray
@@ -227,6 +228,7 @@ def _collect(
     seed: int,
     balance: bool,
     progress: bool,
+    encode_batch: Callable[[list[str]], Sequence[Sequence[int]]] | None = None,
 ) -> dict[str, _TopicStream]:
     """Stream the corpus into per-topic windows until every quota is met or the corpus ends."""
     known = corpus.topics
@@ -253,7 +255,7 @@ def _collect(
     )
     documents = corpus.documents(seed)
     try:
-        for doc in documents:
+        for doc, encoded in _encoded(documents, streams, encode_batch):
             stream = streams.get(doc.topic)
             if stream is None:
                 if known is not None:
@@ -267,7 +269,8 @@ def _collect(
                 continue
             target = targets[doc.topic] if targets is not None else n_contexts
             before = len(stream.windows)
-            tokens = _as_ids(encode(doc.text), f"encode() of {doc.source!r}")
+            ids = encode(doc.text) if encoded is None else encoded
+            tokens = _as_ids(ids, f"encode() of {doc.source!r}")
             if len(tokens):
                 stream.feed(tokens, doc.source)
             after = len(stream.windows)
@@ -286,6 +289,57 @@ def _collect(
     return streams
 
 
+#: Documents read ahead and tokenised in one call when a batch encoder is given.
+READ_AHEAD_DOCUMENTS = 256
+#: ... or fewer, once their text reaches this many characters (bounded memory).
+READ_AHEAD_CHARS = 8_000_000
+
+
+def _encoded(
+    documents: Iterable[Document],
+    streams: Mapping[str, _TopicStream],
+    encode_batch: Callable[[list[str]], Sequence[Sequence[int]]] | None,
+) -> Iterator[tuple[Document, Sequence[int] | None]]:
+    """The documents, each with its token ids when ``encode_batch`` is given (else ``None``).
+
+    Documents are read ahead in windows and tokenised in one call (a fast tokenizer encodes a
+    batch on all cores). A document of a topic whose quota is met is not tokenised; one that
+    meets it within the window was tokenised for nothing, which changes no result: encoding is
+    a pure function of the text, and what is used is decided document by document as before.
+    """
+    if encode_batch is None:
+        for doc in documents:
+            yield doc, None
+        return
+    window: list[Document] = []
+    chars = 0
+    for doc in documents:
+        window.append(doc)
+        chars += len(doc.text)
+        if len(window) >= READ_AHEAD_DOCUMENTS or chars >= READ_AHEAD_CHARS:
+            yield from _encode_window(window, streams, encode_batch)
+            window, chars = [], 0
+    yield from _encode_window(window, streams, encode_batch)
+
+
+def _encode_window(
+    window: list[Document],
+    streams: Mapping[str, _TopicStream],
+    encode_batch: Callable[[list[str]], Sequence[Sequence[int]]],
+) -> Iterator[tuple[Document, Sequence[int] | None]]:
+    wanted = [i for i, doc in enumerate(window) if not _full(streams, doc.topic)]
+    ids = encode_batch([window[i].text for i in wanted]) if wanted else []
+    encoded: dict[int, Sequence[int]] = dict(zip(wanted, ids, strict=True))
+    for i, doc in enumerate(window):
+        # A skipped document goes on unencoded: its topic is full, so it is never tokenised.
+        yield doc, encoded.get(i)
+
+
+def _full(streams: Mapping[str, _TopicStream], topic: str) -> bool:
+    stream = streams.get(topic)
+    return stream is not None and stream.full
+
+
 def sample_contexts(
     corpus: Corpus,
     encode: Callable[[str], Sequence[int]],
@@ -298,6 +352,7 @@ def sample_contexts(
     seed: int = 0,
     balance: bool = True,
     progress: bool = False,
+    encode_batch: Callable[[list[str]], Sequence[Sequence[int]]] | None = None,
 ) -> ContextPlan:
     """Cut ``n_contexts`` contexts of ``length`` tokens from a corpus, deterministically.
 
@@ -322,6 +377,10 @@ def sample_contexts(
         topics in a seeded order); otherwise topics that run out leave the rest to others.
     progress
         Show a progress bar of contexts collected on stderr.
+    encode_batch
+        Texts -> their token ids, in one call (a fast tokenizer's batch mode, on all cores):
+        documents are then read ahead a window at a time and tokenised together. The plan is
+        the same as with ``encode`` alone.
 
     Returns
     -------
@@ -375,6 +434,7 @@ def sample_contexts(
         seed=seed,
         balance=balance,
         progress=progress,
+        encode_batch=encode_batch,
     )
     topics = list(streams)
     available = [len(streams[t].windows) for t in topics]

@@ -12,6 +12,7 @@ import numpy as np
 from posctx.config import ExtractConfig
 from posctx.errors import StoreError
 from posctx.extraction.cluster import run_blocks_distributed
+from posctx.extraction.groups import blocks_per_group
 from posctx.extraction.plan import (
     BlockRun,
     check_shard,
@@ -22,9 +23,10 @@ from posctx.extraction.plan import (
     refuse_interrupted_extension,
     refuse_mismatch,
     settle_statistics,
+    stored_batch_size,
     unmark,
 )
-from posctx.extraction.run import run_blocks
+from posctx.extraction.run import default_writer_threads, run_blocks
 from posctx.extraction.statistics import repair_blocks
 from posctx.store import (
     check_writable,
@@ -74,6 +76,7 @@ def extract(
     shard: tuple[int, int] | None = None,
     plan_only: bool = False,
     require_topic_column: bool = False,
+    writer_threads: int | None = None,
 ) -> ExtractResult:
     """Extract every requested layer's hidden states for a corpus into a Zarr store.
 
@@ -106,6 +109,9 @@ def extract(
         with ``plan_only`` first.
     plan_only
         Create (or extend) the store, with its token ids and labels, and compute nothing.
+    writer_threads
+        Threads writing finished blocks while the forward passes go on (default 4, or the
+        number of CPUs if fewer). They change nothing stored, only how fast it is stored.
     require_topic_column
         Refuse a table or dataset without ``config.corpus.topic_column`` (the command line
         sets this when ``--topic-column`` is given): otherwise a missing column puts every
@@ -157,16 +163,18 @@ def extract(
     prov = read_provenance(path, storage_options) or {}
     chunk = int(prov["chunk_contexts"])
     blocks = plan_blocks(config.store.contexts, chunk)
+    batch_size = stored_batch_size(prov)
+    per_group = blocks_per_group(chunk, batch_size)
     statistics = StatisticsPlan.from_record(prov)
     done = completed_blocks(path, storage_options)
-    mine = pending_blocks(blocks, np.zeros(len(blocks), bool), shard)
+    mine = pending_blocks(blocks, np.zeros(len(blocks), bool), shard, per_group)
     if statistics is not None:
         done = settle_statistics(path, storage_options, blocks, done, mine)
     damaged = [] if plan_only else damaged_blocks(path, storage_options, mine, done, statistics)
     if damaged and statistics is None:  # computed again like any unfinished block
         unmark(path, storage_options, damaged)
         done[[b.index for b in damaged]] = False
-    todo = [] if plan_only else pending_blocks(blocks, done, shard)
+    todo = [] if plan_only else pending_blocks(blocks, done, shard, per_group)
     n_done = sum(b.size for b in mine if done[b.index])
     start = time.perf_counter()
     run = BlockRun(
@@ -183,6 +191,8 @@ def extract(
         n_contexts=config.store.contexts,
         chunk_contexts=chunk,
         flush_seconds=flush_seconds(),
+        batch_size=batch_size,
+        per_group=per_group,
     )
     if damaged and statistics is not None:
         # Counted already: recompute their hidden states (the same values) and nothing else.
@@ -192,7 +202,8 @@ def extract(
     elif client is not None:
         tokens = run_blocks_distributed(client, loaded, run)
     else:
-        tokens = run_blocks(loaded, run)
+        threads = default_writer_threads() if writer_threads is None else writer_threads
+        tokens = run_blocks(loaded, run, writer_threads=threads)
     return ExtractResult(
         path=str(path),
         n_contexts=config.store.contexts,

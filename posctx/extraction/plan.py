@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from posctx.config import ExtractConfig
+from posctx.config import AUTO, ExtractConfig
 from posctx.errors import PosctxError, StoreError
+from posctx.extraction.groups import in_shard
 from posctx.store import (
     Block,
     BlockWriter,
@@ -19,10 +20,11 @@ from posctx.store import (
     build_dataset,
     create_store,
     default_chunk_contexts,
+    plan_blocks,
     provenance_record,
     read_provenance,
 )
-from posctx.store.layout import RECORD_KEY, StatisticsPlan
+from posctx.store.layout import RECORD_KEY, StatisticsPlan, default_chunk_layers
 from posctx.store.partials import coverage, read_partials, roll_forward, select_partials
 from posctx.sums import Edges
 from posctx.types import BLOCK_COMPLETE, TOKEN_ID
@@ -104,6 +106,7 @@ def plan_contexts(config: ExtractConfig, loaded: LoadedModel, corpus: Any, progr
         seed=config.corpus.seed,
         balance=config.corpus.balance,
         progress=progress,
+        encode_batch=loaded.encode_batch,
     )
 
 
@@ -173,6 +176,47 @@ def statistics_plan(
     )
 
 
+#: The provenance key of the forward batch size a store is extracted with.
+BATCH_SIZE_KEY = "batch_size"
+
+
+def chunk_layout(config: ExtractConfig, loaded: LoadedModel) -> tuple[int, int]:
+    """Layers per chunk and contexts per chunk of a new store.
+
+    Chosen when the user gives 0: all layers, unless one context of them exceeds 128 MB
+    (:func:`~posctx.store.layout.default_chunk_layers`), and about 64 MB per chunk. With
+    fewer layers per chunk, more contexts fit in one.
+    """
+    n_layers = len(loaded.layers)
+    itemsize = np.dtype(config.store.storage_dtype).itemsize
+    length, n_dims = config.store.length, loaded.hidden_size
+    layers = min(
+        config.store.chunk_layers or default_chunk_layers(length, n_layers, n_dims, itemsize),
+        n_layers,
+    )
+    contexts = config.store.chunk_contexts or default_chunk_contexts(
+        length, layers, n_dims, itemsize
+    )
+    return layers, contexts
+
+
+def forward_batch_size(config: ExtractConfig, loaded: LoadedModel) -> int:
+    """The forward batch of a new store: ``--batch-size``, or with ``auto`` what fits in
+    the device's free memory (:func:`~posctx.model.memory.auto_batch_size`)."""
+    if config.model.batch_size != AUTO:
+        return int(config.model.batch_size)
+    from posctx.model.memory import auto_batch_size
+
+    return auto_batch_size(
+        loaded, config.store.length, config.store.storage_dtype, config.store.statistics
+    )
+
+
+def stored_batch_size(stored: Mapping[str, Any]) -> int:
+    """The forward batch a store is extracted with (stores older than the key: the config's)."""
+    return int(stored.get(BATCH_SIZE_KEY) or stored["config"]["model"]["batch_size"])
+
+
 def prepare_store(
     config: ExtractConfig,
     path: str,
@@ -198,13 +242,7 @@ def prepare_store(
     corpus = open_corpus(config.corpus)
     special = loaded.special
     plan = plan_contexts(config, loaded, corpus, progress)
-    itemsize = np.dtype(config.store.storage_dtype).itemsize
-    # About 64 MB per chunk: with --chunk-layers, a chunk holds that many layers of a context,
-    # so more contexts fit in one (and in each block, which the forward pass batches).
-    layers_per_chunk = min(config.store.chunk_layers or len(loaded.layers), len(loaded.layers))
-    chunk = config.store.chunk_contexts or default_chunk_contexts(
-        config.store.length, layers_per_chunk, loaded.hidden_size, itemsize
-    )
+    layers_per_chunk, chunk = chunk_layout(config, loaded)
     record = provenance_record(
         config=config.to_dict(),
         model=loaded.info(),
@@ -212,6 +250,10 @@ def prepare_store(
         special_tokens=special.to_dict(),
         chunk_contexts=chunk,
     )
+    record["chunk_layers"] = layers_per_chunk
+    # Fixed with the store: a resume batches every context with the same mates (see
+    # posctx.extraction.groups), even where --batch-size auto would choose otherwise.
+    record[BATCH_SIZE_KEY] = forward_batch_size(config, loaded)
     statistics = statistics_plan(config, loaded, plan.topic)
     if statistics is not None:
         record[RECORD_KEY] = statistics.to_dict()
@@ -225,7 +267,7 @@ def prepare_store(
         hidden_size=loaded.hidden_size,
         storage_dtype=config.store.storage_dtype,
         chunk_contexts=chunk,
-        chunk_layers=config.store.chunk_layers,
+        chunk_layers=layers_per_chunk,
         provenance=record,
         attrs={"title": _title(config)},
         statistics=None if statistics is None else statistics.edges,
@@ -278,10 +320,14 @@ def refuse_interrupted_extension(
 
 
 def pending_blocks(
-    blocks: Iterable[Block], done: np.ndarray, shard: tuple[int, int] | None = None
+    blocks: Iterable[Block],
+    done: np.ndarray,
+    shard: tuple[int, int] | None = None,
+    per_group: int = 1,
 ) -> list[Block]:
     """The blocks whose completion marker is not set, in order; only shard ``i`` of ``n``
-    (the blocks whose index is ``i`` modulo ``n``) when ``shard=(i, n)``.
+    (the blocks whose forward group's index is ``i`` modulo ``n``, see
+    :func:`~posctx.extraction.groups.in_shard`) when ``shard=(i, n)``.
 
     >>> import numpy as np
     >>> from posctx.store import plan_blocks
@@ -290,8 +336,7 @@ def pending_blocks(
     >>> pending_blocks(plan_blocks(10, 2), np.zeros(5, bool), shard=(1, 2))
     [Block(index=1, start=2, stop=4), Block(index=3, start=6, stop=8)]
     """
-    i, n = shard or (0, 1)
-    return [b for b in blocks if not bool(done[b.index]) and b.index % n == i]
+    return [b for b in blocks if not bool(done[b.index]) and in_shard(b, per_group, shard)]
 
 
 def settle_statistics(
@@ -423,6 +468,10 @@ class BlockRun:
     flush_seconds
         With statistics, how often a writer commits its partial (and marks the blocks it
         counts): a kill loses at most this much work.
+    batch_size
+        Contexts per forward pass (the store's, see :func:`stored_batch_size`).
+    per_group
+        Blocks per forward group (:func:`~posctx.extraction.groups.blocks_per_group`).
     """
 
     path: str
@@ -438,6 +487,12 @@ class BlockRun:
     n_contexts: int = 0
     chunk_contexts: int = 0
     flush_seconds: float = 30.0
+    batch_size: int = 32
+    per_group: int = 1
+
+    def all_blocks(self) -> list[Block]:
+        """Every block of the store, in order."""
+        return plan_blocks(self.n_contexts, self.chunk_contexts)
 
     def is_tail(self, block: Block) -> bool:
         """Whether ``block`` is the store's short last block (its statistics go apart)."""
@@ -445,6 +500,10 @@ class BlockRun:
 
 
 __all__ = [
+    "BATCH_SIZE_KEY",
+    "chunk_layout",
+    "forward_batch_size",
+    "stored_batch_size",
     "unmark",
     "damaged_blocks",
     "statistics_plan",

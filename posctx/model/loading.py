@@ -71,6 +71,14 @@ class LoadedModel:
         """Token ids of ``text`` without special tokens."""
         return list(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each of ``texts`` without special tokens, in one tokenizer call (a
+        fast tokenizer encodes a batch in parallel)."""
+        if not texts:
+            return []
+        out = self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+        return [list(ids) for ids in out]
+
     def info(self) -> dict[str, Any]:
         """JSON-able description of the model as loaded (stored in the store's attrs)."""
         import torch

@@ -77,7 +77,7 @@ class DeviceStatistics:
         self._m2 = (
             torch.zeros((n_layers, n_dims, n_dims), dtype=f64, device=on) if moments else None
         )
-        self._contexts: list[dict[str, np.ndarray]] = []
+        self._contexts: list[dict[str, Any]] = []
         # On a CPU the states are host memory already: numpy's per-context passes over a
         # cached slab (posctx.sums) beat torch's whole-batch float64 copies.
         self._host = (
@@ -115,17 +115,21 @@ class DeviceStatistics:
         x = stacked.double()
         core = x[:, self.edges.core]
         ctx_sum = core.sum(dim=1)
+        # Kept on the device until take_contexts: a copy to the host here would make the host
+        # wait for every batch, and the next forward pass could not be queued meanwhile.
         self._contexts.append(
             {
-                "ctx_sum": ctx_sum.cpu().numpy(),
-                "ctx_sumsq": (core * core).sum(dim=(1, 3)).cpu().numpy(),
-                "edge": stacked.index_select(1, self._edge_index).cpu().numpy(),
+                "ctx_sum": ctx_sum,
+                "ctx_sumsq": (core * core).sum(dim=(1, 3)),
+                "edge": stacked.index_select(1, self._edge_index),
             }
         )
-        topics = torch.as_tensor(np.asarray(topic_index), dtype=torch.long, device=self.device)
-        # One masked sum per topic: index_add_ on a GPU adds with atomics, in no fixed order.
-        for g in torch.unique(topics).tolist():
-            self._pos_sum[g] += x[topics == g].sum(dim=0)
+        topic_index = np.asarray(topic_index)
+        # One sum per topic (index_add_ on a GPU adds with atomics, in no fixed order), over
+        # rows chosen on the host: a mask made on the device would make the host wait.
+        for g in np.unique(topic_index).tolist():
+            rows = torch.as_tensor(np.flatnonzero(topic_index == g), device=self.device)
+            self._pos_sum[g] += x.index_select(0, rows).sum(dim=0)
         if self._m2 is not None:
             self._add_moments(stacked, ctx_sum)
 
@@ -153,8 +157,13 @@ class DeviceStatistics:
 
     def take_contexts(self) -> dict[str, np.ndarray]:
         """The per-context statistics of the batches added since the last call, in order."""
+        return join_contexts(self.take_parts())
+
+    def take_parts(self) -> list[dict[str, Any]]:
+        """What :meth:`take_contexts` joins, left where it is (device tensors on a GPU), so
+        that the caller can copy it to the host without waiting for later work."""
         parts, self._contexts = self._contexts, []
-        return {name: np.concatenate([p[name] for p in parts]) for name in CONTEXT_STATISTICS}
+        return parts
 
     def snapshot(self) -> dict[str, Any]:
         """The accumulated sums so far, on the host (a copy): what a partial stores."""
@@ -173,4 +182,17 @@ class DeviceStatistics:
         return out
 
 
-__all__ = ["DeviceStatistics"]
+def join_contexts(parts: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Per-context statistics of consecutive batches (numpy arrays or tensors), joined."""
+    return {name: np.concatenate([_on_host(p[name]) for p in parts]) for name in CONTEXT_STATISTICS}
+
+
+def _on_host(values: Any) -> np.ndarray:
+    """A numpy array of per-context statistics (a torch tensor is copied from its device)."""
+    if isinstance(values, np.ndarray):
+        return values
+    out: np.ndarray = values.cpu().numpy()
+    return out
+
+
+__all__ = ["DeviceStatistics", "join_contexts"]

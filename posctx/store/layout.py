@@ -80,6 +80,9 @@ CONTEXT_LABELS = (TOPIC, SOURCE, OFFSET)
 
 #: target bytes per ``hidden`` chunk when the user does not choose a chunk size.
 DEFAULT_CHUNK_BYTES = 64 * 2**20
+#: the largest default chunk: above it, a context's layers are split across chunks. Chunks of
+#: 16-128 MB suit local disks and object storage alike (few requests, bounded memory).
+MAX_CHUNK_BYTES = 128 * 2**20
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,24 @@ def default_chunk_contexts(length: int, n_layers: int, n_dims: int, itemsize: in
     """Contexts per chunk so that one ``hidden`` chunk of ``n_layers`` layers holds about 64 MB."""
     per_context = max(1, length * n_layers * n_dims * itemsize)
     return max(1, DEFAULT_CHUNK_BYTES // per_context)
+
+
+def default_chunk_layers(length: int, n_layers: int, n_dims: int, itemsize: int) -> int:
+    """Layers per chunk when the user does not choose: all of them, unless one context of
+    all layers exceeds :data:`MAX_CHUNK_BYTES`; then as many as fit in
+    :data:`DEFAULT_CHUNK_BYTES` (at least one).
+
+    >>> default_chunk_layers(1024, 13, 768, 4)  # GPT-2-small, T=1024, float32: 41 MB a context
+    13
+    >>> default_chunk_layers(1024, 17, 2048, 4)  # Llama-3.2-1B: 143 MB a context
+    8
+    >>> default_chunk_layers(1024, 33, 4096, 2)  # an 8B model in float16: 277 MB a context
+    8
+    """
+    per_layer = max(1, length * n_dims * itemsize)
+    if per_layer * n_layers <= MAX_CHUNK_BYTES:
+        return n_layers
+    return max(1, min(n_layers, DEFAULT_CHUNK_BYTES // per_layer))
 
 
 def plan_blocks(n_contexts: int, chunk_contexts: int) -> list[Block]:
@@ -359,6 +380,8 @@ __all__ = [
     "STATISTICS_SCHEMA",
     "STRING_COORDS",
     "DEFAULT_CHUNK_BYTES",
+    "MAX_CHUNK_BYTES",
+    "default_chunk_layers",
     "Block",
     "default_chunk_contexts",
     "plan_blocks",

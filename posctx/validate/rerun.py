@@ -6,13 +6,12 @@ imports torch and transformers), so importing :mod:`posctx.validate` stays light
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from posctx.store import Block
 from posctx.types import HIDDEN, LAYER, POSITION, TOKEN_ID
 from posctx.validate.report import Check, _plural, _Skip
 from posctx.validate.structure import _Store
@@ -94,12 +93,15 @@ def _check_rerun(st: _Store, n: int, seed: int) -> Check:
     tolerance = max(
         RERUN_TOLERANCE.get(storage, 1e-4), RERUN_TOLERANCE.get(config.model.dtype, 1e-4)
     )
-    batch = config.model.batch_size
+    # The batch the store was extracted with (``auto`` resolved when it was created).
+    batch = int(record.get("batch_size") or config.model.batch_size)
+    chunk = int(record.get("chunk_contexts") or complete[0].size)
     vocab = getattr(loaded.model.config, "vocab_size", None)
     worst_abs, worst_rel, worst_at = 0.0, 0.0, (int(picks[0]), 0, 0)
     per_context: dict[int, float] = {}
     failed: dict[int, str] = {}  # contexts that could not be recomputed, and why
-    for (start, stop), members in _batches(complete, picks, batch).items():
+    n_contexts = int(token_id.shape[0])
+    for (start, stop), members in _batches(chunk, n_contexts, picks, batch).items():
         ids = np.asarray(token_id[start:stop])
         if vocab and (ids.min() < 0 or ids.max() >= vocab):
             failed.update(dict.fromkeys(members, "token ids outside the vocabulary in its batch"))
@@ -178,18 +180,24 @@ def _differences(new: np.ndarray, stored: np.ndarray) -> tuple[float, np.ndarray
 
 
 def _batches(
-    blocks: Sequence[Block], picks: np.ndarray, batch: int
+    chunk: int, n_contexts: int, picks: np.ndarray, batch: int
 ) -> dict[tuple[int, int], list[int]]:
     """The extraction batch ``(start, stop)`` of each picked context, with the picks in it.
 
-    Extraction splits every block into batches of ``batch`` contexts from its start.
+    Extraction runs forward groups of ``ceil(batch / chunk)`` consecutive blocks (one block
+    when a chunk holds a batch), each in batches of ``batch`` contexts from its start (see
+    :mod:`posctx.extraction.groups`).
 
-    >>> _batches([Block(0, 0, 4), Block(1, 4, 8)], np.array([1, 2, 7]), 3)
+    >>> _batches(4, 8, np.array([1, 2, 7]), 3)  # blocks of 4: a group is one block
     {(0, 3): [1, 2], (7, 8): [7]}
+    >>> _batches(1, 10, np.array([1, 2, 7, 9]), 3)  # blocks of 1: groups of 3 blocks
+    {(0, 3): [1, 2], (6, 9): [7], (9, 10): [9]}
     """
+    per_group = max(1, -(-batch // chunk)) * chunk
     out: dict[tuple[int, int], list[int]] = {}
     for c in picks.tolist():
-        block = next(b for b in blocks if b.start <= c < b.stop)
-        start = block.start + (c - block.start) // batch * batch
-        out.setdefault((start, min(start + batch, block.stop)), []).append(c)
+        first = c // per_group * per_group
+        start = first + (c - first) // batch * batch
+        stop = min(start + batch, first + per_group, n_contexts)
+        out.setdefault((start, stop), []).append(c)
     return out

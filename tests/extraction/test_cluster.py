@@ -14,7 +14,12 @@ import posctx.extraction.cluster as cluster_module
 from posctx.config import ModelConfig
 from posctx.errors import StoreError
 from posctx.extraction.api import extract
-from posctx.extraction.cluster import cached_model, extract_block, run_blocks_distributed
+from posctx.extraction.cluster import (
+    cached_model,
+    extract_block,
+    extract_blocks,
+    run_blocks_distributed,
+)
 from posctx.extraction.plan import BlockRun
 from posctx.model import LoadedModel, forward_hidden, load_model
 from posctx.store import Block, plan_blocks
@@ -50,9 +55,25 @@ def test_a_process_loads_each_model_once(gpt2: LoadedModel) -> None:
     assert len(cluster_module._MODELS) == 2
 
 
-def test_extract_block_writes_one_block_and_its_marker(gpt2: LoadedModel, planned: str) -> None:
-    block = Block(1, 4, 8)
-    assert extract_block(planned, block, gpt2.config.to_dict(), "float32", gpt2.weights_hash) == 4
+def _run(path: str, *blocks: Block) -> BlockRun:
+    """The plan of ``blocks`` of the planned store (10 contexts, blocks of 4, batches of 3)."""
+    return BlockRun(
+        path,
+        blocks,
+        storage_dtype="float32",
+        length=8,
+        progress=False,
+        n_contexts=10,
+        chunk_contexts=4,
+        batch_size=3,
+    )
+
+
+def test_extract_blocks_writes_its_blocks_and_their_markers(
+    gpt2: LoadedModel, planned: str
+) -> None:
+    run = _run(planned, Block(1, 4, 8))
+    assert extract_blocks(run, gpt2.config.to_dict(), gpt2.weights_hash) == 4
     ds = xr.open_zarr(planned)
     assert ds.block_complete.values.tolist() == [0, 1, 0]
     np.testing.assert_array_equal(
@@ -60,9 +81,18 @@ def test_extract_block_writes_one_block_and_its_marker(gpt2: LoadedModel, planne
     )
 
 
+def test_the_old_extract_block_still_works_with_a_warning(gpt2: LoadedModel, planned: str) -> None:
+    with pytest.warns(FutureWarning, match="use posctx.extraction.extract_blocks"):
+        size = extract_block(
+            planned, Block(2, 8, 10), gpt2.config.to_dict(), "float32", gpt2.weights_hash
+        )
+    assert size == 2
+    assert xr.open_zarr(planned).block_complete.values.tolist() == [0, 0, 1]
+
+
 def test_a_worker_with_other_weights_writes_nothing(gpt2: LoadedModel, planned: str) -> None:
     with pytest.raises(StoreError) as info:
-        extract_block(planned, Block(0, 0, 4), gpt2.config.to_dict(), "float32", "0" * 32)
+        extract_blocks(_run(planned, Block(0, 0, 4)), gpt2.config.to_dict(), "0" * 32)
     assert str(info.value) == (
         f"a worker loaded different weights for {gpt2.path!r} than the store records "
         f"({gpt2.weights_hash} vs {'0' * 32}): give every worker the same model"
@@ -102,9 +132,7 @@ def test_blocks_run_as_named_retried_tasks_and_count_their_tokens(
 
     blocks = plan_blocks(10, 4)
     recording = _Recording(client)
-    run = BlockRun(
-        planned, (blocks[0], blocks[2]), storage_dtype="float32", length=8, progress=False
-    )
+    run = _run(planned, blocks[0], blocks[2])
     tokens = run_blocks_distributed(recording, gpt2, run)
     assert tokens == (4 + 2) * 8
     ds = xr.open_zarr(planned)
@@ -112,10 +140,10 @@ def test_blocks_run_as_named_retried_tasks_and_count_their_tokens(
     np.testing.assert_array_equal(
         ds.hidden.values[8:], forward_hidden(gpt2, ds.token_id.values[8:])
     )
-    # Named by block and by what it writes: a resubmitted block is the same task.
+    # Named by first block and by what it writes: a resubmitted task is the same task.
     token = tokenize(planned, gpt2.weights_hash, "float32")
     assert [kw["key"] for kw in recording.submitted] == [
-        f"posctx-extract-block-0-{token}",
-        f"posctx-extract-block-2-{token}",
+        f"posctx-extract-0-{token}",
+        f"posctx-extract-2-{token}",
     ]
     assert {kw["retries"] for kw in recording.submitted} == {3}

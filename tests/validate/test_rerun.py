@@ -12,7 +12,6 @@ import zarr
 
 from posctx.errors import ModelError
 from posctx.extraction import extract
-from posctx.store import Block
 from posctx.store.location import consolidate, zarr_json
 from posctx.validate.report import _Skip
 from posctx.validate.rerun import (
@@ -102,18 +101,20 @@ def test_a_non_finite_stored_value_never_matches() -> None:
 
 
 def test_each_pick_is_recomputed_in_its_extraction_batch() -> None:
-    blocks = [Block(0, 0, 4), Block(1, 4, 8), Block(2, 8, 10)]
     picks = np.array([0, 2, 3, 4, 7, 9])
-    # Batches of 3 restart at each block's start and stop at its end.
-    assert _batches(blocks, picks, 3) == {
+    # Blocks of 4 hold a batch of 3: batches restart at each block's start, stop at its end.
+    assert _batches(4, 10, picks, 3) == {
         (0, 3): [0, 2],
         (3, 4): [3],
         (4, 7): [4],
         (7, 8): [7],
         (8, 10): [9],
     }
-    assert _batches(blocks, picks, 32) == {(0, 4): [0, 2, 3], (4, 8): [4, 7], (8, 10): [9]}
-    assert _batches(blocks, np.array([], int), 3) == {}
+    # A batch of 32 spans blocks: one forward group of 8 blocks, cut at the store's end.
+    assert _batches(4, 10, picks, 32) == {(0, 10): [0, 2, 3, 4, 7, 9]}
+    # Blocks of 1 and batches of 3: groups of 3 blocks.
+    assert _batches(1, 10, picks, 3) == {(0, 3): [0, 2], (3, 6): [3, 4], (6, 9): [7], (9, 10): [9]}
+    assert _batches(4, 10, np.array([], int), 3) == {}
 
 
 def test_the_recorded_model_loads_here_or_on_the_cpu_with_a_note(
