@@ -1,7 +1,7 @@
 """Planning speed: contexts cut from a corpus, tokenised one document at a time (as before)
 against documents read ahead and tokenised in batches, in the same run.
 
-    python bench/plan_tokens.py --contexts 20000 --length 128 --repeat 2
+    python bench/plan_tokens.py --contexts 20000 --length 128 --repeat 2   # --no-balance
 
 MiniLM's fast tokenizer on the built-in corpus. Reports tokens/s of planning (tokens of the
 planned contexts over seconds) for each route, the routes alternating, and checks that both
@@ -27,6 +27,12 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--corpus", default="stdlib")
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument(
+        "--balance",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="Balance topics (the built-in corpus is too small for 20,000 balanced contexts).",
+    )
     args = parser.parse_args()
     loaded = load_model(ModelConfig(name="minilm"))
     corpus = open_corpus(CorpusConfig(spec=args.corpus))
@@ -44,6 +50,7 @@ def main() -> None:
                 prefix_ids=special.prefix_ids,
                 suffix_ids=special.suffix_ids,
                 separator_ids=special.separator_ids,
+                balance=args.balance,
                 encode_batch=None if route.startswith("one") else loaded.encode_batch,
             )
             times[route].append(time.perf_counter() - start)

@@ -67,6 +67,9 @@ SCHEMA_ATTR = "posctx_schema"
 SCHEMA_VERSION = 1
 #: attrs key under which the provenance record (a JSON object) is stored.
 PROVENANCE_ATTR = "posctx"
+#: attrs key of the process creating a store on object storage (``{"host", "pid"}``): a
+#: store with it and without :data:`PROVENANCE_ATTR` is a creation that never finished.
+CREATING_ATTR = "posctx_creating"
 #: attrs key of the JSON record that says how a decomposition was made.
 DECOMPOSITION_ATTR = "posctx_decomposition"
 #: attrs key that :func:`posctx.open_hidden` sets when it left unfinished blocks out.
@@ -122,6 +125,7 @@ __all__ = [
     "INPUTS_ATTR",
     "KEY",
     "KIND_ATTR",
+    "CREATING_ATTR",
     "KV_HEAD",
     "LAYER",
     "LAYER_NAME",

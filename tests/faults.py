@@ -71,14 +71,23 @@ class Kill:
         return self.write == n
 
 
-def tiny_config(model: Path, contexts: int = 12, chunk: int = 2) -> dict[str, Any]:
-    """The extraction the fault tests run: a tiny model on the stdlib corpus, T = 16."""
+def tiny_config(
+    model: Path, contexts: int = 12, chunk: int = 2, chunk_layers: int = 0
+) -> dict[str, Any]:
+    """The extraction the fault tests run: a tiny model on the stdlib corpus, T = 16, in
+    batches of 3 (so forward groups of 2 blocks with chunks of 2 contexts)."""
     from posctx.config import CorpusConfig, ExtractConfig, ModelConfig, StoreConfig
 
     return ExtractConfig(
         corpus=CorpusConfig(spec="stdlib"),
         model=ModelConfig(name=str(model), batch_size=3),
-        store=StoreConfig(contexts=contexts, length=16, chunk_contexts=chunk, moments=True),
+        store=StoreConfig(
+            contexts=contexts,
+            length=16,
+            chunk_contexts=chunk,
+            chunk_layers=chunk_layers,
+            moments=True,
+        ),
     ).to_dict()
 
 

@@ -85,6 +85,45 @@ def test_kill_at_every_store_write_then_resume_is_identical(
     print(f"\n{killed} kills at {n} store writes, {len(cases)} resumed stores identical")
 
 
+@pytest.fixture(scope="module")
+def split_layers(
+    tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """An uninterrupted run in the layout of large models: one layer per chunk, one context
+    per chunk, so forward groups of 3 blocks (batches of 3)."""
+    root = tmp_path_factory.mktemp("fault-split-layers")
+    config = faults.tiny_config(tiny_models["bert"], contexts=8, chunk=1, chunk_layers=1)
+    assert faults.run(config, root / "ref.zarr", count_file=root / "count") == 0
+    import zarr
+
+    hidden = zarr.open_group(str(root / "ref.zarr"), mode="r", use_consolidated=False)["hidden"]
+    assert hidden.chunks == (1, 16, 1, 32)  # 3 layers of a context in 3 chunks
+    return {
+        "config": config,
+        "contents": faults.store_contents(root / "ref.zarr"),
+        "writes": int((root / "count").read_text()),
+    }
+
+
+def test_kill_anywhere_in_the_split_layer_layout_then_resume_is_identical(
+    split_layers: dict[str, Any], tmp_path: Path
+) -> None:
+    n = split_layers["writes"]
+    cases = _cases(n)
+    if not EXHAUSTIVE:
+        cases = cases[::2]  # half the spread of the main layout: the same protocol, other chunks
+    killed = 0
+    for k, mode in cases:
+        path = tmp_path / f"k{k}-{mode}.zarr"
+        died, resumed = _kill_and_resume(split_layers["config"], path, faults.Kill(k, mode))
+        assert resumed == 0, f"resume after a kill at write {k} ({mode}) failed"
+        killed += died == -9
+        _check(split_layers["contents"], path, f"split layers: kill at write {k} ({mode})")
+        shutil.rmtree(path)
+    assert killed >= len(cases) - 3, f"only {killed} of {len(cases)} kills happened"
+    print(f"\n{killed} kills at {n} store writes (split layers), {len(cases)} resumes identical")
+
+
 def test_kills_at_random_times_then_resume_is_identical(
     reference: dict[str, Any], tmp_path: Path
 ) -> None:

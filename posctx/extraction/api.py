@@ -37,7 +37,9 @@ from posctx.store import (
     remove_dead_creations,
     remove_partial_files,
 )
+from posctx.store.create import remove_interrupted_creation
 from posctx.store.layout import StatisticsPlan
+from posctx.store.provenance import InterruptedCreation
 
 if TYPE_CHECKING:  # pragma: no cover
     from posctx.model import LoadedModel
@@ -129,7 +131,13 @@ def extract(
     check_shard(shard)
     if require_topic_column:
         check_topic_column(config.corpus)  # a column named on purpose must exist
-    stored = read_provenance(path, storage_options, output=True)  # a foreign store: refused now
+    try:
+        stored = read_provenance(path, storage_options, output=True)  # a foreign store: refused
+    except InterruptedCreation as interrupted:
+        # A creation on object storage killed before its record: nothing was marked yet, so
+        # the same command starts it again (when its process is known to have ended).
+        remove_interrupted_creation(path, storage_options, interrupted)
+        stored = None
     if stored is None:
         check_writable(path, storage_options)
         open_corpus(config.corpus)  # an unknown corpus fails before the model loads

@@ -20,13 +20,16 @@ from posctx.store.location import (
     is_remote,
     local_path,
     open_group,
+    remote_fs,
     writing_consolidated,
     zarr_location,
 )
+from posctx.store.provenance import InterruptedCreation
 from posctx.types import (
     BLOCK_COMPLETE,
     BLOCK_START,
     CONTEXT,
+    CREATING_ATTR,
     EDGE,
     HIDDEN,
     OFFSET,
@@ -63,6 +66,9 @@ def create_store(
             record = {PROVENANCE_ATTR: ds.attrs[PROVENANCE_ATTR]}
             ds = ds.copy()
             del ds.attrs[PROVENANCE_ATTR]
+            # Who is creating it: a re-run on this host may then clear a creation whose
+            # process has died (remove_interrupted_creation).
+            ds.attrs[CREATING_ATTR] = {"host": socket.gethostname(), "pid": os.getpid()}
             location, options = zarr_location(path, storage_options)
             try:
                 ds.to_zarr(location, **options, **kwargs)
@@ -92,6 +98,32 @@ def create_store(
                 raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_interrupted_creation(
+    path: str, storage_options: Mapping[str, Any] | None, interrupted: InterruptedCreation
+) -> None:
+    """Delete a store on object storage whose creation never finished, when that is safe.
+
+    Safe when the process that created it ran on this host and has ended: no block can be
+    marked before creation completes, so nothing of value is lost, and the same command
+    then creates the store afresh. Otherwise (another host's process, which may still be
+    creating it, or a store of a posctx version that did not record its creator) the error
+    is raised with what is known.
+    """
+    creator = interrupted.creator or {}
+    host, pid = creator.get("host"), creator.get("pid")
+    if host == socket.gethostname() and isinstance(pid, int) and not process_alive(pid):
+        fs, root = remote_fs(path, storage_options)
+        fs.rm(root, recursive=True)
+        return
+    if host is None:
+        raise interrupted
+    raise StoreError(
+        f"{path}: the creation of this store was interrupted before it was usable, or is "
+        f"still going on in process {pid} on {host}: once that process has ended, delete the "
+        "store and re-run the same command"
+    ) from interrupted
 
 
 class StoreCreatedConcurrently(StoreError):
@@ -183,4 +215,10 @@ def grow_store(
     consolidate(path, storage_options)  # an attrs write drops the consolidated copy: put it back
 
 
-__all__ = ["create_store", "StoreCreatedConcurrently", "remove_dead_creations", "grow_store"]
+__all__ = [
+    "create_store",
+    "StoreCreatedConcurrently",
+    "remove_dead_creations",
+    "remove_interrupted_creation",
+    "grow_store",
+]

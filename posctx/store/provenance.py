@@ -12,6 +12,7 @@ import numpy as np
 from posctx.errors import StoreError
 from posctx.store.location import exists, zarr_json
 from posctx.types import (
+    CREATING_ATTR,
     DECOMPOSITION_KIND,
     HIDDEN_KIND,
     KIND_ATTR,
@@ -19,6 +20,18 @@ from posctx.types import (
     SCHEMA_ATTR,
     SCHEMA_VERSION,
 )
+
+
+class InterruptedCreation(StoreError):
+    """A store on object storage whose creation never finished (no provenance record).
+
+    ``creator`` is the ``{"host", "pid"}`` of the process that created it (``None`` for
+    stores of posctx versions that did not record it).
+    """
+
+    def __init__(self, message: str, creator: Any = None) -> None:
+        super().__init__(message)
+        self.creator = creator if isinstance(creator, dict) else None
 
 
 def read_provenance(
@@ -55,9 +68,10 @@ def read_provenance(
     kind = attrs.get(KIND_ATTR)
     if kind == HIDDEN_KIND and PROVENANCE_ATTR not in attrs:
         # create_store writes the record last on object storage: this one never finished.
-        raise StoreError(
+        raise InterruptedCreation(
             f"{path}: the creation of this store was interrupted before it was usable: "
-            "delete it and re-run the same command"
+            "delete it and re-run the same command",
+            attrs.get(CREATING_ATTR),
         )
     if PROVENANCE_ATTR not in attrs or kind != HIDDEN_KIND:
         what = "is a posctx decomposition store, not" if kind == DECOMPOSITION_KIND else "is not"
@@ -107,4 +121,4 @@ def provenance_record(
     }
 
 
-__all__ = ["read_provenance", "provenance_record"]
+__all__ = ["InterruptedCreation", "read_provenance", "provenance_record"]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -123,3 +127,74 @@ def test_the_only_writer_removes_killed_writers_leftovers_and_a_shard_does_not(
     assert leftover.exists()  # another shard may be writing block 1 right now
     extract(_config(gpt2, corpus), str(path), progress=False, loaded=gpt2, plan_only=True)
     assert not leftover.exists()
+
+
+def _interrupted_creation(
+    gpt2: LoadedModel, corpus: Path, monkeypatch: pytest.MonkeyPatch, creator: dict[str, object]
+) -> str:
+    """A store on object storage whose creating process died before writing its record."""
+    import zarr
+
+    import posctx.store.create as create
+    from posctx.store import read_provenance
+    from posctx.store.provenance import InterruptedCreation
+
+    path = f"memory://posctx-tests/{uuid.uuid4().hex}/h.zarr"
+    real = create.open_group
+
+    def killed_before_the_record(*args: object, **kwargs: object) -> object:
+        raise KeyboardInterrupt  # the process dies after the arrays, before the record
+
+    with monkeypatch.context() as patch:
+        patch.setattr(create, "open_group", killed_before_the_record)
+        with pytest.raises(KeyboardInterrupt):
+            extract(_config(gpt2, corpus), path, progress=False, loaded=gpt2, plan_only=True)
+    with pytest.raises(InterruptedCreation) as info:
+        read_provenance(path, output=True)
+    assert info.value.creator == {"host": socket.gethostname(), "pid": os.getpid()}
+    group = zarr.open_group(path, mode="r+", use_consolidated=False)
+    group.update_attributes({"posctx_creating": creator})
+    assert real is create.open_group
+    return path
+
+
+def _dead_pid() -> int:
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    return int(done.stdout)
+
+
+def test_a_rerun_recovers_a_creation_its_dead_process_left_on_object_storage(
+    gpt2: LoadedModel, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _interrupted_creation(
+        gpt2, corpus, monkeypatch, {"host": socket.gethostname(), "pid": _dead_pid()}
+    )
+    done = extract(_config(gpt2, corpus), path, progress=False, loaded=gpt2)
+    assert not done.resumed and done.blocks_missing == 0 and done.blocks_written == 3
+    local = str(tmp_path / "local.zarr")
+    extract(_config(gpt2, corpus), local, progress=False, loaded=gpt2)
+    np.testing.assert_array_equal(
+        xr.open_zarr(path).hidden.values, xr.open_zarr(local).hidden.values
+    )
+
+
+def test_a_creation_by_another_hosts_process_is_left_alone(
+    gpt2: LoadedModel, corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fsspec
+
+    path = _interrupted_creation(gpt2, corpus, monkeypatch, {"host": "elsewhere", "pid": 7})
+    before = sorted(fsspec.filesystem("memory").find(path))
+    with pytest.raises(StoreError) as info:
+        extract(_config(gpt2, corpus), path, progress=False, loaded=gpt2)
+    assert str(info.value) == (
+        f"{path}: the creation of this store was interrupted before it was usable, or is still "
+        "going on in process 7 on elsewhere: once that process has ended, delete the store and "
+        "re-run the same command"
+    )
+    assert sorted(fsspec.filesystem("memory").find(path)) == before  # nothing deleted
