@@ -1,7 +1,7 @@
 """Extraction throughput on an accelerator (or the CPU): forward only, with the store written,
 and with the statistics, for MiniLM and random-weight models of real shapes, in one run.
 
-    python bench/extract_gpu.py --device cuda                      # the whole table
+    python bench/extract_gpu.py --device cuda --sweep 1,4,16,64    # the whole table
     python bench/extract_gpu.py --device cpu --models minilm,gpt2-small --lengths 128 \\
         --dtypes float32 --contexts 64 --batch-size 16            # what a CPU can do
 
@@ -12,7 +12,9 @@ same planned contexts:
 
 * ``forward``: the forward passes alone, in the run's batches (states stay on the device);
 * ``store``: ``posctx.extract --no-statistics``: forward, copy to the host, write;
-* ``statistics``: ``posctx.extract``: the same with the statistics kept.
+* ``statistics``: ``posctx.extract``: the same with the statistics kept;
+* with ``--sweep 1,4,16,64``: forward only at each of those batch sizes (throughput should
+  grow with the batch until the device is saturated).
 
 Each route reports tokens/s, and the store routes the GB/s of hidden states written; the
 ratio to ``forward`` is the cost of storing. Then the writer alone (``Writers``, 1-8 threads,
@@ -70,7 +72,7 @@ def load(kind: str, dtype: str, device: str, batch_size: int | str) -> Any:
         return minilm
     cfg = _config(kind)
     torch.manual_seed(0)
-    model = AutoModel.from_config(cfg, torch_dtype=getattr(torch, dtype)).to(device).eval()
+    model = AutoModel.from_config(cfg, dtype=getattr(torch, dtype)).to(device).eval()
     n_hidden = cfg.num_hidden_layers + 1
     return dataclasses.replace(
         minilm,
@@ -91,15 +93,16 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def forward_only(loaded: Any, path: str, storage_dtype: str) -> float:
-    """Seconds of the forward passes over the store's contexts, in its batches and groups."""
+def forward_only(loaded: Any, path: str, storage_dtype: str, batch: int | None = None) -> float:
+    """Seconds of the forward passes over the store's contexts, in its batches and groups
+    (or in batches of ``batch``)."""
     from posctx.extraction.groups import blocks_per_group, plan_groups
     from posctx.extraction.plan import stored_batch_size
     from posctx.model.forward import DeviceBuffers, launch_block
     from posctx.store import BlockWriter, plan_blocks, read_provenance
 
     record = read_provenance(path) or {}
-    chunk, batch = int(record["chunk_contexts"]), stored_batch_size(record)
+    chunk, batch = int(record["chunk_contexts"]), batch or stored_batch_size(record)
     blocks = plan_blocks(int(record["config"]["store"]["contexts"]), chunk)
     groups = plan_groups(blocks, blocks, blocks_per_group(chunk, batch))
     reader = BlockWriter(path)
@@ -140,6 +143,13 @@ def one_case(
         if route == "store":
             seconds = forward_only(loaded, path, args.storage_dtype)
             rows.append(_row(kind, length, dtype, "forward", args.contexts * length, seconds, 0))
+            for size in (int(x) for x in args.sweep.split(",") if x):
+                # Throughput against batch size: it should grow until the device is saturated.
+                seconds = forward_only(loaded, path, args.storage_dtype, size)
+                sweep = _row(
+                    kind, length, dtype, f"forward b={size}", args.contexts * length, seconds, 0
+                )
+                rows.append(sweep)
         result = extract(config, path, progress=False, loaded=loaded, writer_threads=args.writers)
         record = read_provenance(path) or {}
         itemsize = 2 if args.storage_dtype == "float16" else 4
@@ -265,6 +275,9 @@ def main() -> None:
     parser.add_argument("--contexts", type=int, default=256)
     parser.add_argument("--batch-size", default="auto")
     parser.add_argument("--writers", type=int, default=4)
+    parser.add_argument(
+        "--sweep", default="", help="Also time forward only at these batch sizes, e.g. 1,4,16,64."
+    )
     parser.add_argument("--writer-gb", type=float, default=4.0)
     parser.add_argument("--writer-threads", default="1,2,4,8")
     parser.add_argument("--dir", default=None, help="Where stores go (default: a temp folder).")

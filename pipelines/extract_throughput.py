@@ -2,7 +2,7 @@
 
     python pipelines/extract_throughput.py --contexts 512 --length 128
 
-(a) forward only: the model over every block of the plan, results discarded;
+(a) forward only: the model over every forward group of the plan, results discarded;
 (b) ``posctx.extract``: the same blocks, forward plus the background writer into a new store.
 The ratio b/a shows how much of the write is hidden behind compute. Both use the same loaded
 model, plan and batch size; (a) runs first so that (b) does not profit from a warmer cache.
@@ -30,6 +30,7 @@ from posctx.config import (
     StoreConfig,
 )
 from posctx.extraction import compute_block, extract, prepare_store
+from posctx.extraction.groups import blocks_per_group, plan_groups
 from posctx.model import load_model
 from posctx.store import BlockWriter, plan_blocks, read_provenance, size_on_disk
 
@@ -71,11 +72,13 @@ def command(
         prepare_store(config, path, loaded, progress=False)
         chunk = int((read_provenance(path) or {})["chunk_contexts"])
         blocks = plan_blocks(contexts, chunk)
+        # The forward groups extraction runs (batches independent of the chunk size).
+        groups = plan_groups(blocks, blocks, blocks_per_group(chunk, batch_size))
         reader = BlockWriter(path)
         compute_block(loaded, reader.token_ids(blocks[0])[:2], storage_dtype)  # warm-up
         start = time.perf_counter()
-        for block in blocks:
-            compute_block(loaded, reader.token_ids(block), storage_dtype)
+        for group in groups:
+            compute_block(loaded, reader.token_ids(group.span), storage_dtype)
         forward_s = time.perf_counter() - start
         result = extract(config, path, progress=False, loaded=loaded)
         tokens = contexts * length
