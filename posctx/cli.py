@@ -188,7 +188,7 @@ def cli() -> None:
     "--shard",
     default=None,
     metavar="I/N",
-    help="Compute only blocks I, I+N, I+2N...: run N such processes (one per GPU, a Slurm array...) on the same --out at once.",
+    help="Compute only forward groups I, I+N, I+2N... (a group is one block unless a chunk holds fewer contexts than a batch): run N such processes (one per GPU, a Slurm array...) on the same --out at once.",
 )
 @click.option(
     "--plan-only",

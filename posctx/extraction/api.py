@@ -100,12 +100,14 @@ def extract(
         to avoid loading it again.
     client
         A ``distributed.Client``: blocks then run as tasks on its workers, each loading the
-        model once (see :func:`extract_block`). The calling process still plans the store
-        (it loads the model to tokenise and to record the weights' hash).
+        model once (see :func:`~posctx.extraction.cluster.extract_blocks`). The calling
+        process still plans the store (it loads the model to tokenise and to record the
+        weights' hash).
     shard
-        ``(i, n)``: compute only the blocks whose index is ``i`` modulo ``n``. Run ``n``
-        processes (``i = 0 ... n-1``, e.g. one per GPU or a Slurm array job) on the same
-        ``path`` at once: they create the store once between them, write disjoint blocks,
+        ``(i, n)``: compute only the blocks whose forward group's index is ``i`` modulo ``n``
+        (:mod:`posctx.extraction.groups`; a group is one block when a chunk holds a batch).
+        Run ``n`` processes (``i = 0 ... n-1``, e.g. one per GPU or a Slurm array job) on
+        the same ``path`` at once: they create the store once between them, write disjoint blocks,
         and each can be killed and re-run on its own. The store is complete when all are.
         Extending a store, and creating one on object storage, is one process's job: do it
         with ``plan_only`` first.
