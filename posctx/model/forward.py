@@ -69,6 +69,46 @@ def host_buffer(loaded: LoadedModel, contexts: int, length: int, storage_dtype: 
     return torch.empty(shape, dtype=storage_torch_dtype(storage_dtype), pin_memory=cuda)
 
 
+class CudaApi:
+    """The CUDA calls of the asynchronous path, in one place (a test can stand in for them
+    on a CPU to run the path's logic; see ``tests/model/test_forward.py``)."""
+
+    def stream(self, device: Any) -> Any:
+        import torch
+
+        return torch.cuda.Stream(device)
+
+    def event(self) -> Any:
+        import torch
+
+        return torch.cuda.Event()
+
+    def on(self, stream: Any) -> Any:
+        """A context in which work is queued on ``stream``."""
+        import torch
+
+        return torch.cuda.stream(stream)
+
+    def current(self, device: Any) -> Any:
+        import torch
+
+        return torch.cuda.current_stream(device)
+
+    def pinned(self, shape: Any, dtype: Any) -> Any:
+        import torch
+
+        return torch.empty(shape, dtype=dtype, pin_memory=True)
+
+    def keep_for(self, tensor: Any, stream: Any) -> None:
+        """``tensor``'s memory is used by ``stream``: not reused before that work is done."""
+        tensor.record_stream(stream)
+
+
+def accelerator_api(device: Any) -> CudaApi | None:
+    """The asynchronous-copy API of ``device``: CUDA's on a GPU, none on a CPU."""
+    return CudaApi() if device.type == "cuda" else None
+
+
 class DeviceBuffers:
     """What one run reuses on the model's device: the stacking buffer of a batch, the copy
     stream, and the finiteness flags' pinned host copies.
@@ -85,9 +125,10 @@ class DeviceBuffers:
         import torch
 
         self.device = torch.device(loaded.config.device)
-        self.cuda = self.device.type == "cuda"
+        self.api = accelerator_api(self.device)
+        self.cuda = self.api is not None
         self.dtype = storage_torch_dtype(storage_dtype)
-        self.copy_stream = torch.cuda.Stream(self.device) if self.cuda else None
+        self.copy_stream = None if self.api is None else self.api.stream(self.device)
         self._stack: Any = None
         # The compute stream waits on this before overwriting the stacking buffer.
         self._copied: Any = None
@@ -107,7 +148,8 @@ class DeviceBuffers:
         ):
             self._stack = torch.empty(shape, dtype=self.dtype, device=self.device)
         if self._copied is not None:
-            torch.cuda.current_stream(self.device).wait_event(self._copied)
+            assert self.api is not None
+            self.api.current(self.device).wait_event(self._copied)
         out = self._stack[: shape[0], : shape[1]]
         for j, i in enumerate(loaded.layers):
             out[:, :, j].copy_(hidden_states[i])
@@ -115,17 +157,16 @@ class DeviceBuffers:
 
     def copy_to_host(self, states: Any, host: Any) -> None:
         """Copy ``states`` into ``host``: asynchronously on the copy stream on a GPU."""
-        import torch
-
-        if self.copy_stream is None:
+        if self.copy_stream is None or self.api is None:
             host.copy_(states)
             return
-        computed = torch.cuda.Event()
+        api = self.api
+        computed = api.event()
         computed.record()
-        with torch.cuda.stream(self.copy_stream):
+        with api.on(self.copy_stream):
             self.copy_stream.wait_event(computed)
             host.copy_(states, non_blocking=True)
-            self._copied = torch.cuda.Event()
+            self._copied = api.event()
             self._copied.record(self.copy_stream)
 
     def parts_to_host(self, parts: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Any]:
@@ -135,14 +176,13 @@ class DeviceBuffers:
         a CPU, where ``parts`` come back as they are). Waiting on the event waits for these
         copies only, not for forward passes queued later.
         """
-        import torch
-
-        if self.copy_stream is None or not parts:
+        if self.copy_stream is None or self.api is None or not parts:
             return parts, None
-        computed = torch.cuda.Event()
+        api = self.api
+        computed = api.event()
         computed.record()
         out = []
-        with torch.cuda.stream(self.copy_stream):
+        with api.on(self.copy_stream):
             self.copy_stream.wait_event(computed)
             for part in parts:
                 copied: dict[str, Any] = {}
@@ -150,13 +190,28 @@ class DeviceBuffers:
                     if isinstance(value, np.ndarray):
                         copied[name] = value
                         continue
-                    copied[name] = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
+                    copied[name] = api.pinned(value.shape, value.dtype)
                     copied[name].copy_(value, non_blocking=True)
-                    value.record_stream(self.copy_stream)
+                    api.keep_for(value, self.copy_stream)
                 out.append(copied)
-            done = torch.cuda.Event()
+            done = api.event()
             done.record(self.copy_stream)
         return out, done
+
+    def flags_to_host(self, bad: Any) -> tuple[Any, Any]:
+        """Copy the finiteness flags to pinned memory after the work queued so far; returns
+        the copy and the event that says the block's copies are all done."""
+        assert self.copy_stream is not None and self.api is not None
+        api = self.api
+        flags = api.pinned(bad.shape, bad.dtype)
+        computed = api.event()
+        computed.record()
+        with api.on(self.copy_stream):
+            self.copy_stream.wait_event(computed)
+            flags.copy_(bad, non_blocking=True)
+            done = api.event()
+            done.record(self.copy_stream)
+        return flags, done
 
 
 class PendingStates:
@@ -259,14 +314,7 @@ def launch_block(
                 buffers.copy_to_host(stacked[:kept], host[start : start + kept])
         if buffers.copy_stream is None:
             return PendingStates(loaded, host, bad, None, storage_dtype)
-        flags = torch.empty(n_layers, dtype=torch.bool, pin_memory=True)
-        computed = torch.cuda.Event()
-        computed.record()
-        with torch.cuda.stream(buffers.copy_stream):
-            buffers.copy_stream.wait_event(computed)
-            flags.copy_(bad, non_blocking=True)
-            done = torch.cuda.Event()
-            done.record(buffers.copy_stream)
+        flags, done = buffers.flags_to_host(bad)
     return PendingStates(loaded, host, flags, done, storage_dtype)
 
 
@@ -303,6 +351,8 @@ def forward_block(
 
 __all__ = [
     "BatchCallback",
+    "CudaApi",
+    "accelerator_api",
     "DeviceBuffers",
     "PendingStates",
     "forward_block",

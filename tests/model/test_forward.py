@@ -3,7 +3,9 @@ batch's, in the storage dtype; NaN/inf refused after the block with the layers n
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ import torch
 
 from posctx.config import ModelConfig
 from posctx.errors import NonFiniteError
-from posctx.model.forward import forward_block, forward_hidden
+from posctx.model.forward import CudaApi, forward_block, forward_hidden, launch_block
 from posctx.model.loading import LoadedModel, load_model
 
 IDS = np.random.default_rng(0).integers(3, 1000, size=(7, 10))  # ids 0..2 never appear
@@ -127,3 +129,112 @@ def test_float16_overflow_is_refused_with_the_advice(tiny_models: dict[str, Path
     with pytest.raises(NonFiniteError) as info:
         forward_block(loaded, IDS, "float16", batch_size=3)
     assert str(info.value) == _message(names, storage="float16")
+
+
+class _Event:
+    def __init__(self, log: list[str]) -> None:
+        self.log, self.recorded = log, False
+
+    def record(self, stream: object = None) -> None:
+        self.recorded = True
+        self.log.append("record" if stream is None else "record on copy stream")
+
+    def synchronize(self) -> None:
+        assert self.recorded, "waited for an event never recorded"
+        self.log.append("wait")
+
+
+class _Stream:
+    def wait_event(self, event: _Event) -> None:
+        assert event.recorded, "a stream waits for an event never recorded"
+
+
+class FakeCuda(CudaApi):
+    """CUDA's calls stood in for on a CPU, where every copy is done at once: the asynchronous
+    path's logic (buffers, events, flags, statistics copies) runs, and its results must be the
+    synchronous path's."""
+
+    def __init__(self) -> None:
+        self.log: list[str] = []
+        self.pinned_shapes: list[tuple[int, ...]] = []
+
+    def stream(self, device: object) -> _Stream:
+        return _Stream()
+
+    def event(self) -> _Event:
+        return _Event(self.log)
+
+    def on(self, stream: object) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def current(self, device: object) -> _Stream:
+        return _Stream()
+
+    def pinned(self, shape: Any, dtype: Any) -> torch.Tensor:
+        self.pinned_shapes.append(tuple(shape))
+        return torch.empty(tuple(shape), dtype=dtype)
+
+    def keep_for(self, tensor: Any, stream: object) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> FakeCuda:
+    import posctx.model.forward as forward
+
+    fake = FakeCuda()
+    monkeypatch.setattr(forward, "accelerator_api", lambda device: fake)
+    return fake
+
+
+def test_the_asynchronous_path_gives_the_same_states(
+    gpt2: LoadedModel, fake_cuda: FakeCuda
+) -> None:
+    import posctx.model.forward as forward
+
+    whole = _torch_states(gpt2, IDS)
+    buffers = forward.DeviceBuffers(gpt2, "float32")
+    assert buffers.cuda and buffers.copy_stream is not None
+    out = forward.host_buffer(gpt2, 7, 10, "float32")
+    for batch_size in (2, 3, 7):
+        pending = launch_block(gpt2, IDS, batch_size=batch_size, out=out, buffers=buffers)
+        states = pending.wait()
+        np.testing.assert_array_equal(states, whole)
+        assert np.shares_memory(states, out.numpy())  # the run's buffer, reused
+    assert fake_cuda.log[-1] == "wait"  # the host waited once, on the block's last copy
+    assert fake_cuda.pinned_shapes == [(3,)] * 3  # only the flags: no states buffer allocated
+    first = buffers._stack
+    launch_block(gpt2, IDS, batch_size=2, out=out, buffers=buffers).wait()
+    assert buffers._stack is first  # the stacking buffer is made once and reused
+
+
+def test_the_asynchronous_path_refuses_nan_after_the_block(
+    tiny_models: dict[str, Path], fake_cuda: FakeCuda
+) -> None:
+    loaded = _fresh(tiny_models)
+    with torch.no_grad():
+        loaded.model.h[1].mlp.c_proj.bias.fill_(float("nan"))
+    with pytest.raises(NonFiniteError) as info:
+        forward_block(loaded, IDS, batch_size=3)
+    assert str(info.value) == _message(["block_2"])
+
+
+def test_an_extraction_through_the_asynchronous_path_writes_the_same_store(
+    tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import xarray as xr
+
+    import posctx.model.forward as forward
+    from posctx.extraction import extract
+    from tests.stores import tiny_config, write_corpus
+
+    loaded = load_model(ModelConfig(name=str(tiny_models["gpt2"]), batch_size=3))
+    config = tiny_config(loaded.path, write_corpus(tmp_path / "corpus"), contexts=10, chunk=1)
+    extract(config, str(tmp_path / "sync.zarr"), progress=False, loaded=loaded)
+    fake = FakeCuda()
+    monkeypatch.setattr(forward, "accelerator_api", lambda device: fake)
+    extract(config, str(tmp_path / "async.zarr"), progress=False, loaded=loaded)
+    assert "record on copy stream" in fake.log
+    a, b = xr.open_zarr(tmp_path / "sync.zarr"), xr.open_zarr(tmp_path / "async.zarr")
+    for name in ("hidden", "stat_ctx_sum", "stat_ctx_sumsq", "stat_edge", "block_complete"):
+        assert a[name].values.tobytes() == b[name].values.tobytes(), name
