@@ -130,6 +130,7 @@ class DeviceBuffers:
         self.dtype = storage_torch_dtype(storage_dtype)
         self.copy_stream = None if self.api is None else self.api.stream(self.device)
         self._stack: Any = None
+        self._ids: Any = None
         # The compute stream waits on this before overwriting the stacking buffer.
         self._copied: Any = None
 
@@ -197,6 +198,20 @@ class DeviceBuffers:
             done = api.event()
             done.record(self.copy_stream)
         return out, done
+
+    def ids_to_device(self, ids: np.ndarray) -> Any:
+        """A block's token ids on the device, copied once through pinned memory on a GPU (a
+        copy from pageable memory would make the host wait for the work queued before it)."""
+        import torch
+
+        if self.api is None:
+            return torch.as_tensor(ids, device=self.device)
+        pinned = self.api.pinned(ids.shape, torch.int64)
+        pinned.numpy()[...] = ids
+        on_device = pinned.to(self.device, non_blocking=True)
+        # Kept until the next block's (torch's pinned allocator also waits for the copy).
+        self._ids = pinned
+        return on_device
 
     def flags_to_host(self, bad: Any) -> tuple[Any, Any]:
         """Copy the finiteness flags to pinned memory after the work queued so far; returns
@@ -298,10 +313,11 @@ def launch_block(
         out = host_buffer(loaded, keep, length, storage_dtype)
     host = out[:keep]
     bad = torch.zeros(n_layers, dtype=torch.bool, device=device)
+    on_device = buffers.ids_to_device(ids_all)
     with torch.inference_mode():
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
-            ids = torch.as_tensor(ids_all[start:stop], device=device)
+            ids = on_device[start:stop]
             hidden = loaded.model(
                 input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True
             ).hidden_states

@@ -202,7 +202,8 @@ def test_the_asynchronous_path_gives_the_same_states(
         np.testing.assert_array_equal(states, whole)
         assert np.shares_memory(states, out.numpy())  # the run's buffer, reused
     assert fake_cuda.log[-1] == "wait"  # the host waited once, on the block's last copy
-    assert fake_cuda.pinned_shapes == [(3,)] * 3  # only the flags: no states buffer allocated
+    # The ids and the flags, per block: no buffer of states is allocated (`out` is reused).
+    assert fake_cuda.pinned_shapes == [(7, 10), (3,)] * 3
     first = buffers._stack
     launch_block(gpt2, IDS, batch_size=2, out=out, buffers=buffers).wait()
     assert buffers._stack is first  # the stacking buffer is made once and reused
