@@ -114,6 +114,14 @@ def cli() -> None:
     help="'model': the tokenizer's own framing ([CLS]..[SEP], BOS); 'none': raw text tokens.",
 )
 @click.option(
+    "--final-norm",
+    default="after",
+    show_default=True,
+    type=click.Choice(["after", "before"]),
+    help="A decoder's last hidden state: after its final norm (as transformers returns it, "
+    "named block_L+final_norm) or before it (the last block's residual stream; recorded).",
+)
+@click.option(
     "--attn-implementation",
     default=None,
     help="eager, sdpa, ... (default: transformers' choice; recorded).",
@@ -215,6 +223,7 @@ def extract(**kw: Any) -> None:
             layers=_parse_layers(kw["layers"]),
             special_tokens=kw["special_tokens"],
             attn_implementation=kw["attn_implementation"],
+            final_norm=kw["final_norm"],
             batch_size=_parse_batch_size(kw["batch_size"]),
         ),
         store=StoreConfig(

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from posctx.errors import PosctxError
-from posctx.types import MODEL_DTYPES, SPECIAL_TOKEN_POLICIES, STORAGE_DTYPES
+from posctx.types import FINAL_NORMS, MODEL_DTYPES, SPECIAL_TOKEN_POLICIES, STORAGE_DTYPES
 
 _T = TypeVar("_T", bound="_Record")
 
@@ -109,6 +109,12 @@ class ModelConfig(_Record):
         Contexts per forward pass; ``"auto"`` chooses the largest power of two that fits in
         the device's free memory when the store is created. Recorded, with the
         value chosen: it can change hidden states in low precision, so a store keeps it.
+    final_norm
+        A decoder's last hidden state: ``"after"`` its final norm (GPT-2's ``ln_f``, Llama's
+        ``norm``), which is what transformers returns and what the layer is then named after
+        (``block_L+final_norm``), or ``"before"`` it: the residual stream out of the last
+        block, like every other layer (``block_L``). Models without a final norm (BERT-style
+        encoders) take ``"after"`` only, which changes nothing for them.
     """
 
     name: str = "minilm"
@@ -118,6 +124,7 @@ class ModelConfig(_Record):
     special_tokens: str = "model"
     attn_implementation: str | None = None
     batch_size: int | str = 32
+    final_norm: str = "after"
 
     def __post_init__(self) -> None:
         if self.dtype not in MODEL_DTYPES:
@@ -129,6 +136,11 @@ class ModelConfig(_Record):
             raise PosctxError(
                 f"device {self.device!r} is not of the form cpu, cuda, cuda:N (or another torch "
                 "device type, optionally with :N): use --device cpu, cuda or cuda:0"
+            )
+        if self.final_norm not in FINAL_NORMS:
+            raise PosctxError(
+                f"--final-norm {self.final_norm!r} is not one of {', '.join(FINAL_NORMS)}: pass "
+                "--final-norm after (HF's last hidden state) or before (the last block's output)"
             )
         if self.special_tokens not in SPECIAL_TOKEN_POLICIES:
             raise PosctxError(

@@ -94,6 +94,10 @@ STORAGE_DTYPES: tuple[str, ...] = get_args(StorageDType)
 Device = str  # "cpu", "cuda", "cuda:1", ...
 SpecialTokenPolicy = Literal["model", "none"]
 SPECIAL_TOKEN_POLICIES: tuple[str, ...] = get_args(SpecialTokenPolicy)
+#: Where a decoder's last hidden state is taken: after its final norm (what HF returns), or
+#: before it (the residual stream out of the last block).
+FinalNorm = Literal["after", "before"]
+FINAL_NORMS: tuple[str, ...] = get_args(FinalNorm)
 
 FloatArray = npt.NDArray[np.floating]
 IntArray = npt.NDArray[np.integer]
@@ -139,6 +143,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SOURCE",
     "SPECIAL_TOKEN_POLICIES",
+    "FINAL_NORMS",
     "STAT_CTX_SUM",
     "STAT_CTX_SUMSQ",
     "STAT_EDGE",
@@ -156,5 +161,6 @@ __all__ = [
     "ModelDType",
     "PathLike",
     "SpecialTokenPolicy",
+    "FinalNorm",
     "StorageDType",
 ]

@@ -503,6 +503,12 @@ CASES: list[Case] = [
         "use --length 64 or less",
     ),
     Case(
+        "final-norm-before-on-an-encoder",
+        lambda e: e.extract("--final-norm", "before"),
+        "has no final norm after its last block",
+        "drop --final-norm before",
+    ),
+    Case(
         "contexts-zero",
         lambda e: e.extract("--contexts", "0"),
         "--contexts must be >= 1, got 0",

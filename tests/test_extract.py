@@ -49,7 +49,9 @@ def test_tiny_model_end_to_end(kind: str, tiny_models: dict[str, Path], tmp_path
     ds = xr.open_zarr(out)  # plain xarray, no posctx
     assert ds.hidden.shape == (12, 16, 3, 32)
     assert list(ds.layer.values) == [0, 1, 2]
-    assert list(ds.layer_name.values) == ["embeddings", "block_1", "block_2"]
+    # A decoder's last hidden state comes after its final norm, and its name says so.
+    last = "block_2" if kind == "bert" else "block_2+final_norm"
+    assert list(ds.layer_name.values) == ["embeddings", "block_1", last]
     assert set(ds.topic.values) == {"reference", "docstrings", "code"}
     assert (ds.offset.values >= 0).all() and all(ds.source.values)
     ids = ds.token_id.values
@@ -227,3 +229,20 @@ def test_fewer_contexts_and_interrupted_extension_are_refused(
         extract(_config(tiny_models["gpt2"], contexts=8), str(out), progress=False)
     done = extract(_config(tiny_models["gpt2"], contexts=13), str(out), progress=False)
     assert done.blocks_written == 2 and posctx.open_hidden(str(out)).sizes["context"] == 13
+
+
+def test_the_pre_norm_last_layer_is_recorded_and_a_resume_must_ask_for_it(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "h.zarr"
+    before = _config(tiny_models["gpt2"], final_norm="before")
+    extract(before, str(out), progress=False)
+    ds = xr.open_zarr(out)
+    assert list(ds.layer_name.values) == ["embeddings", "block_1", "block_2"]
+    prov = ds.attrs["posctx"]
+    assert prov["config"]["model"]["final_norm"] == "before"
+    assert prov["model"]["final_norm"] == "ln_f"
+    loaded = load_model(before.model)
+    np.testing.assert_array_equal(ds.hidden.values, forward_hidden(loaded, ds.token_id.values))
+    with pytest.raises(StoreError, match="model.final_norm: store has 'before', asked 'after'"):
+        extract(_config(tiny_models["gpt2"]), str(out), progress=False)

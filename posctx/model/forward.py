@@ -314,23 +314,36 @@ def launch_block(
     host = out[:keep]
     bad = torch.zeros(n_layers, dtype=torch.bool, device=device)
     on_device = buffers.ids_to_device(ids_all)
-    with torch.inference_mode():
-        for start in range(0, n, batch_size):
-            stop = min(start + batch_size, n)
-            ids = on_device[start:stop]
-            hidden = loaded.model(
-                input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True
-            ).hidden_states
-            stacked = buffers.stack(loaded, hidden)
-            bad |= ~torch.isfinite(stacked).transpose(0, 2).reshape(n_layers, -1).all(dim=1)
-            if on_batch is not None:
-                on_batch(stacked, start, stop)
-            if start < keep:
-                kept = min(stop, keep) - start
-                buffers.copy_to_host(stacked[:kept], host[start : start + kept])
-        if buffers.copy_stream is None:
-            return PendingStates(loaded, host, bad, None, storage_dtype)
-        flags, done = buffers.flags_to_host(bad)
+    pre_norm: list[Any] = []
+    # --final-norm before: the last hidden state is the final norm's input, not its output.
+    hook = (
+        None
+        if loaded.final_norm is None
+        else loaded.final_norm.register_forward_hook(lambda m, a, o: pre_norm.append(a[0]))
+    )
+    try:
+        with torch.inference_mode():
+            for start in range(0, n, batch_size):
+                stop = min(start + batch_size, n)
+                ids = on_device[start:stop]
+                hidden = loaded.model(
+                    input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True
+                ).hidden_states
+                if hook is not None:
+                    hidden = (*hidden[:-1], pre_norm.pop())
+                stacked = buffers.stack(loaded, hidden)
+                bad |= ~torch.isfinite(stacked).transpose(0, 2).reshape(n_layers, -1).all(dim=1)
+                if on_batch is not None:
+                    on_batch(stacked, start, stop)
+                if start < keep:
+                    kept = min(stop, keep) - start
+                    buffers.copy_to_host(stacked[:kept], host[start : start + kept])
+    finally:
+        if hook is not None:
+            hook.remove()
+    if buffers.copy_stream is None:
+        return PendingStates(loaded, host, bad, None, storage_dtype)
+    flags, done = buffers.flags_to_host(bad)
     return PendingStates(loaded, host, flags, done, storage_dtype)
 
 

@@ -66,6 +66,10 @@ class LoadedModel:
     max_positions: int | None
     special: SpecialTokens
     weights_hash: str
+    #: With ``final_norm="before"``: the final norm whose input replaces the last hidden state.
+    final_norm: Any = None
+    #: The attribute name of the model's final norm, if it has one (recorded).
+    final_norm_name: str | None = None
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` without special tokens."""
@@ -101,6 +105,7 @@ class LoadedModel:
             "device": self.config.device,
             "attn_implementation": getattr(cfg, "_attn_implementation", None),
             "batch_size": self.config.batch_size,
+            "final_norm": self.final_norm_name,
             "tokenizer": type(self.tokenizer).__name__,
             "special_tokens": self.special.to_dict(),
             "torch_version": torch.__version__,
@@ -389,7 +394,15 @@ def load_model(config: ModelConfig) -> LoadedModel:
             f"layers {bad} do not exist: {config.name!r} has hidden states 0..{n_hidden - 1} "
             f"(0 = embedding output): pick --layers from 0..{n_hidden - 1}, or leave it out for all"
         )
-    names = tuple("embeddings" if i == 0 else f"block_{i}" for i in layers)
+    final_norm, norm_name = _final_norm(model)
+    if config.final_norm == "before" and final_norm is None:
+        raise ModelError(
+            f"model {config.name!r} has no final norm after its last block (its last hidden "
+            "state is that block's output already): drop --final-norm before"
+        )
+    names = tuple(
+        layer_name(i, n_hidden, final_norm is not None, config.final_norm) for i in layers
+    )
     hidden_size = int(getattr(model.config, "hidden_size", 0) or getattr(model.config, "n_embd", 0))
     return LoadedModel(
         model=model,
@@ -403,7 +416,47 @@ def load_model(config: ModelConfig) -> LoadedModel:
         max_positions=_max_positions(model),
         special=special_tokens(tokenizer, config.special_tokens),
         weights_hash=weights_hash(model),
+        final_norm=final_norm if config.final_norm == "before" else None,
+        final_norm_name=norm_name,
     )
+
+
+#: Attribute names of a decoder's final norm, in HF's base models (GPT-2 and GPT-J ``ln_f``,
+#: Llama, Mistral, Qwen and Gemma ``norm``, OPT ``final_layer_norm``, GPT-NeoX
+#: ``final_layer_norm``, Falcon ``ln_f``, Mamba-style ``norm_f``).
+_FINAL_NORMS = ("ln_f", "norm", "final_layer_norm", "norm_f")
+
+
+def _final_norm(model: Any) -> tuple[Any, str | None]:
+    """A decoder's norm applied after its last block (and to HF's last hidden state), and its
+    attribute name; ``(None, None)`` for models without one."""
+    import torch
+
+    if not _is_decoder(model):
+        return None, None
+    owners = [model, getattr(model, "decoder", None)]  # OPT keeps its blocks in .decoder
+    for owner in owners:
+        for name in _FINAL_NORMS:
+            module = getattr(owner, name, None) if owner is not None else None
+            if isinstance(module, torch.nn.Module):
+                return module, name
+    return None, None
+
+
+def layer_name(index: int, n_hidden: int, final_norm: bool, where: str = "after") -> str:
+    """The name of hidden state ``index``: ``embeddings``, ``block_k``, and for a decoder's
+    last one taken after its final norm, ``block_L+final_norm``.
+
+    >>> [layer_name(i, 3, True) for i in range(3)]
+    ['embeddings', 'block_1', 'block_2+final_norm']
+    >>> layer_name(2, 3, True, "before"), layer_name(2, 3, False)
+    ('block_2', 'block_2')
+    """
+    if index == 0:
+        return "embeddings"
+    if final_norm and where == "after" and index == n_hidden - 1:
+        return f"block_{index}+final_norm"
+    return f"block_{index}"
 
 
 def check_length(loaded: LoadedModel, length: int) -> None:
@@ -421,6 +474,7 @@ __all__ = [
     "check_device",
     "check_length",
     "check_loadable",
+    "layer_name",
     "load_model",
     "special_tokens",
     "weights_hash",

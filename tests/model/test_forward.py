@@ -86,7 +86,11 @@ def _message(layers: list[str], storage: str = "float32") -> str:
 
 
 def test_nan_is_refused_with_the_layers_that_hold_it(tiny_models: dict[str, Path]) -> None:
-    for layers, names in (((), ["block_2"]), ((0, 2), ["block_2"]), ((0, 1), None)):
+    for layers, names in (
+        ((), ["block_2+final_norm"]),
+        ((0, 2), ["block_2+final_norm"]),
+        ((0, 1), None),
+    ):
         loaded = _fresh(tiny_models, layers=layers)
         with torch.no_grad():  # the last block's MLP now emits NaN: hidden state 2 only
             loaded.model.h[1].mlp.c_proj.bias.fill_(float("nan"))
@@ -113,7 +117,7 @@ def test_one_bad_context_in_a_later_batch_is_found_after_the_whole_block(
         forward_block(loaded, ids, batch_size=2)
     hook.remove()
     assert len(calls) == 4  # every batch ran: the check waits for the end of the block
-    assert str(info.value) == _message(["embeddings", "block_1", "block_2"])
+    assert str(info.value) == _message(["embeddings", "block_1", "block_2+final_norm"])
 
 
 def test_float16_overflow_is_refused_with_the_advice(tiny_models: dict[str, Path]) -> None:
@@ -217,7 +221,7 @@ def test_the_asynchronous_path_refuses_nan_after_the_block(
         loaded.model.h[1].mlp.c_proj.bias.fill_(float("nan"))
     with pytest.raises(NonFiniteError) as info:
         forward_block(loaded, IDS, batch_size=3)
-    assert str(info.value) == _message(["block_2"])
+    assert str(info.value) == _message(["block_2+final_norm"])
 
 
 def test_an_extraction_through_the_asynchronous_path_writes_the_same_store(
@@ -239,3 +243,40 @@ def test_an_extraction_through_the_asynchronous_path_writes_the_same_store(
     a, b = xr.open_zarr(tmp_path / "sync.zarr"), xr.open_zarr(tmp_path / "async.zarr")
     for name in ("hidden", "stat_ctx_sum", "stat_ctx_sumsq", "stat_edge", "block_complete"):
         assert a[name].values.tobytes() == b[name].values.tobytes(), name
+
+
+@pytest.mark.parametrize(("kind", "norm"), [("gpt2", "ln_f"), ("llama", "norm")])
+def test_a_decoders_last_state_is_taken_after_or_before_its_final_norm(
+    tiny_models: dict[str, Path], kind: str, norm: str
+) -> None:
+    ids = IDS % 900 + 3 if kind == "gpt2" else IDS % 900 + 70_000
+    after = load_model(ModelConfig(name=str(tiny_models[kind])))
+    before = load_model(ModelConfig(name=str(tiny_models[kind]), final_norm="before"))
+    assert after.layer_names == ("embeddings", "block_1", "block_2+final_norm")
+    assert before.layer_names == ("embeddings", "block_1", "block_2")
+    assert after.info()["final_norm"] == before.info()["final_norm"] == norm
+    seen: dict[str, torch.Tensor] = {}
+    module = getattr(after.model, norm)
+    hook = module.register_forward_hook(lambda m, a, o: seen.update(x=a[0], y=o))
+    states_after = forward_block(after, ids, batch_size=7)  # one batch: the hook sees it all
+    hook.remove()
+    states_before = forward_block(before, ids, batch_size=3)
+    # HF's last entry is the norm's output; "before" gives the norm's input; the rest equal.
+    np.testing.assert_array_equal(states_after[:, :, 2], seen["y"].numpy())
+    np.testing.assert_array_equal(states_before[:, :, 2], seen["x"].numpy())
+    np.testing.assert_array_equal(states_before[:, :, :2], states_after[:, :, :2])
+    assert not np.allclose(states_before[:, :, 2], states_after[:, :, 2])
+    assert not before.final_norm._forward_hooks  # the hook is removed after each block
+
+
+def test_an_encoder_has_no_final_norm_to_skip(tiny_models: dict[str, Path]) -> None:
+    from posctx.errors import ModelError
+
+    bert = load_model(ModelConfig(name=str(tiny_models["bert"])))
+    assert bert.layer_names[-1] == "block_2" and bert.info()["final_norm"] is None
+    with pytest.raises(ModelError) as info:
+        load_model(ModelConfig(name=str(tiny_models["bert"]), final_norm="before"))
+    assert str(info.value) == (
+        f"model {str(tiny_models['bert'])!r} has no final norm after its last block (its last "
+        "hidden state is that block's output already): drop --final-norm before"
+    )
