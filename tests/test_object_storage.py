@@ -5,6 +5,7 @@ on a local disk."""
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,7 +103,7 @@ def test_extract_to_s3_equals_local(s3: S3, reference: tuple[ExtractConfig, Path
 
     plain = xr.open_zarr(url, storage_options=opts)  # plain xarray, every label
     assert plain.hidden.shape == (10, 12, 3, 32)
-    assert list(plain.layer_name.values) == ["embeddings", "block_1", "block_2"]
+    assert list(plain.layer_name.values) == ["embeddings", "block_1", "block_2+final_norm"]
     assert set(plain.topic.values) == {"reference", "docstrings", "code"}
     assert plain.attrs["posctx"]["config"] == config.to_dict()
     _assert_same_store(url, opts, local)
@@ -147,9 +148,15 @@ def test_resume_and_extend_on_s3(
     _assert_same_store(grown, opts, local)
 
 
-def test_interrupted_creation_on_s3_is_refused_not_resumed(
+def test_interrupted_creation_on_s3_recovers_by_rerunning_once_its_process_is_gone(
     s3: S3, reference: tuple[ExtractConfig, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    import zarr
+
     bucket, opts = s3
     config, local = reference
     url = f"{bucket}/h.zarr"
@@ -163,11 +170,23 @@ def test_interrupted_creation_on_s3_is_refused_not_resumed(
     with pytest.raises(KeyboardInterrupt):
         posctx.extract(config, url, storage_options=opts, progress=False)
     monkeypatch.setattr(xr.Dataset, "to_zarr", real_to_zarr)
-    with pytest.raises(StoreError, match="creation of this store was interrupted.*delete it"):
+    # Its creator (this very process) still runs: the half-made store is not touched.
+    host = socket.gethostname()
+    with pytest.raises(StoreError) as info:
         posctx.extract(config, url, storage_options=opts, progress=False)
-
-    s3fs.S3FileSystem(**opts).rm(url, recursive=True)  # what the message asks for
-    posctx.extract(config, url, storage_options=opts, progress=False)
+    assert str(info.value) == (
+        f"{url}: the creation of this store was interrupted before it was usable, or is still "
+        f"going on in process {os.getpid()} on {host}: once that process has ended, delete the "
+        "store and re-run the same command"
+    )
+    # As if it had been killed: the same command then clears it and creates the store afresh.
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    group = zarr.open_group(url, mode="r+", storage_options=opts, use_consolidated=False)
+    group.update_attributes({"posctx_creating": {"host": host, "pid": int(dead.stdout)}})
+    result = posctx.extract(config, url, storage_options=opts, progress=False)
+    assert not result.resumed and result.blocks_missing == 0
     _assert_same_store(url, opts, local)
 
 
