@@ -25,7 +25,6 @@ to the same disk, in the same run. The device is named in the output. ``--json``
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -40,23 +39,6 @@ import numpy as np
 MODELS = ("minilm", "gpt2-small", "llama-1b")
 
 
-def _config(kind: str) -> Any:
-    from transformers import GPT2Config, LlamaConfig
-
-    if kind == "gpt2-small":
-        return GPT2Config()
-    return LlamaConfig(  # meta-llama/Llama-3.2-1B
-        vocab_size=128_256,
-        hidden_size=2048,
-        intermediate_size=8192,
-        num_hidden_layers=16,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        max_position_embeddings=131_072,
-        tie_word_embeddings=True,
-    )
-
-
 def load(kind: str, dtype: str, device: str, batch_size: int | str) -> Any:
     """A LoadedModel: MiniLM itself, or random weights of a real shape with its tokenizer."""
     import torch
@@ -64,26 +46,17 @@ def load(kind: str, dtype: str, device: str, batch_size: int | str) -> Any:
 
     from posctx.config import ModelConfig
     from posctx.model import load_model
+    from posctx.model.shapes import shape_config, with_model
 
     minilm = load_model(
         ModelConfig(name="minilm", dtype=dtype, device=device, batch_size=batch_size)
     )
     if kind == "minilm":
         return minilm
-    cfg = _config(kind)
     torch.manual_seed(0)
+    cfg = shape_config(kind)
     model = AutoModel.from_config(cfg, dtype=getattr(torch, dtype)).to(device).eval()
-    n_hidden = cfg.num_hidden_layers + 1
-    return dataclasses.replace(
-        minilm,
-        model=model,
-        n_hidden_states=n_hidden,
-        layers=tuple(range(n_hidden)),
-        layer_names=tuple("embeddings" if i == 0 else f"block_{i}" for i in range(n_hidden)),
-        hidden_size=cfg.hidden_size,
-        max_positions=getattr(cfg, "n_positions", None) or cfg.max_position_embeddings,
-        weights_hash=f"random-{kind}-{dtype}-seed0",
-    )
+    return with_model(minilm, model, f"random-{kind}-{dtype}-seed0")
 
 
 def _sync(device: str) -> None:

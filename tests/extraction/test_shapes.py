@@ -4,7 +4,6 @@ size, chunks stay within 16-128 MB, and a 2-worker cluster writes what one proce
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from posctx.extraction.api import extract
 from posctx.extraction.groups import blocks_per_group
 from posctx.model import LoadedModel, load_model
 from posctx.model.memory import auto_batch_size
+from posctx.model.shapes import shape_config, with_model
 from posctx.store import default_chunk_contexts, read_provenance
 from tests.stores import write_corpus
 
@@ -26,24 +26,11 @@ MB = 2**20
 
 
 def _gpt2_small() -> Any:
-    from transformers import GPT2Config
-
-    return GPT2Config()  # 12 layers, 768 dims, 12 heads, 1024 positions
+    return shape_config("gpt2-small")
 
 
 def _llama_1b() -> Any:
-    from transformers import LlamaConfig
-
-    return LlamaConfig(  # meta-llama/Llama-3.2-1B
-        vocab_size=128_256,
-        hidden_size=2048,
-        intermediate_size=8192,
-        num_hidden_layers=16,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        max_position_embeddings=131_072,
-        tie_word_embeddings=True,
-    )
+    return shape_config("llama-1b")
 
 
 def _shaped(tokenizer_model: LoadedModel, config: Any) -> LoadedModel:
@@ -54,18 +41,7 @@ def _shaped(tokenizer_model: LoadedModel, config: Any) -> LoadedModel:
 
     with torch.device("meta"):
         model = AutoModel.from_config(config)
-    n_hidden = config.num_hidden_layers + 1
-    layers = tuple(range(n_hidden))
-    return dataclasses.replace(
-        tokenizer_model,
-        model=model,
-        n_hidden_states=n_hidden,
-        layers=layers,
-        layer_names=tuple("embeddings" if i == 0 else f"block_{i}" for i in layers),
-        hidden_size=config.hidden_size,
-        max_positions=getattr(config, "n_positions", None) or config.max_position_embeddings,
-        weights_hash="shape-only",
-    )
+    return with_model(tokenizer_model, model, "shape-only")
 
 
 @pytest.fixture(scope="module")
