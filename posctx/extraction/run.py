@@ -66,8 +66,10 @@ class Writers:
     def commit(self, commit: Commit) -> None:
         """Apply ``commit`` once every write submitted so far is done."""
         self.raise_if_failed()
-        before = [f for f in self._writes if not f.done()]
-        self._writes = [f for f in self._writes if not f.done()]
+        # Every write not known to have succeeded: one that failed just now must still stop
+        # the commit from marking its block.
+        before = [f for f in self._writes if not (f.done() and f.result())]
+        self._writes = list(before)  # a copy: later writes must not join this commit
         self._all.append(
             self._committer.submit(self._guarded, self._commit, commit, before, commit=True)
         )
