@@ -140,6 +140,7 @@ def _interrupted_creation(
     from posctx.store.provenance import InterruptedCreation
 
     path = f"memory://posctx-tests/{uuid.uuid4().hex}/h.zarr"
+
     def killed_before_the_record(*args: object, **kwargs: object) -> object:
         raise KeyboardInterrupt  # the process dies after the arrays, before the record
 
