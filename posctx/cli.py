@@ -177,6 +177,14 @@ def cli() -> None:
     show_default=True,
     help="Same number of contexts per topic.",
 )
+@click.option(
+    "--windows",
+    default="stream",
+    show_default=True,
+    type=click.Choice(["stream", "documents"]),
+    help="'stream': contexts anywhere in each topic's text; 'documents': each context is the "
+    "start of one document (positions then mean the same in every context).",
+)
 @click.option("--text-column", default="text", show_default=True)
 @click.option("--topic-column", default="topic", show_default=True)
 @_storage_option
@@ -215,6 +223,7 @@ def extract(**kw: Any) -> None:
             topic_column=kw["topic_column"] or None,
             seed=kw["seed"],
             balance=kw["balance"],
+            windows=kw["windows"],
         ),
         model=ModelConfig(
             name=kw["model"],

@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from posctx.errors import PosctxError
-from posctx.types import FINAL_NORMS, MODEL_DTYPES, SPECIAL_TOKEN_POLICIES, STORAGE_DTYPES
+from posctx.types import (
+    FINAL_NORMS,
+    MODEL_DTYPES,
+    SPECIAL_TOKEN_POLICIES,
+    STORAGE_DTYPES,
+    WINDOWS,
+)
 
 _T = TypeVar("_T", bound="_Record")
 
@@ -66,6 +72,11 @@ class CorpusConfig(_Record):
     balance
         Take the same number of contexts from every topic (an error names a topic that has
         too few tokens); otherwise topics that run out leave the rest to the others.
+    windows
+        ``"stream"``: windows anywhere in each topic's stream of documents (joined by a
+        separator), with seeded gaps. ``"documents"``: each context is the first tokens of one
+        document, which must have at least that many; shorter ones are skipped. Use it where
+        positions mean something fixed (addition problems, prompts of one template).
     """
 
     spec: str = "stdlib"
@@ -73,6 +84,7 @@ class CorpusConfig(_Record):
     topic_column: str | None = "topic"
     seed: int = 0
     balance: bool = True
+    windows: str = "stream"
 
     def __post_init__(self) -> None:
         if not self.spec:
@@ -80,6 +92,12 @@ class CorpusConfig(_Record):
         if self.seed < 0:
             raise PosctxError(
                 f"--seed must be >= 0, got {self.seed}: pass --seed 0 or another non-negative integer"
+            )
+        if self.windows not in WINDOWS:
+            raise PosctxError(
+                f"--windows must be one of {', '.join(WINDOWS)}, got {self.windows!r}: pass "
+                "--windows stream (anywhere in the text) or --windows documents (each context "
+                "starts a document)"
             )
 
 

@@ -98,6 +98,11 @@ SPECIAL_TOKEN_POLICIES: tuple[str, ...] = get_args(SpecialTokenPolicy)
 #: before it (the residual stream out of the last block).
 FinalNorm = Literal["after", "before"]
 FINAL_NORMS: tuple[str, ...] = get_args(FinalNorm)
+#: How contexts are cut from a topic's documents: windows anywhere in the topic's token
+#: stream, or the first tokens of single documents (one context per document, each starting
+#: at its document's first token: problems, prompts, records of a fixed layout).
+Windows = Literal["stream", "documents"]
+WINDOWS: tuple[str, ...] = get_args(Windows)
 
 FloatArray = npt.NDArray[np.floating]
 IntArray = npt.NDArray[np.integer]
@@ -144,6 +149,7 @@ __all__ = [
     "SOURCE",
     "SPECIAL_TOKEN_POLICIES",
     "FINAL_NORMS",
+    "WINDOWS",
     "STAT_CTX_SUM",
     "STAT_CTX_SUMSQ",
     "STAT_EDGE",

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from posctx.config import CorpusConfig
 from posctx.corpus import ContextPlan, Document, open_corpus, sample_contexts
 from posctx.corpus.contexts import allocate_quotas
-from posctx.errors import CorpusError
+from posctx.errors import CorpusError, PosctxError
 
 CLS, SEP, DOC_SEP = 1, 2, 3  # below every character code used in the texts
 
@@ -436,3 +436,34 @@ def test_a_loaded_tokenizer_encodes_a_batch_as_one_text_at_a_time(minilm_dir: Pa
     texts = [pydoc_topics["assert"], pydoc_topics["if"], ""]
     assert loaded.encode_batch(texts) == [loaded.encode(t) for t in texts]
     assert loaded.encode_batch([]) == []
+
+
+# --- document-aligned windows -------------------------------------------------------------
+
+
+def test_document_windows_start_each_context_at_its_document_start() -> None:
+    docs = make_docs({"a": [12, 5, 30, 12], "b": [11, 40, 3]})
+    texts = {d.source: d.text for d in docs}
+    plan = _sample(ListCorpus(docs), n_contexts=4, length=12, prefix_ids=[CLS], windows="documents")
+    assert plan.token_ids.shape == (4, 12)
+    assert plan.offset.tolist() == [0, 0, 0, 0]
+    # Documents shorter than the 11 content tokens (a/1, b/2) are skipped; a long one
+    # gives its first 11 tokens only, once.
+    assert sorted(plan.source.tolist()) == ["a/0.txt", "a/2.txt", "b/0.txt", "b/1.txt"]
+    for ids, source in zip(plan.token_ids, plan.source, strict=True):
+        assert ids[0] == CLS and decode(ids[1:]) == texts[str(source)][:11]
+
+
+def test_document_windows_too_few_documents_names_them() -> None:
+    corpus = ListCorpus(make_docs({"a": [20, 3, 20], "b": [20, 20, 20]}), name="problems")
+    message = r"topic 'a' has 2 documents of >= 20 tokens, needs 3.*--no-balance"
+    with pytest.raises(CorpusError, match=message):
+        _sample(corpus, n_contexts=6, length=20, windows="documents")
+    message = r"has only 5 documents of >= 20 content tokens, fewer than --contexts 6"
+    with pytest.raises(CorpusError, match=message):
+        _sample(corpus, n_contexts=6, length=20, windows="documents", balance=False)
+
+
+def test_windows_setting_is_validated() -> None:
+    with pytest.raises(PosctxError, match="--windows must be one of stream, documents, got 'x'"):
+        CorpusConfig(windows="x")

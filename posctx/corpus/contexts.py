@@ -8,6 +8,10 @@ seeded random gap between consecutive windows, and wrapped in the model's specia
     windows        [---- L ----]  gap  [---- L ----] gap [---- L ----]
     context        prefix + window + suffix            (T = len(prefix) + L + len(suffix))
 
+With ``windows="documents"`` each context is instead the first ``L`` tokens of one document
+(documents shorter than ``L`` are skipped), so that position ``t`` means the same place in
+every context: the ``=`` of an addition problem, the slot of a prompt template.
+
 Only the tail of each stream that the next window still needs is kept in memory, and when
 the topics are known up front reading stops as soon as every topic has its quota.
 """
@@ -26,7 +30,7 @@ from tqdm import tqdm
 from posctx.corpus.documents import Document
 from posctx.corpus.sources import Corpus
 from posctx.errors import CorpusError
-from posctx.types import IntArray
+from posctx.types import WINDOWS, IntArray
 
 _MAX_ID = int(np.iinfo(np.int32).max)
 _FIX_TOPIC = "lower --contexts, shorten --length, or pass --no-balance"
@@ -155,9 +159,15 @@ class _TopicStream:
     """
 
     def __init__(
-        self, length: int, separator: IntArray, rng: np.random.Generator, cap: int
+        self,
+        length: int,
+        separator: IntArray,
+        rng: np.random.Generator,
+        cap: int,
+        documents: bool = False,
     ) -> None:
         self.length = length
+        self.documents = documents
         self.separator = separator
         self.rng = rng
         self.cap = cap
@@ -178,6 +188,13 @@ class _TopicStream:
         return len(self.windows) >= self.cap
 
     def feed(self, tokens: IntArray, source: str) -> None:
+        if self.documents:  # one window per document, at its start; no stream to keep
+            self.n_tokens += len(tokens)
+            if len(tokens) >= self.length:
+                self.windows.append(tokens[: self.length].astype(np.int32))
+                self.sources.append(source)
+                self.offsets.append(0)
+            return
         pieces = [self.tail]
         start = self.end
         if self.end > 0 and len(self.separator):
@@ -229,6 +246,7 @@ def _collect(
     balance: bool,
     progress: bool,
     encode_batch: Callable[[list[str]], Sequence[Sequence[int]]] | None = None,
+    aligned: bool = False,
 ) -> dict[str, _TopicStream]:
     """Stream the corpus into per-topic windows until every quota is met or the corpus ends."""
     known = corpus.topics
@@ -241,7 +259,7 @@ def _collect(
         # Balanced with known topics: nothing beyond the quota is ever used. Otherwise keep up
         # to n_contexts per topic, enough for any split decided at the end.
         cap = targets[topic] if (balance and targets is not None) else n_contexts
-        return _TopicStream(content, separator, _rng(seed, f"gaps:{topic}"), cap)
+        return _TopicStream(content, separator, _rng(seed, f"gaps:{topic}"), cap, aligned)
 
     streams = {topic: new_stream(topic) for topic in known or ()}
     pending = sum(1 for q in (targets or {}).values() if q > 0)
@@ -351,6 +369,7 @@ def sample_contexts(
     separator_ids: Sequence[int] = (),
     seed: int = 0,
     balance: bool = True,
+    windows: str = "stream",
     progress: bool = False,
     encode_batch: Callable[[list[str]], Sequence[Sequence[int]]] | None = None,
 ) -> ContextPlan:
@@ -375,6 +394,10 @@ def sample_contexts(
     balance
         Take the same number of contexts from every topic (the remainder going one each to
         topics in a seeded order); otherwise topics that run out leave the rest to others.
+    windows
+        ``"stream"``: windows anywhere in each topic's stream. ``"documents"``: the first
+        ``length`` tokens (special tokens aside) of each document long enough, one per
+        document, in document order; ``offset`` is then 0 for every context.
     progress
         Show a progress bar of contexts collected on stderr.
     encode_batch
@@ -424,6 +447,11 @@ def sample_contexts(
         )
     if corpus.topics is not None and not corpus.topics:
         raise CorpusError(f"corpus {corpus.name!r} has no topics")
+    if windows not in WINDOWS:
+        raise CorpusError(f"windows must be one of {', '.join(WINDOWS)}, got {windows!r}")
+    documents = windows == "documents"
+    # What a window is, in the messages below.
+    unit = f"documents of >= {content} tokens" if documents else f"windows of {content} tokens"
 
     streams = _collect(
         corpus,
@@ -435,6 +463,7 @@ def sample_contexts(
         balance=balance,
         progress=progress,
         encode_batch=encode_batch,
+        aligned=documents,
     )
     topics = list(streams)
     available = [len(streams[t].windows) for t in topics]
@@ -442,7 +471,7 @@ def sample_contexts(
     if sum(available) < n_contexts:
         n_tokens = sum(s.n_tokens for s in streams.values())
         # Token counts are only complete when no document was skipped as surplus.
-        if n_tokens < content and not any(s.n_skipped for s in streams.values()):
+        if n_tokens < content and not documents and not any(s.n_skipped for s in streams.values()):
             raise CorpusError(
                 f"corpus {corpus.name!r} has {n_tokens} tokens, fewer than one context of "
                 f"{content} content tokens: use a shorter --length or a bigger corpus"
@@ -451,16 +480,15 @@ def sample_contexts(
         # unless balanced known topics were capped at their quotas (reported per topic below).
         if not (balance and corpus.topics is not None):
             raise CorpusError(
-                f"corpus {corpus.name!r} has only {sum(available)} windows of {content} content "
-                f"tokens, fewer than --contexts {n_contexts}: {_FIX_TOTAL}"
+                f"corpus {corpus.name!r} has only {sum(available)} "
+                f"{unit.replace(' tokens', ' content tokens')}, fewer than --contexts "
+                f"{n_contexts}: {_FIX_TOTAL}"
             )
     if balance:
         quotas = allocate_quotas([n_contexts] * len(topics), n_contexts, priority)
         short = [(t, a, q) for t, a, q in zip(topics, available, quotas, strict=True) if a < q]
         if short:
-            detail = ", ".join(
-                f"topic {t!r} has {a} windows of {content} tokens, needs {q}" for t, a, q in short
-            )
+            detail = ", ".join(f"topic {t!r} has {a} {unit}, needs {q}" for t, a, q in short)
             raise CorpusError(
                 f"corpus {corpus.name!r} is too small for a balanced sample: {detail}: {_FIX_TOPIC}"
             )

@@ -105,6 +105,7 @@ def plan_contexts(config: ExtractConfig, loaded: LoadedModel, corpus: Any, progr
         separator_ids=special.separator_ids,
         seed=config.corpus.seed,
         balance=config.corpus.balance,
+        windows=config.corpus.windows,
         progress=progress,
         encode_batch=loaded.encode_batch,
     )
