@@ -185,8 +185,9 @@ def chunk_layout(config: ExtractConfig, loaded: LoadedModel) -> tuple[int, int]:
     """Layers per chunk and contexts per chunk of a new store.
 
     Chosen when the user gives 0: all layers, unless one context of them exceeds 128 MB
-    (:func:`~posctx.store.layout.default_chunk_layers`), and about 64 MB per chunk. With
-    fewer layers per chunk, more contexts fit in one.
+    (:func:`~posctx.store.layout.default_chunk_layers`), and about 64 MB per chunk, but no
+    more contexts than the store has (a chunk is stored whole, so a 48-context store would
+    otherwise take a 64 MB file). With fewer layers per chunk, more contexts fit in one.
     """
     n_layers = len(loaded.layers)
     itemsize = np.dtype(config.store.storage_dtype).itemsize
@@ -195,8 +196,8 @@ def chunk_layout(config: ExtractConfig, loaded: LoadedModel) -> tuple[int, int]:
         config.store.chunk_layers or default_chunk_layers(length, n_layers, n_dims, itemsize),
         n_layers,
     )
-    contexts = config.store.chunk_contexts or default_chunk_contexts(
-        length, layers, n_dims, itemsize
+    contexts = config.store.chunk_contexts or min(
+        default_chunk_contexts(length, layers, n_dims, itemsize), config.store.contexts
     )
     return layers, contexts
 

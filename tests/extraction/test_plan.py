@@ -16,6 +16,7 @@ from posctx.config import ModelConfig
 from posctx.errors import ModelError, PosctxError, StoreError
 from posctx.extraction.plan import (
     check_shard,
+    chunk_layout,
     config_differences,
     pending_blocks,
     plan_contexts,
@@ -162,18 +163,25 @@ def test_the_default_chunk_holds_64_mb_of_the_layers_a_chunk_has(
     models: dict[str, LoadedModel], corpus: Path, tmp_path: Path
 ) -> None:
     """With --chunk-layers 1, a chunk of one layer holds three times the contexts of one of all
-    three layers: chunks stay near 64 MB, and blocks (the forward pass's batches) grow."""
+    three layers: chunks stay near 64 MB, and blocks (the forward pass's batches) grow. A
+    store with fewer contexts than that has one chunk of just its contexts, not 64 MB."""
     from dataclasses import replace
 
     loaded = models["gpt2"]
     config = tiny_config(loaded.path, corpus, contexts=7, length=8, chunk=0)
-    config = replace(config, store=replace(config.store, chunk_layers=1))
-    prepare_store(config, str(tmp_path / "h.zarr"), loaded, progress=False)
+    one_layer = replace(config, store=replace(config.store, chunk_layers=1))
+    big = replace(one_layer, store=replace(one_layer.store, contexts=100_000))
+    assert chunk_layout(big, loaded) == (1, default_chunk_contexts(8, 1, 32, 4)) == (1, 65536)
+    all_layers = replace(config, store=replace(config.store, contexts=100_000))
+    assert chunk_layout(all_layers, loaded) == (3, 21845)  # 65536 // 3
+    prepare_store(one_layer, str(tmp_path / "h.zarr"), loaded, progress=False)
     record = read_provenance(str(tmp_path / "h.zarr"))
     assert record is not None
-    assert record["chunk_contexts"] == default_chunk_contexts(8, 1, 32, 4) == 65536  # 3 x 21845
+    assert record["chunk_contexts"] == 7
     group = zarr.open_group(str(tmp_path / "h.zarr"), mode="r", use_consolidated=False)
-    assert group["hidden"].chunks == (65536, 8, 1, 32)
+    assert group["hidden"].chunks == (7, 8, 1, 32)
+    chunk_files = [p for p in (tmp_path / "h.zarr" / "hidden").rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in chunk_files) < 10_000  # no padding to 64 MB
 
 
 def test_prepare_store_creates_the_store_with_its_record_then_resumes_it(
@@ -190,8 +198,8 @@ def test_prepare_store_creates_the_store_with_its_record_then_resumes_it(
     assert attrs["posctx_kind"] == "hidden" and attrs["posctx_schema"] == SCHEMA_VERSION
     assert attrs["title"] == (f"posctx hidden states of {loaded.path} on {corpus} (C=7, T=8)")
     record = attrs["posctx"]
-    # chunk_contexts=0: about 64 MB per chunk for 3 layers of 32 float32 dims
-    assert record["chunk_contexts"] == default_chunk_contexts(8, 3, 32, 4) == 21845
+    # chunk_contexts=0: about 64 MB per chunk, but no more than the store's 7 contexts
+    assert record["chunk_contexts"] == 7
     assert record["config"] == config.to_dict()
     assert record["model"]["weights_hash"] == loaded.weights_hash
     assert record["special_tokens"] == loaded.special.to_dict()
