@@ -1096,6 +1096,38 @@ CASES: list[Case] = [
         usage=True,
         before_model=True,
     ),
+    Case(
+        "pipeline-training-config-unknown-key",
+        lambda e: ["run", *_pipeline(e, "--config", e.write("train.toml", "levle = 1\n"))],
+        "unknown keys 'levle' (did you mean 'level'?)",
+        "fix or remove them",
+        entry="pipelines.training",
+        before_model=True,
+    ),
+    Case(
+        "pipeline-training-level-on-addition",
+        lambda e: ["run", *_pipeline(e, "--config", _training_config("addition"), "--level", "1")],
+        "level applies to the text task only",
+        'drop level, or use task = "text"',
+        entry="pipelines.training",
+        before_model=True,
+    ),
+    Case(
+        "pipeline-training-other-settings",
+        lambda e: ["run", *_pipeline(e, "--config", _training_config("tiny"), *_trained(e))],
+        "holds a run trained with other settings (lr: stored 0.5, asked 0.003)",
+        "run with its settings to resume it, or choose another --out",
+        entry="pipelines.training",
+        before_model=True,
+    ),
+    Case(
+        "pipeline-training-compare-nothing",
+        lambda e: ["compare", "--out", e.path("run")],
+        "no finished setting under",
+        "python -m pipelines.training suite --out",
+        entry="pipelines.training",
+        before_model=True,
+    ),
 ]
 
 
@@ -1109,6 +1141,25 @@ def _small_topics(env: Env) -> str:
     for name in ("cats", "ships"):
         env.write(f"topics/{name}.txt", f"{name} sail and purr here. " * 20)
     return env.path("topics")
+
+
+def _training_config(name: str) -> str:
+    return str(Path(__file__).parents[1] / "pipelines" / "configs" / "training" / f"{name}.toml")
+
+
+def _trained(env: Env) -> list[str]:
+    """A checkpoint of the tiny setting as if trained with lr 0.5 in ``run``; no options."""
+    import json
+
+    from pipelines.train_config import TrainConfig
+
+    record = TrainConfig.from_toml(_training_config("tiny")).training_record()
+    record["lr"] = 0.5
+    env.write(
+        "run/text-level0/checkpoints/step-0000000/posctx_training.json",
+        json.dumps({"step": 0, "training": record}),
+    )
+    return []
 
 
 def _python(record: str, **kwargs: Any) -> Callable[[], object]:

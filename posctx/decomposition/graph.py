@@ -217,8 +217,42 @@ def assemble_statistics(
         mu = out["pos_sum"].sum(axis=0) / (sum(c_chunks) * sum(t_chunks))
         # Between-chunk part of the parallel-axis theorem: sum_b n_b (mean_b - mu)(mean_b - mu)^T.
         dev = (means - mu) * np.sqrt(counts)[:, :, None, None]
-        out["m2_hidden"] = m2_within + da.einsum("ijld,ijle->lde", dev, dev)
+        out["m2_hidden"] = m2_within + gram(dev)
     return out
+
+
+def _chunk_gram(block: Float64Array) -> Float64Array:
+    """``sum over leading axes of x[..., l, d] x[..., l, e]``, the leading axes kept as 1s."""
+    lead = "abcdefgh"[: block.ndim - 2]
+    gram_block = np.einsum(f"{lead}ld,{lead}le->lde", block, block)
+    return gram_block.reshape((1,) * len(lead) + gram_block.shape)
+
+
+def gram(x: da.Array) -> da.Array:
+    """``(layer, dim, dim)`` sums of outer products: ``einsum("...ld,...le->lde", x, x)``,
+    with ``dim`` in one chunk and one task per chunk of ``x``.
+
+    ``da.einsum`` splits ``dim`` into many small chunks when a layer chunk is small (one
+    layer of 128 dims: 22 x 22 chunks, with a PerformanceWarning); here each chunk's Gram
+    matrix is summed by dask's tree reduction.
+
+    >>> x = np.arange(24.0).reshape(3, 2, 4)
+    >>> bool(np.allclose(gram(da.from_array(x, chunks=(1, 1, 4))).compute(),
+    ...                  np.einsum("tld,tle->lde", x, x)))
+    True
+    """
+    x = x.rechunk({x.ndim - 1: -1})
+    lead = "abcdefgh"[: x.ndim - 2]
+    out = da.blockwise(
+        _chunk_gram,
+        lead + "lde",
+        x,
+        lead + "ld",
+        new_axes={"e": x.shape[-1]},
+        adjust_chunks={axis: 1 for axis in lead},
+        dtype=np.float64,
+    )
+    return out.sum(axis=tuple(range(len(lead)))) if lead else out
 
 
 def finalize_arrays(stats: Mapping[str, da.Array]) -> dict[str, da.Array]:
@@ -265,10 +299,10 @@ def finalize_arrays(stats: Mapping[str, da.Array]) -> dict[str, da.Array]:
     out["ss_resid"] = out["ss_total"] - out["ss_pos"] - out["ss_ctx"]
     if "m2_hidden" in stats:
         m2_hidden = stats["m2_hidden"].rechunk({1: -1, 2: -1})
-        m2_pos = n_contexts * da.einsum("tld,tle->lde", pos, pos)
-        m2_ctx = length * da.einsum("cld,cle->lde", ctx, ctx)
+        m2_pos = n_contexts * gram(pos)
+        m2_ctx = length * gram(ctx)
         m2_resid = (m2_hidden - m2_pos - m2_ctx).rechunk({1: -1, 2: -1})
-        m2_raw = (m2_hidden + n_cells * da.einsum("ld,le->lde", mu, mu)).rechunk({1: -1, 2: -1})
+        m2_raw = (m2_hidden + n_cells * gram(mu)).rechunk({1: -1, 2: -1})
         n_sv = int(m2_hidden.shape[-1])
         sv = {
             name: m.map_blocks(
