@@ -40,6 +40,8 @@ class TrainConfig:
     carry: bool = True
     #: Addition: digits per operand (the paper: 10).
     width: int = 5
+    #: Addition: train on the answer's digits only, not on every next character.
+    answer_only: bool = False
     corpus: str = "stdlib"
     #: ``"char"`` (a character tokenizer built from the text) or a local tokenizer folder.
     tokenizer: str = "char"
@@ -84,6 +86,10 @@ class TrainConfig:
         if self.level not in (0, 1, 2):
             raise PosctxError(
                 f"level must be 0, 1 or 2, got {self.level!r}: 0 plain text, 1 second half random, 2 all random"
+            )
+        if self.answer_only and self.task != "addition":
+            raise PosctxError(
+                'answer_only applies to the addition task only: drop it, or use task = "addition"'
             )
         if self.task == "addition" and self.level:
             raise PosctxError(

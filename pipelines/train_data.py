@@ -212,17 +212,36 @@ def encode_chars(texts: Sequence[str], tokenizer: Any) -> np.ndarray:
     return np.array([[vocab.get(ch, 0) for ch in t] for t in texts], dtype=np.int64)
 
 
+#: Target id that the loss skips (torch's ``cross_entropy`` default ``ignore_index``).
+IGNORE = -100
+
+
 def addition_batch(
-    rng: np.random.Generator, batch: int, width: int, carry: bool, tokenizer: Any
+    rng: np.random.Generator,
+    batch: int,
+    width: int,
+    carry: bool,
+    tokenizer: Any,
+    answer_only: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(inputs, targets)`` of ``batch`` problems: every next character is a target, as in
-    nanoGPT (the operands are random, so only the answer can be learned)."""
+    """``(inputs, targets)`` of ``batch`` problems. Every next character is a target, as in
+    nanoGPT, or with ``answer_only`` only the answer's digits (the operands are random, so
+    only the answer can be learned; the others are :data:`IGNORE`).
+
+    >>> tok = char_tokenizer(ADDITION_CHARS, 8)
+    >>> x, y = addition_batch(np.random.default_rng(0), 1, 2, True, tok, answer_only=True)
+    >>> x.shape, (y[0] == IGNORE).tolist()
+    ((1, 7), [True, True, True, True, True, False, False])
+    """
     texts = [
         addition_problem(int(a), int(b), width, carry)
         for a, b in random_operands(rng, batch, width)
     ]
     ids = encode_chars(texts, tokenizer)
-    return ids[:, :-1], ids[:, 1:]
+    targets = ids[:, 1:].copy()
+    if answer_only:
+        targets[:, : 2 * width + 1] = IGNORE  # targets before the first answer digit
+    return ids[:, :-1], targets
 
 
 def addition_test_set(seed: int, n_per_topic: int, width: int, carry: bool) -> list[dict[str, str]]:
@@ -260,6 +279,7 @@ def write_jsonl(rows: Sequence[dict[str, str]], path: Path) -> Path:
 
 __all__ = [
     "ADDITION_CHARS",
+    "IGNORE",
     "MAX_CARRY_TOPIC",
     "TextData",
     "UNK",

@@ -176,8 +176,7 @@ def plot_against_step(geometry: pd.DataFrame, out: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(5, 3.4), layout="constrained")
         for layer, group in geometry.groupby("layer"):
             ax.plot(group["step"], group[metric], marker="o", label=f"layer {layer}")
-        ax.set_xscale("symlog", linthresh=max(1, int(geometry["step"].iloc[1:2].min() or 1)))
-        ax.set_xlabel("training step")
+        _step_axis(ax, geometry["step"])
         ax.set_ylabel(label)
         ax.set_title(str(geometry["setting"].iloc[0]))
         ax.grid(alpha=0.3)
@@ -186,7 +185,36 @@ def plot_against_step(geometry: pd.DataFrame, out: Path) -> list[Path]:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
+    written.append(_plot_learning(geometry, out / "step_learning.png"))
     return written
+
+
+def _step_axis(ax: Any, steps: pd.Series) -> None:
+    """Training step on a symmetric-log axis, linear up to the first checkpoint after 0."""
+    positive = steps[steps > 0]
+    ax.set_xscale("symlog", linthresh=float(positive.min()) if len(positive) else 1.0)
+    ax.set_xlabel("training step")
+
+
+def _plot_learning(geometry: pd.DataFrame, path: Path) -> Path:
+    """Held-out loss against step, and (addition) the exact-answer accuracy beside it."""
+    import matplotlib.pyplot as plt
+
+    per_step = geometry.groupby("step").first().reset_index()
+    fig, ax = plt.subplots(figsize=(5, 3.4), layout="constrained")
+    ax.plot(per_step["step"], per_step["held_out_loss"], marker="o", color="C0")
+    _step_axis(ax, per_step["step"])
+    ax.set_ylabel("held-out loss (nats per token)", color="C0")
+    ax.set_title(str(geometry["setting"].iloc[0]))
+    ax.grid(alpha=0.3)
+    if per_step["accuracy"].notna().any():
+        right = ax.twinx()
+        right.plot(per_step["step"], per_step["accuracy"], marker="s", color="C3")
+        right.set_ylabel("exact answers", color="C3")
+        right.set_ylim(-0.02, 1.02)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def compare_settings(geometries: Sequence[pd.DataFrame], out: Path) -> pd.DataFrame:

@@ -74,13 +74,16 @@ def make_task(config: TrainConfig) -> Task:
     if config.task == "addition":
         tokenizer = char_tokenizer(ADDITION_CHARS, addition_length(config.width))
 
+        def problems(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+            return addition_batch(
+                rng, config.batch_size, config.width, config.carry, tokenizer, config.answer_only
+            )
+
         def batch(step: int) -> tuple[np.ndarray, np.ndarray]:
-            rng = batch_rng(config.seed, step, "train")
-            return addition_batch(rng, config.batch_size, config.width, config.carry, tokenizer)
+            return problems(batch_rng(config.seed, step, "train"))
 
         def held_out(i: int) -> tuple[np.ndarray, np.ndarray]:
-            rng = batch_rng(config.seed, i, "held-out")
-            return addition_batch(rng, config.batch_size, config.width, config.carry, tokenizer)
+            return problems(batch_rng(config.seed, i, "held-out"))
 
         describe = {"problems": "uniform operands", "width": config.width, "carry": config.carry}
         return Task(tokenizer, len(tokenizer), batch, held_out, describe)
@@ -221,7 +224,11 @@ def read_record(path: Path) -> dict[str, Any]:
 def _refuse_other_settings(out: Path, step: int, config: TrainConfig) -> None:
     stored = read_record(checkpoint_dir(out, step))["training"]
     asked = json.loads(json.dumps(config.training_record()))
-    diffs = sorted(k for k in set(stored) | set(asked) if stored.get(k) != asked.get(k))
+    defaults = json.loads(json.dumps(TrainConfig().training_record()))
+    # A setting the record lacks was added since: it differs only if asked other than default.
+    diffs = sorted(
+        k for k in asked if (stored[k] != asked[k] if k in stored else asked[k] != defaults.get(k))
+    )
     if diffs:
         details = ", ".join(f"{k}: stored {stored.get(k)!r}, asked {asked.get(k)!r}" for k in diffs)
         raise PosctxError(
@@ -298,7 +305,8 @@ def train(
         from transformers import GPT2LMHeadModel
 
         folder = checkpoint_dir(out, start)
-        model = GPT2LMHeadModel.from_pretrained(folder).to(config.device)
+        model: Any = GPT2LMHeadModel.from_pretrained(folder)
+        model = model.to(config.device)
         optimizer = make_optimizer(config, model)
         state = torch.load(folder / TRAINER_STATE, weights_only=False)
         optimizer.load_state_dict(state["optimizer"])

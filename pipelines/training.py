@@ -69,8 +69,8 @@ def run_setting(
 ) -> SettingResult:
     """Train one setting (resuming), measure its checkpoints and the final-norm choice.
 
-    Writes into ``config.out / config.name``, including ``timing.json`` (wall seconds of this
-    call, split into training and measuring; a resumed call counts only its own work).
+    Writes into ``config.out / config.name``, including ``timing.json``
+    (:func:`write_timing`).
     """
     folder = Path(config.out) / config.name
     start = time.perf_counter()
@@ -79,11 +79,27 @@ def run_setting(
     geometry = checkpoint_geometry(config, folder, checkpoints, progress=progress, echo=echo)
     effect = final_norm_effect(config, folder, checkpoints[-1], progress=progress)
     seconds = time.perf_counter() - start
-    timing = {"train_seconds": trained - start, "measure_seconds": seconds - (trained - start)}
-    timing["total_seconds"] = seconds
-    (folder / "timing.json").write_text(json.dumps(timing, indent=1) + "\n", encoding="utf-8")
+    write_timing(folder, trained - start, seconds - (trained - start))
     echo(f"{config.name}: {seconds:.0f} s; results in {folder}")
     return SettingResult(config, folder, geometry, effect, seconds)
+
+
+def write_timing(folder: Path, train_seconds: float, measure_seconds: float) -> dict[str, Any]:
+    """Add one call's wall seconds to ``folder/timing.json``: each call is listed, and the
+    totals sum them (a resumed setting's time is the sum of its calls)."""
+    path = folder / "timing.json"
+    calls = json.loads(path.read_text(encoding="utf-8"))["calls"] if path.exists() else []
+    calls.append(
+        {"train_seconds": round(train_seconds, 1), "measure_seconds": round(measure_seconds, 1)}
+    )
+    timing: dict[str, Any] = {
+        "train_seconds": round(sum(c["train_seconds"] for c in calls), 1),
+        "measure_seconds": round(sum(c["measure_seconds"] for c in calls), 1),
+    }
+    timing["total_seconds"] = round(timing["train_seconds"] + timing["measure_seconds"], 1)
+    timing["calls"] = calls
+    path.write_text(json.dumps(timing, indent=1) + "\n", encoding="utf-8")
+    return timing
 
 
 def suite_configs(out: str, configs: Path = CONFIGS, **overrides: Any) -> list[TrainConfig]:

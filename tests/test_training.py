@@ -226,6 +226,26 @@ def test_a_resumed_run_gives_the_weights_of_an_uninterrupted_one(tmp_path: Path)
         train(other, tmp_path / "stopped", progress=False)
 
 
+def test_a_local_tokenizer_trains_and_is_saved_with_each_checkpoint(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """``tokenizer = DIR``: the text is encoded with that tokenizer (here word-level), random
+    tokens range over its whole vocabulary, and each checkpoint carries it."""
+    from transformers import AutoTokenizer
+
+    config = dataclasses.replace(
+        MICRO, tokenizer=str(tiny_models["gpt2"]), level=1, steps=2, checkpoints=(0,)
+    )
+    folders = train(config, tmp_path / "run", progress=False)
+    record = read_record(folders[-1])
+    assert record["data"]["vocab_size"] == len(AutoTokenizer.from_pretrained(tiny_models["gpt2"]))
+    saved = AutoTokenizer.from_pretrained(folders[-1])
+    assert (
+        saved("alpha beta")["input_ids"]
+        == AutoTokenizer.from_pretrained(tiny_models["gpt2"])("alpha beta")["input_ids"]
+    )
+
+
 # --- a tiny setting, end to end -------------------------------------------------------------
 
 
@@ -292,7 +312,7 @@ def test_tiny_setting_learns_and_its_table_is_posctx_on_its_checkpoints(tmp_path
     # The files: tables, one figure per headline measurement, a timing.
     assert (result.folder / "geometry.md").read_text().startswith("| setting | step | layer |")
     figures = sorted(p.name for p in (result.folder / "figures").iterdir())
-    assert figures == sorted(f"step_{m}.png" for m in HEADLINE)
+    assert figures == sorted([*(f"step_{m}.png" for m in HEADLINE), "step_learning.png"])
     assert json.loads((result.folder / "timing.json").read_text())["total_seconds"] > 0
     # The comparison takes each setting's last checkpoint.
     table = compare_settings([geometry], tmp_path / "cmp")
