@@ -39,6 +39,7 @@ from pipelines.train_loop import (
 )
 from posctx.cli import cli, run_cli
 from posctx.errors import PosctxError
+from posctx.geometry import metrics_table
 
 CONFIGS = Path(training.__file__).resolve().parent / "configs" / "training"
 
@@ -268,7 +269,7 @@ def test_tiny_setting_learns_and_its_table_is_posctx_on_its_checkpoints(tmp_path
         hidden = posctx.open_hidden(str(folder / "hidden.zarr"))
         assert hidden.attrs["posctx"]["model"]["architecture"] == "GPT2Model"
         assert hidden.attrs["posctx"]["model"]["is_decoder"] is True
-        direct = posctx.metrics_table(
+        direct = metrics_table(
             posctx.measure_geometry(
                 posctx.open_decomposition(str(folder / "decomposition.zarr")), params=params
             )
