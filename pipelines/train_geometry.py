@@ -235,6 +235,7 @@ def _plot_comparison(table: pd.DataFrame, out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     out.mkdir(parents=True, exist_ok=True)
     families = {
@@ -249,6 +250,7 @@ def _plot_comparison(table: pd.DataFrame, out: Path) -> None:
             for setting, group in frame.groupby("setting", sort=True):
                 ax.plot(group["layer"], group[metric], marker="o", label=str(setting))
             ax.set_xlabel("layer (0 = embeddings)")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel(label)
             ax.set_title(f"{family}: final checkpoints")
             ax.grid(alpha=0.3)

@@ -224,7 +224,7 @@ def assemble_statistics(
 def _chunk_gram(block: Float64Array) -> Float64Array:
     """``sum over leading axes of x[..., l, d] x[..., l, e]``, the leading axes kept as 1s."""
     lead = "abcdefgh"[: block.ndim - 2]
-    gram_block = np.einsum(f"{lead}ld,{lead}le->lde", block, block)
+    gram_block: Float64Array = np.einsum(f"{lead}ld,{lead}le->lde", block, block)
     return gram_block.reshape((1,) * len(lead) + gram_block.shape)
 
 
@@ -243,7 +243,7 @@ def gram(x: da.Array) -> da.Array:
     """
     x = x.rechunk({x.ndim - 1: -1})
     lead = "abcdefgh"[: x.ndim - 2]
-    out = da.blockwise(
+    out: da.Array = da.blockwise(
         _chunk_gram,
         lead + "lde",
         x,
@@ -252,7 +252,10 @@ def gram(x: da.Array) -> da.Array:
         adjust_chunks={axis: 1 for axis in lead},
         dtype=np.float64,
     )
-    return out.sum(axis=tuple(range(len(lead)))) if lead else out
+    if not lead:
+        return out
+    summed: da.Array = out.sum(axis=tuple(range(len(lead))))
+    return summed
 
 
 def finalize_arrays(stats: Mapping[str, da.Array]) -> dict[str, da.Array]:
