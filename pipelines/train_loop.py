@@ -237,6 +237,22 @@ def _refuse_other_settings(out: Path, step: int, config: TrainConfig) -> None:
         )
 
 
+def machine_record() -> dict[str, Any]:
+    """What a resumed run must share to reach the same weights: rounding differs with the
+    thread count, the CPU or GPU, and the torch version (not a setting, so not refused)."""
+    import platform
+
+    import torch
+
+    return {
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
 def save_checkpoint(
     out: Path,
     step: int,
@@ -261,6 +277,7 @@ def save_checkpoint(
         "step": step,
         "training": config.training_record(),
         "data": task.describe,
+        "machine": machine_record(),
         **measures,
     }
     (partial / RECORD).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
@@ -374,6 +391,7 @@ __all__ = [
     "held_out_loss",
     "learning_rate",
     "make_optimizer",
+    "machine_record",
     "make_task",
     "read_record",
     "save_checkpoint",

@@ -222,6 +222,7 @@ def test_a_resumed_run_gives_the_weights_of_an_uninterrupted_one(tmp_path: Path)
     assert [(p / TRAINER_STATE).exists() for p in resumed] == [False, False, True]
     record = json.loads((resumed[-1] / RECORD).read_text())
     assert record["training"]["n_embd"] == 16 and record["data"]["text_chars"] == 20_000
+    assert record["machine"]["torch_threads"] == torch.get_num_threads()
     other = dataclasses.replace(MICRO, lr=2e-3)
     with pytest.raises(PosctxError, match=r"trained with other settings \(lr: stored 0.001"):
         train(other, tmp_path / "stopped", progress=False)
