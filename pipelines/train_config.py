@@ -120,10 +120,13 @@ class TrainConfig:
                 f"n_embd {self.n_embd} is not a multiple of n_head {self.n_head}: e.g. n_embd = {self.n_head * 32}"
             )
         if not 0 <= self.dropout < 1:
-            raise PosctxError(f"dropout must be in [0, 1), got {self.dropout!r}")
+            raise PosctxError(
+                f"dropout must be in [0, 1), got {self.dropout!r}: e.g. dropout = 0.1"
+            )
         if not 0 < self.min_lr <= self.lr:
             raise PosctxError(
-                f"need 0 < min_lr <= lr, got min_lr {self.min_lr!r} and lr {self.lr!r}"
+                f"need 0 < min_lr <= lr, got min_lr {self.min_lr!r} and lr {self.lr!r}: "
+                "e.g. lr = 1e-3 and min_lr = 1e-4 (min_lr = lr for a constant rate)"
             )
         bad = [s for s in self.checkpoints if not isinstance(s, int) or not 0 <= s <= self.steps]
         if bad:

@@ -27,7 +27,7 @@ import pandas as pd
 import posctx
 from pipelines.common import markdown_table
 from pipelines.train_config import TrainConfig
-from pipelines.train_data import addition_test_set, write_jsonl
+from pipelines.train_data import MAX_CARRY_TOPIC, addition_test_set, write_jsonl
 from pipelines.train_loop import read_record
 from posctx.decomposition.stores import decompose_store
 from posctx.geometry import metrics_table
@@ -47,12 +47,11 @@ LEARNED = ("train_loss", "held_out_loss", "accuracy", "digit_accuracy", "train_s
 def measured_corpus(config: TrainConfig, out: Path) -> posctx.CorpusConfig:
     """The text each checkpoint is measured on (held-out problems are written once)."""
     if config.task == "addition":
-        n_topics = min(3, config.width) + 1
-        rows = addition_test_set(
-            config.seed + 1, -(-config.contexts // n_topics), config.width, config.carry
-        )
         path = out / "addition-test.jsonl"
-        if not path.exists():
+        if not path.exists():  # made once per run, not once per checkpoint
+            n_topics = min(MAX_CARRY_TOPIC, config.width) + 1
+            per_topic = -(-config.contexts // n_topics)
+            rows = addition_test_set(config.seed + 1, per_topic, config.width, config.carry)
             write_jsonl(rows, path)
         return posctx.CorpusConfig(spec=str(path), seed=config.seed, windows="documents")
     return posctx.CorpusConfig(spec=config.corpus, seed=config.seed)

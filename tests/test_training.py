@@ -331,3 +331,16 @@ def test_docstring_examples_run(module: str) -> None:
 
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted >= 1
+
+
+def test_addition_is_measured_on_held_out_problems_one_per_context(tmp_path: Path) -> None:
+    from pipelines.train_geometry import measured_corpus
+
+    config = TrainConfig(task="addition", carry=False, contexts=8)
+    corpus = measured_corpus(config, tmp_path)
+    assert corpus.windows == "documents"
+    rows = [json.loads(line) for line in Path(corpus.spec).read_text().splitlines()]
+    assert len(rows) == 8 and {len(r["text"]) for r in rows} == {config.sequence_length}
+    assert rows == addition_test_set(config.seed + 1, 2, 5, carry=False)
+    Path(corpus.spec).write_text("kept\n")  # written once: a second call reuses the file
+    assert Path(measured_corpus(config, tmp_path).spec).read_text() == "kept\n"
