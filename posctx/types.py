@@ -22,6 +22,18 @@ DIM2 = "dim2"
 COMPONENT = "component"
 #: index of a principal angle between two subspaces, smallest angle first
 ANGLE = "angle"
+#: uncertainty of the measurements: a measurement's name, an interval's end ("lo", "hi"), a
+#: point of the convergence path (its ``n_contexts`` coordinate), a bootstrap cell (a run of
+#: consecutive contexts of one topic)
+METRIC = "metric"
+BOUND = "bound"
+SAMPLE = "sample"
+CELL = "cell"
+#: coordinates of the bootstrap cells: each context's cell; each cell's run, topic, contexts
+CONTEXT_CELL = "context_cell"
+CELL_RUN = "cell_run"
+CELL_TOPIC = "cell_topic"
+CELL_COUNT = "cell_count"
 #: attention dissection: a query head, the query and key positions of a score, a score part
 HEAD = "head"
 QUERY = "query"
@@ -75,6 +87,8 @@ DECOMPOSITION_ATTR = "posctx_decomposition"
 #: attrs key that :func:`posctx.open_hidden` sets when it left unfinished blocks out.
 COMPLETE_ONLY_ATTR = "posctx_complete_only"
 #: attrs key of the JSON record of how geometry measurements were made.
+#: attrs of the uncertainty dataset: a JSON record of its method and settings
+UNCERTAINTY_ATTR = "posctx_uncertainty"
 GEOMETRY_ATTR = "posctx_geometry"
 #: attrs key marking the in-memory inputs of the geometry measurements (a JSON record).
 INPUTS_ATTR = "posctx_geometry_inputs"
@@ -117,6 +131,12 @@ __all__ = [
     "BLOCK",
     "BLOCK_COMPLETE",
     "BLOCK_START",
+    "BOUND",
+    "CELL",
+    "CELL_COUNT",
+    "CELL_RUN",
+    "CELL_TOPIC",
+    "CONTEXT_CELL",
     "COMPLETE_ONLY_ATTR",
     "COMPONENT",
     "CONTEXT",
@@ -138,12 +158,14 @@ __all__ = [
     "KV_HEAD",
     "LAYER",
     "LAYER_NAME",
+    "METRIC",
     "MODEL_DTYPES",
     "OFFSET",
     "PART",
     "POSITION",
     "PROVENANCE_ATTR",
     "QUERY",
+    "SAMPLE",
     "SCHEMA_ATTR",
     "SCHEMA_VERSION",
     "SOURCE",
@@ -159,6 +181,7 @@ __all__ = [
     "STORAGE_DTYPES",
     "TOKEN_ID",
     "TOPIC",
+    "UNCERTAINTY_ATTR",
     "Device",
     "Float64Array",
     "FloatArray",

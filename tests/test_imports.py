@@ -24,7 +24,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("store", "corpus", "model", "cluster", "fastread"),
     ("extraction", "decomposition", "validate"),
     ("geometry",),
-    ("plots", "summary", "testing"),
+    ("plots", "summary", "testing", "interactive"),
     ("attention", "report"),
     ("demo",),
     ("cli",),

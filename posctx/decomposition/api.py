@@ -24,13 +24,19 @@ from posctx.decomposition.graph import (
     statistics_arrays,
     statistics_from_files,
 )
+from posctx.decomposition.kernels import plan_cells
 from posctx.errors import PosctxError
 from posctx.fused import kernel_name
 from posctx.store.direct import direct_source
 from posctx.types import (
+    CELL,
+    CELL_COUNT,
+    CELL_RUN,
+    CELL_TOPIC,
     COMPLETE_ONLY_ATTR,
     COMPONENT,
     CONTEXT,
+    CONTEXT_CELL,
     DECOMPOSITION_ATTR,
     DECOMPOSITION_KIND,
     DIM,
@@ -44,6 +50,7 @@ from posctx.types import (
     POSITION,
     PROVENANCE_ATTR,
     STATISTICS_ATTR,
+    TOPIC,
 )
 
 if TYPE_CHECKING:
@@ -66,6 +73,8 @@ OUTPUT_DIMS: dict[str, tuple[str, ...]] = {
     "sv_hidden": (LAYER, COMPONENT),
     "sv_resid": (LAYER, COMPONENT),
     "norm_hidden": (LAYER,),
+    "cell_pos_sum": (CELL, POSITION, LAYER, DIM),
+    "cell_sumsq": (CELL, LAYER),
 }
 
 #: A label selection: a slice, labels, a boolean mask, a single label, or None for all.
@@ -189,6 +198,7 @@ def statistics(
     positions: Selection = None,
     contexts: Selection = None,
     moments: bool = False,
+    runs: int | None = None,
 ) -> xr.Dataset:
     """Lazy sufficient statistics of the selected hidden states (one pass when computed).
 
@@ -204,15 +214,19 @@ def statistics(
     >>> ds, _ = planted_hidden(6, 4, 2, 3)
     >>> sorted(statistics(ds).data_vars)
     ['ctx_sum', 'pos_sum', 'sumsq']
+    >>> statistics(ds, runs=2).cell_pos_sum.dims
+    ('cell', 'position', 'layer', 'dim')
     """
     full = hidden_variable(ds)
     h = label_select(full, POSITION, positions)
     h = label_select(h, CONTEXT, contexts)
     h = _as_dask(h)
-    arrays = None if moments else _statistics_from_files(full, h)
+    cells = None if runs is None else plan_cells(_topic_labels(h), runs)
+    cell_of = None if cells is None else cells["cell"]
+    arrays = None if moments else _statistics_from_files(full, h, cell_of)
     if arrays is None:
-        arrays = statistics_arrays(h.data, moments=moments)
-    return statistics_dataset(
+        arrays = statistics_arrays(h.data, moments=moments, cells=cell_of)
+    out = statistics_dataset(
         arrays,
         h.coords,
         ds.attrs,
@@ -220,6 +234,38 @@ def statistics(
         source_store=ds.encoding.get("source"),
         source="hidden states",
     )
+    return out if cells is None else with_cells(out, cells)
+
+
+def _topic_labels(h: xr.DataArray) -> npt.NDArray[Any]:
+    """The contexts' topics when they are in memory (``open_hidden`` loads them), else one
+    topic for all: reading lazy labels here would compute behind the caller's back."""
+    topic = h.coords.get(TOPIC)
+    if topic is None or not isinstance(topic.data, np.ndarray):
+        return np.full(h.sizes[CONTEXT], "all")
+    return np.asarray(topic.values)
+
+
+def with_cells(stats: xr.Dataset, cells: Mapping[str, Any]) -> xr.Dataset:
+    """``stats`` with the cell coordinates of :func:`~posctx.decomposition.kernels.plan_cells`
+    and their plan in the decomposition record (``"cells"``)."""
+    out = stats.assign_coords(
+        {
+            CONTEXT_CELL: (CONTEXT, cells["cell"]),
+            CELL_RUN: (CELL, cells["run"]),
+            CELL_TOPIC: (CELL, np.asarray([str(t) for t in cells["topic"]], dtype=object)),
+            CELL_COUNT: (CELL, cells["count"]),
+        }
+    )
+    record = json.loads(out.attrs[DECOMPOSITION_ATTR])
+    record["cells"] = {
+        "run_length": int(cells["run_length"]),
+        "n_runs": int(cells["run"].max()) + 1,
+        "n_cells": int(cells["count"].size),
+        "topics_split": bool(np.unique(cells["topic"]).size > 1),
+    }
+    out.attrs[DECOMPOSITION_ATTR] = json.dumps(record, sort_keys=True)
+    return out
 
 
 def statistics_dataset(
@@ -268,7 +314,9 @@ def statistics_dataset(
     )
 
 
-def _statistics_from_files(full: xr.DataArray, h: xr.DataArray) -> dict[str, da.Array] | None:
+def _statistics_from_files(
+    full: xr.DataArray, h: xr.DataArray, cells: npt.NDArray[np.intp] | None = None
+) -> dict[str, da.Array] | None:
     """Statistics read context by context from chunk files, when ``full`` allows it.
 
     Applies when ``full`` is, untouched, posctx's direct reader over an uncompressed local
@@ -290,7 +338,7 @@ def _statistics_from_files(full: xr.DataArray, h: xr.DataArray) -> dict[str, da.
             groups[-1] = (i, (*groups[-1][1], row))
         else:
             groups.append((i, (row,)))
-    return statistics_from_files(source, groups, int(t_idx[0]), int(t_idx[-1]) + 1)
+    return statistics_from_files(source, groups, int(t_idx[0]), int(t_idx[-1]) + 1, cells)
 
 
 def finalize(stats: xr.Dataset) -> xr.Dataset:
@@ -331,6 +379,7 @@ def decompose(
     positions: Selection = None,
     contexts: Selection = None,
     moments: bool = False,
+    runs: int | None = None,
 ) -> xr.Dataset:
     """Lazily split hidden states into mean, position, context and residual parts.
 
@@ -365,6 +414,14 @@ def decompose(
         singular values of the hidden states and of the residual (``sv_hidden``,
         ``sv_resid``), the residual's second moment ``m2_resid`` and ``norm_hidden``, the
         spectral norm of ``h`` as stored. Costs a matrix product per chunk (opt-in).
+    runs
+        Also keep the position sums and sums of squares of *cells*: runs of consecutive
+        contexts (at most ``runs`` of them, each a power of two contexts long), split by
+        topic (:func:`~posctx.decomposition.kernels.plan_cells`). The geometry's
+        confidence intervals and convergence path resample and add these cells
+        (:mod:`posctx.geometry.uncertainty`) with no second read. Taken in the same pass:
+        one accumulator per cell instead of one per chunk, no extra arithmetic. Costs
+        ``cells x T x L x d`` float64 values (about ``runs x topics`` position tables).
 
     Returns
     -------
@@ -397,7 +454,9 @@ def decompose(
     >>> bool(np.allclose(identity, dec.ss_total))
     True
     """
-    return finalize(statistics(ds, positions=positions, contexts=contexts, moments=moments))
+    return finalize(
+        statistics(ds, positions=positions, contexts=contexts, moments=moments, runs=runs)
+    )
 
 
 def label_indexer(source: pd.Index, wanted: pd.Index, dim: str) -> slice | npt.NDArray[np.intp]:
@@ -545,6 +604,7 @@ __all__ = [
     "paper_positions",
     "refuse_partial_sample",
     "statistics_dataset",
+    "with_cells",
     "statistics",
     "DECOMPOSITION_ATTR",
     "DECOMPOSITION_KIND",

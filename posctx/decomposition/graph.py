@@ -29,19 +29,20 @@ from dask.highlevelgraph import HighLevelGraph, Layer, MaterializedLayer
 from posctx.decomposition.kernels import (
     ContextSums,
     chunk_stats,
+    combine_cells,
     combine_sum,
     singular_values,
     take_stat,
 )
 from posctx.store.direct import DirectSource
-from posctx.types import Float64Array
+from posctx.types import Float64Array, IndexArray
 
 #: Keys of the dict returned by :func:`decompose_arrays`, in a stable order.
 OUTPUT_NAMES = ("mu", "pos", "ctx", "ss_total", "ss_pos", "ss_ctx", "ss_resid")
 #: Extra outputs when second moments are requested.
 MOMENT_OUTPUT_NAMES = ("m2_resid", "sv_hidden", "sv_resid", "norm_hidden")
 #: Sufficient statistics (additive over contexts), persisted with a decomposition.
-STATISTIC_NAMES = ("pos_sum", "ctx_sum", "sumsq", "m2_hidden")
+STATISTIC_NAMES = ("pos_sum", "ctx_sum", "sumsq", "m2_hidden", "cell_pos_sum", "cell_sumsq")
 
 
 def _add_layer(
@@ -58,7 +59,9 @@ def _add_layer(
     return HighLevelGraph(layers, dependencies)
 
 
-def statistics_arrays(h: da.Array, moments: bool = False) -> dict[str, da.Array]:
+def statistics_arrays(
+    h: da.Array, moments: bool = False, cells: IndexArray | None = None
+) -> dict[str, da.Array]:
     """Lazy sufficient statistics of a ``(context, position, layer, dim)`` dask array.
 
     Parameters
@@ -76,7 +79,10 @@ def statistics_arrays(h: da.Array, moments: bool = False) -> dict[str, da.Array]
         ``pos_sum`` ``(T, L, D)``, ``ctx_sum`` ``(C, L, D)``, ``sumsq`` ``(L,)`` and with
         ``moments`` ``m2_hidden``; float64. These are additive over contexts (``m2_hidden``
         by :func:`~posctx.decomposition.kernels.merge_moments`), which is what makes
-        incremental updates read only new contexts.
+        incremental updates read only new contexts. With ``cells`` (the ``(C,)`` cell of
+        each context, :func:`~posctx.decomposition.kernels.plan_cells`), also
+        ``cell_pos_sum`` ``(cells, T, L, D)`` and ``cell_sumsq`` ``(cells, L)``, taken in
+        the same pass.
 
     Examples
     --------
@@ -98,28 +104,57 @@ def statistics_arrays(h: da.Array, moments: bool = False) -> dict[str, da.Array]
     if h.shape[0] == 0 or h.shape[1] == 0:
         raise ValueError(f"cannot decompose an empty table of shape {h.shape}")
     c_chunks, t_chunks, l_chunks, _ = h.chunks
-    token = tokenize(h.name, moments)
+    token = tokenize(h.name, moments, cells)
+    local = _local_cells(cells, c_chunks)
     # Chunk: one chunk_stats task per input chunk -- the only tasks that touch `h`.
     stats_name = f"posctx-chunk-stats-{token}"
     stats_layer = {
-        (stats_name, i, j, k): (chunk_stats, (h.name, i, j, k, 0), moments)
+        (stats_name, i, j, k): (
+            chunk_stats,
+            (h.name, i, j, k, 0),
+            moments,
+            None if local is None else local[i][1],
+        )
         for i in range(len(c_chunks))
         for j in range(len(t_chunks))
         for k in range(len(l_chunks))
     }
     graph = _add_layer(h.dask, stats_name, stats_layer, {h.name})
-    return assemble_statistics(graph, stats_name, h.chunks, moments, token)
+    return assemble_statistics(graph, stats_name, h.chunks, moments, token, cells)
+
+
+def _local_cells(
+    cells: IndexArray | None, c_chunks: tuple[int, ...]
+) -> list[tuple[IndexArray, IndexArray]] | None:
+    """Per context chunk: the global cells it holds (sorted) and each row's local index."""
+    if cells is None:
+        return None
+    if len(cells) != sum(c_chunks):
+        raise ValueError(f"{len(cells)} cell indices for {sum(c_chunks)} contexts")
+    out = []
+    start = 0
+    for size in c_chunks:
+        rows = np.asarray(cells[start : start + size])
+        held, local = np.unique(rows, return_inverse=True)
+        out.append((held, local.astype(np.intp)))
+        start += size
+    return out
 
 
 def file_chunk_stats(
-    source: DirectSource, index: tuple[int, ...], rows: tuple[int, ...], start: int, stop: int
+    source: DirectSource,
+    index: tuple[int, ...],
+    rows: tuple[int, ...],
+    start: int,
+    stop: int,
+    cells: IndexArray | None = None,
 ) -> dict[str, Float64Array]:
     """:func:`~posctx.decomposition.kernels.chunk_stats` of rows ``rows`` of one chunk file,
     positions ``start:stop``, folded in one context slab at a time as the store reads them
     (:meth:`~posctx.store.direct.DirectSource.rows`): the chunk is never whole in memory.
     """
     n_layers = source.chunk_bounds(index)[2]
-    sums = ContextSums(len(rows), stop - start, n_layers, source.shape[3])
+    sums = ContextSums(len(rows), stop - start, n_layers, source.shape[3], cells)
     for i, slab in enumerate(source.rows(index, rows)):
         sums.add(i, slab[start:stop, :n_layers])
     return sums.result()
@@ -130,27 +165,39 @@ def statistics_from_files(
     groups: list[tuple[int, tuple[int, ...]]],
     start: int,
     stop: int,
+    cells: IndexArray | None = None,
 ) -> dict[str, da.Array]:
     """Sufficient statistics read straight from the chunk files of ``source``.
 
     ``groups`` lists, in output order, ``(chunk index along context, rows of that chunk)``;
     positions ``start:stop`` are used and every layer. One task per (group, layer chunk)
     reads its rows slab by slab (:func:`file_chunk_stats`), so no chunk is ever materialised:
-    the same statistics as :func:`statistics_arrays`, with less memory traffic.
+    the same statistics as :func:`statistics_arrays`, with less memory traffic. ``cells``:
+    as for :func:`statistics_arrays`, one per context in output order.
     """
     n_layers, n_dims = source.shape[2], source.shape[3]
     lc = source.chunk_shape[2]
     l_chunks = tuple(min(lc, n_layers - s) for s in range(0, n_layers, lc))
-    token = tokenize(source, groups, start, stop)
+    token = tokenize(source, groups, start, stop, cells)
+    c_chunks = tuple(len(rows) for _, rows in groups)
+    local = _local_cells(cells, c_chunks)
     stats_name = f"posctx-file-stats-{token}"
     layer = {
-        (stats_name, g, 0, k): (file_chunk_stats, source, (i, 0, k, 0), rows, start, stop)
+        (stats_name, g, 0, k): (
+            file_chunk_stats,
+            source,
+            (i, 0, k, 0),
+            rows,
+            start,
+            stop,
+            None if local is None else local[g][1],
+        )
         for g, (i, rows) in enumerate(groups)
         for k in range(len(l_chunks))
     }
     graph = HighLevelGraph({stats_name: MaterializedLayer(layer)}, {stats_name: set()})
-    chunks = (tuple(len(rows) for _, rows in groups), (stop - start,), l_chunks, (n_dims,))
-    return assemble_statistics(graph, stats_name, chunks, False, token)
+    chunks = (c_chunks, (stop - start,), l_chunks, (n_dims,))
+    return assemble_statistics(graph, stats_name, chunks, False, token, cells)
 
 
 def assemble_statistics(
@@ -159,6 +206,7 @@ def assemble_statistics(
     chunks: tuple[tuple[int, ...], ...],
     moments: bool,
     token: str,
+    cells: IndexArray | None = None,
 ) -> dict[str, da.Array]:
     """Sufficient statistics from a layer of per-chunk :func:`chunk_stats`-like results.
 
@@ -218,7 +266,64 @@ def assemble_statistics(
         # Between-chunk part of the parallel-axis theorem: sum_b n_b (mean_b - mu)(mean_b - mu)^T.
         dev = (means - mu) * np.sqrt(counts)[:, :, None, None]
         out["m2_hidden"] = m2_within + gram(dev)
+    local = _local_cells(cells, c_chunks)
+    if local is not None:
+        out.update(_cell_arrays(graph, stats_name, chunks, local, token))
     return out
+
+
+def _cell_arrays(
+    graph: HighLevelGraph,
+    stats_name: str,
+    chunks: tuple[tuple[int, ...], ...],
+    local: list[tuple[IndexArray, IndexArray]],
+    token: str,
+) -> dict[str, da.Array]:
+    """``cell_pos_sum`` and ``cell_sumsq``: one task per cell (and position and layer chunk)
+    adding that cell's sums from every chunk result that holds it."""
+    _, t_chunks, l_chunks, d_chunks = chunks
+    n_cells = max(int(held.max()) for held, _ in local if held.size) + 1
+    holders: list[list[tuple[int, int]]] = [[] for _ in range(n_cells)]
+    for i, (held, _) in enumerate(local):
+        for j, cell in enumerate(held.tolist()):
+            holders[cell].append((i, j))
+    pos_name, sq_name = f"posctx-cell-pos-sum-{token}", f"posctx-cell-sumsq-{token}"
+    pos_layer = {
+        (pos_name, g, j, k, 0): (
+            combine_cells,
+            "cell_pos_sum",
+            tuple(at for _, at in holders[g]),
+            *[(stats_name, i, j, k) for i, _ in holders[g]],
+        )
+        for g in range(n_cells)
+        for j in range(len(t_chunks))
+        for k in range(len(l_chunks))
+    }
+    sq_layer = {
+        (sq_name, g, k): (
+            combine_cells,
+            "cell_sumsq",
+            tuple(at for _, at in holders[g] for _ in t_chunks),
+            *[(stats_name, i, j, k) for i, _ in holders[g] for j in range(len(t_chunks))],
+        )
+        for g in range(n_cells)
+        for k in range(len(l_chunks))
+    }
+    ones = (1,) * n_cells
+    return {
+        "cell_pos_sum": da.Array(
+            _add_layer(graph, pos_name, pos_layer, {stats_name}),
+            pos_name,
+            (ones, t_chunks, l_chunks, d_chunks),
+            np.float64,
+        ),
+        "cell_sumsq": da.Array(
+            _add_layer(graph, sq_name, sq_layer, {stats_name}),
+            sq_name,
+            (ones, l_chunks),
+            np.float64,
+        ),
+    }
 
 
 def _chunk_gram(block: Float64Array) -> Float64Array:

@@ -79,6 +79,8 @@ def combine(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
     # complete_only describes the store the newest contexts came from (contexts_used says
     # which contexts the result holds): kept when that store was still being written.
     record.pop("complete_only", None)
+    # Bootstrap cells are runs of the contexts one pass read: an update has none to add to.
+    record.pop("cells", None)
     added = json.loads(b.attrs.get(DECOMPOSITION_ATTR, "{}"))
     if "complete_only" in added:
         record["complete_only"] = added["complete_only"]

@@ -24,10 +24,69 @@ import numpy.typing as npt
 from posctx._deprecated import renamed
 from posctx.fused import COMPILED_DTYPES, slab_kernel
 from posctx.sums import centred_moments, merge_moments
-from posctx.types import Float64Array
+from posctx.types import Float64Array, IndexArray
 
 #: Names of the per-chunk sums returned by :func:`chunk_stats`.
 STAT_NAMES = ("pos_sum", "ctx_sum", "sumsq")
+#: Names of the per-cell sums returned by :func:`chunk_stats` given cells.
+CELL_STAT_NAMES = ("cell_pos_sum", "cell_sumsq")
+#: Default number of runs a decomposition splits its contexts into (the bootstrap's units).
+DEFAULT_RUNS = 32
+
+
+def run_length(n_contexts: int, runs: int) -> int:
+    """Contexts per run: the smallest power of two that cuts ``n_contexts`` into <= ``runs``.
+
+    A power of two, so that the convergence path (the first 1, 2, 4, ... runs) uses a power
+    of two contexts at every step.
+
+    Examples
+    --------
+    >>> run_length(512, 32), run_length(1000, 32), run_length(10, 32)
+    (16, 32, 1)
+    """
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    length = 1
+    while -(-n_contexts // length) > runs:
+        length *= 2
+    return length
+
+
+def plan_cells(topics: npt.ArrayLike, runs: int) -> dict[str, Any]:
+    """The bootstrap cells of a decomposition: runs of consecutive contexts, split by topic.
+
+    A *run* is ``run_length(C, runs)`` consecutive contexts (in the decomposition's order);
+    a *cell* is the contexts of one topic within one run. Cells are the units the bootstrap
+    resamples (within topics) and the convergence path adds (by runs): consecutive contexts,
+    often windows of one document, are not independent, so they are kept together.
+
+    Returns
+    -------
+    dict
+        ``cell`` ``(C,)`` the cell of each context; per cell ``run``, ``topic`` (the label)
+        and ``count`` (its contexts); ``run_length``, the contexts per run.
+
+    Examples
+    --------
+    >>> cells = plan_cells(["a", "b", "a", "b", "a", "b"], runs=2)
+    >>> cells["run_length"], cells["cell"].tolist(), cells["topic"].tolist()
+    (4, [0, 1, 0, 1, 2, 3], ['a', 'b', 'a', 'b'])
+    >>> cells["run"].tolist(), cells["count"].tolist()
+    ([0, 0, 1, 1], [2, 2, 1, 1])
+    """
+    names = np.array([str(t) for t in np.asarray(topics).ravel()])
+    labels, codes = np.unique(names, return_inverse=True)
+    length = run_length(names.size, runs)
+    raw = (np.arange(names.size) // length) * labels.size + codes
+    present, cell = np.unique(raw, return_inverse=True)
+    return {
+        "cell": cell.astype(np.intp),
+        "run": (present // labels.size).astype(np.intp),
+        "topic": labels[present % labels.size],
+        "count": np.bincount(cell, minlength=present.size).astype(np.int64),
+        "run_length": length,
+    }
 
 
 def _as_float64(h: npt.ArrayLike) -> Float64Array:  # used by the numpy reference
@@ -38,7 +97,9 @@ def _as_float64(h: npt.ArrayLike) -> Float64Array:  # used by the numpy referenc
     return x.astype(np.float64, copy=False)
 
 
-def chunk_stats(chunk: npt.ArrayLike, moments: bool = False) -> dict[str, Float64Array]:
+def chunk_stats(
+    chunk: npt.ArrayLike, moments: bool = False, cells: IndexArray | None = None
+) -> dict[str, Float64Array]:
     """Float64 sums of one ``(context, position, layer, dim)`` chunk of hidden states.
 
     The chunk is read once for every statistic of the decomposition. It is converted to
@@ -53,6 +114,8 @@ def chunk_stats(chunk: npt.ArrayLike, moments: bool = False) -> dict[str, Float6
         real floating dtype.
     moments
         Also return the chunk's mean and its second moment about that mean, per layer.
+    cells
+        Optional ``(c,)`` local cell index ``0..k-1`` of each context (:func:`plan_cells`).
 
     Returns
     -------
@@ -60,7 +123,9 @@ def chunk_stats(chunk: npt.ArrayLike, moments: bool = False) -> dict[str, Float6
         ``pos_sum`` ``(t, l, d)``: sum over contexts; ``ctx_sum`` ``(c, l, d)``: sum over
         positions; ``sumsq`` ``(l,)``: sum of squares over contexts, positions and dims.
         With ``moments``: ``mean`` ``(l, d)`` and ``m2`` ``(l, d, d)``, the sum over the
-        chunk's ``c*t`` rows of ``(x - mean)(x - mean)^T``. All float64.
+        chunk's ``c*t`` rows of ``(x - mean)(x - mean)^T``. With ``cells``:
+        ``cell_pos_sum`` ``(k, t, l, d)`` and ``cell_sumsq`` ``(k, l)``, the same sums over
+        each cell's contexts (``pos_sum`` and ``sumsq`` are then their totals). All float64.
 
     Notes
     -----
@@ -86,7 +151,7 @@ def chunk_stats(chunk: npt.ArrayLike, moments: bool = False) -> dict[str, Float6
     if x.ndim != 4:
         raise ValueError(f"expected a (context, position, layer, dim) chunk, got shape {x.shape}")
     c, t, n_layers, d = x.shape
-    sums = ContextSums(c, t, n_layers, d)
+    sums = ContextSums(c, t, n_layers, d, cells)
     for i in range(c):
         sums.add(i, x[i])
     out = sums.result()
@@ -102,10 +167,22 @@ class ContextSums:
     :mod:`posctx.store.direct`) take the same sums without ever holding the whole chunk.
     """
 
-    def __init__(self, n_contexts: int, length: int, n_layers: int, n_dims: int) -> None:
-        self.pos_sum = np.zeros((length, n_layers, n_dims))
+    def __init__(
+        self,
+        n_contexts: int,
+        length: int,
+        n_layers: int,
+        n_dims: int,
+        cells: IndexArray | None = None,
+    ) -> None:
+        # With cells, each context's position sums and squares go to its cell's accumulator
+        # (the same one add per context), and the totals are the cells' sums.
+        self.cells = np.zeros(n_contexts, np.intp) if cells is None else np.asarray(cells)
+        self.keep_cells = cells is not None
+        n_cells = int(self.cells.max()) + 1 if self.cells.size else 1
+        self.cell_pos_sum = np.zeros((n_cells, length, n_layers, n_dims))
         self.ctx_sum = np.empty((n_contexts, n_layers, n_dims))
-        self.sumsq = np.zeros(n_layers)
+        self.cell_sumsq = np.zeros((n_cells, n_layers))
         # The compiled one-pass kernel where numba is installed (posctx.fused).
         self._fused = slab_kernel()
         # One reused buffer: a fresh 1.4 MB array per context would be mmap-allocated and
@@ -116,20 +193,56 @@ class ContextSums:
 
     def add(self, i: int, slab: npt.NDArray[Any]) -> None:
         """Add context ``i``'s hidden states ``(t, l, d)``, of any real dtype."""
+        cell = self.cells[i]
+        pos_sum, sumsq = self.cell_pos_sum[cell], self.cell_sumsq[cell]
         if self._fused is not None:
             if slab.dtype not in COMPILED_DTYPES:
                 np.copyto(self._buf, slab)
                 slab = self._buf
-            self._fused(slab, self.pos_sum, self.ctx_sum[i], self.sumsq)
+            self._fused(slab, pos_sum, self.ctx_sum[i], sumsq)
             return
         buf = self._buf
         np.copyto(buf, slab)
         np.sum(buf, axis=0, out=self.ctx_sum[i])
-        self.pos_sum += buf
-        self.sumsq += np.einsum("tld,tld->l", buf, buf)
+        pos_sum += buf
+        sumsq += np.einsum("tld,tld->l", buf, buf)
 
     def result(self) -> dict[str, Float64Array]:
-        return {"pos_sum": self.pos_sum, "ctx_sum": self.ctx_sum, "sumsq": self.sumsq}
+        if not self.keep_cells:
+            return {
+                "pos_sum": self.cell_pos_sum[0],
+                "ctx_sum": self.ctx_sum,
+                "sumsq": self.cell_sumsq[0],
+            }
+        return {
+            "pos_sum": self.cell_pos_sum.sum(axis=0),
+            "ctx_sum": self.ctx_sum,
+            "sumsq": self.cell_sumsq.sum(axis=0),
+            "cell_pos_sum": self.cell_pos_sum,
+            "cell_sumsq": self.cell_sumsq,
+        }
+
+
+def combine_cells(
+    name: str, cells: tuple[int, ...], *stats: dict[str, Float64Array]
+) -> Float64Array:
+    """Sum one cell's statistic ``name`` over chunks: ``stats[i][name][cells[i]]``.
+
+    A run may straddle chunks (and a chunk's positions may come in several chunks), so a
+    cell's sums are added from every chunk result that holds it, with a leading unit axis.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a = chunk_stats(np.ones((2, 3, 1, 4)), cells=np.array([0, 1]))
+    >>> b = chunk_stats(np.ones((1, 3, 1, 4)), cells=np.array([0]))
+    >>> combine_cells("cell_sumsq", (1, 0), a, b).tolist()
+    [[24.0]]
+    """
+    total = stats[0][name][cells[0]].copy()
+    for local, part in zip(cells[1:], stats[1:], strict=True):
+        total += part[name][local]
+    return total[np.newaxis]
 
 
 def singular_values(m2: npt.ArrayLike) -> Float64Array:
@@ -254,13 +367,18 @@ block_stats = renamed(
 )
 
 __all__ = [
+    "CELL_STAT_NAMES",
+    "DEFAULT_RUNS",
     "STAT_NAMES",
     "ContextSums",
     "chunk_stats",
+    "combine_cells",
     "centred_moments",
     "combine_sum",
     "decompose_numpy",
     "merge_moments",
+    "plan_cells",
+    "run_length",
     "singular_values",
     "take_stat",
 ]

@@ -86,6 +86,7 @@ def decompose_store(
     contexts: Selection = None,
     topic: str | None = None,
     moments: bool = False,
+    runs: int | None = None,
     previous: PathLike | None = None,
     mode: Literal["w", "w-"] = "w-",
     complete_only: bool = False,
@@ -108,6 +109,10 @@ def decompose_store(
         Only the contexts of this topic (combined with ``contexts``).
     moments
         Also accumulate the ``dim x dim`` second moments (spectra; see ``decompose``).
+    runs
+        Also keep the bootstrap cells' sums (see ``decompose``), for the report's confidence
+        intervals and convergence path. The statistics kept during extraction hold no
+        per-run sums, so this reads the hidden states (once).
     previous
         A decomposition of some of ``store``'s contexts: read only the contexts it lacks and
         take the rest from its statistics (:func:`update_decomposition`). Its positions and
@@ -144,7 +149,7 @@ def decompose_store(
     start = time.perf_counter()
     target = os.fspath(store)
     if previous is not None:
-        _refuse_update_options(previous, positions, contexts, topic, moments)
+        _refuse_update_options(previous, positions, contexts, topic, moments, runs)
     record = read_provenance(target, storage_options)
     plan = None if record is None else StatisticsPlan.from_record(record)
     if previous is not None and plan is not None:
@@ -158,6 +163,8 @@ def decompose_store(
     reason = (
         "the store keeps no statistics (made before posctx 0.2, or --no-statistics)"
         if plan is None
+        else "the bootstrap cells (--runs) need per-run sums, which extraction does not keep"
+        if runs is not None
         else cannot_serve(
             _skeleton(plan), positions=positions, contexts=contexts, topic=topic, moments=moments
         )
@@ -194,6 +201,7 @@ def decompose_store(
             positions=paper_positions(ds) if isinstance(positions, str) else positions,
             contexts=contexts,
             moments=moments,
+            runs=runs,
         )
         if reason is not None:
             record = json.loads(dec.attrs[DECOMPOSITION_ATTR])
@@ -250,6 +258,7 @@ def _refuse_update_options(
     contexts: Selection,
     topic: str | None,
     moments: bool,
+    runs: int | None = None,
 ) -> None:
     given = [
         flag
@@ -258,13 +267,15 @@ def _refuse_update_options(
             ("--contexts", contexts is not None),
             ("--topic", topic is not None),
             ("--moments", moments),
+            ("--runs", runs is not None),
         )
         if is_set
     ]
     if given:
         raise PosctxError(
             f"an update (--from {os.fspath(previous)}) takes its positions, contexts and "
-            f"moments from that decomposition: drop {', '.join(given)}"
+            f"moments from that decomposition (and keeps no bootstrap cells): drop "
+            f"{', '.join(given)}"
         )
 
 
