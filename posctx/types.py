@@ -28,6 +28,8 @@ ANGLE = "angle"
 METRIC = "metric"
 BOUND = "bound"
 SAMPLE = "sample"
+#: a bootstrap replicate
+RESAMPLE = "resample"
 CELL = "cell"
 #: coordinates of the bootstrap cells: each context's cell; each cell's run, topic, contexts
 CONTEXT_CELL = "context_cell"
@@ -165,6 +167,7 @@ __all__ = [
     "POSITION",
     "PROVENANCE_ATTR",
     "QUERY",
+    "RESAMPLE",
     "SAMPLE",
     "SCHEMA_ATTR",
     "SCHEMA_VERSION",

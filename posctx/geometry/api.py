@@ -27,7 +27,7 @@ import xarray as xr
 from posctx.decomposition.api import dask_data, label_indexer, refuse_partial_sample
 from posctx.errors import PosctxError
 from posctx.geometry import kernels
-from posctx.geometry.graph import gram_array
+from posctx.geometry.graph import cell_totals, gram_array
 from posctx.geometry.kernels import GeometryParams
 from posctx.geometry.serialise import (
     geometry_record,
@@ -39,8 +39,10 @@ from posctx.geometry.serialise import (
 from posctx.progress import dask_progress
 from posctx.types import (
     ANGLE,
+    CELL,
     COMPONENT,
     CONTEXT,
+    CONTEXT_CELL,
     DIM,
     DIM2,
     GEOMETRY_ATTR,
@@ -160,6 +162,22 @@ def _hidden_gram(hidden: xr.Dataset, dec: xr.Dataset) -> xr.DataArray:
     return xr.DataArray(gram, dims=(LAYER, DIM, DIM2))
 
 
+def _cell_inputs(dec: xr.Dataset, ctx: xr.DataArray) -> xr.Dataset:
+    """Lazy per-cell sums the bootstrap reads (:mod:`posctx.geometry.kernels.bootstrap`):
+    position sums, sums of squares, and ``sum |ctx_c|^2`` over each cell's contexts."""
+    sqnorm = dask_data((ctx**2).sum(DIM)).rechunk({1: -1})
+    # The cell of each context may still be lazy (opened from Zarr): summed chunk by chunk.
+    cells = dask_data(dec[CONTEXT_CELL]).rechunk((sqnorm.chunks[0],))
+    by_cell = cell_totals(sqnorm, cells, dec.sizes[CELL])
+    return xr.Dataset(
+        {
+            "cell_pos_sum": dec["cell_pos_sum"].transpose(CELL, POSITION, LAYER, DIM),
+            "cell_sumsq": dec["cell_sumsq"].transpose(CELL, LAYER),
+            "cell_ctx_sqnorm": ((CELL, LAYER), by_cell),
+        }
+    )
+
+
 def collect_inputs(
     dec: xr.Dataset,
     *,
@@ -232,6 +250,8 @@ def collect_inputs(
             **{name: dec[name] for name in REQUIRED if name.startswith("ss_")},
         }
     )
+    if "cell_pos_sum" in dec:
+        lazy = lazy.merge(_cell_inputs(dec, ctx))
     if hidden is not None:
         lazy["hidden_gram"] = _hidden_gram(hidden, dec)
     elif "m2_hidden" in dec:

@@ -46,4 +46,31 @@ def gram_array(x: da.Array, centre: da.Array) -> da.Array:
     return out
 
 
-__all__ = ["gram_array"]
+def cell_totals(values: da.Array, cells: da.Array, n_cells: int) -> da.Array:
+    """Lazy ``(cells, k)`` sums of the rows of ``values`` ``(n, k)`` by their cell ``cells``.
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da
+    >>> v = da.from_array(np.arange(8.0).reshape(4, 2), chunks=(3, 2))
+    >>> cell_totals(v, da.from_array(np.array([1, 0, 1, 1]), chunks=3), 2).compute().tolist()
+    [[2.0, 3.0], [10.0, 13.0]]
+    """
+    blocks = da.blockwise(
+        kernels.cell_chunk,
+        "ick",
+        values,
+        "ik",
+        cells,
+        "i",
+        n_cells=n_cells,
+        new_axes={"c": n_cells},
+        adjust_chunks={"i": 1},
+        dtype=np.float64,
+        meta=np.empty((0, 0, 0), dtype=np.float64),
+    )
+    out: da.Array = blocks.sum(axis=0)
+    return out
+
+
+__all__ = ["cell_totals", "gram_array"]

@@ -28,7 +28,13 @@ Examples
 
 from __future__ import annotations
 
-from posctx.geometry.kernels.clusters import cluster_scores, label_codes, topic_similarity
+from posctx.geometry.kernels.bootstrap import cell_chunk
+from posctx.geometry.kernels.clusters import (
+    cluster_scores,
+    kmeans_centres,
+    label_codes,
+    topic_similarity,
+)
 from posctx.geometry.kernels.layer import finite_or_none, layer_geometry, sample_indices
 from posctx.geometry.kernels.moments import gram_block, gram_chunk, resid_gram
 from posctx.geometry.kernels.orthogonality import (
@@ -67,6 +73,7 @@ __all__ = [
     "SCALAR_NAMES",
     "GeometryParams",
     "basis_from_svd",
+    "cell_chunk",
     "cluster_scores",
     "cross_cosines",
     "curve_smoothness",
@@ -79,6 +86,7 @@ __all__ = [
     "gram_block",
     "gram_chunk",
     "gram_spectrum",
+    "kmeans_centres",
     "label_codes",
     "layer_geometry",
     "low_frequency_share",

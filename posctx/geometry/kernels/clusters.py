@@ -6,13 +6,16 @@ import numpy as np
 import numpy.typing as npt
 
 from posctx.geometry.kernels.smoothness import normalise_rows
-from posctx.types import IndexArray
+from posctx.types import Float64Array, IndexArray
 
 
-def topic_similarity(x: npt.ArrayLike, topics: npt.ArrayLike) -> tuple[float, float]:
+def topic_similarity(
+    x: npt.ArrayLike, topics: npt.ArrayLike, ids: npt.ArrayLike | None = None
+) -> tuple[float, float]:
     """Mean ``|cos|`` between rows of ``x`` of the same topic (within) and of different ones.
 
-    Pairs of distinct rows; a row is never paired with itself. NaN where no pair exists.
+    Pairs of distinct rows; a row is never paired with itself, nor, given ``ids`` (a
+    bootstrap resample repeats contexts), with a copy of itself. NaN where no pair exists.
 
     Examples
     --------
@@ -28,6 +31,11 @@ def topic_similarity(x: npt.ArrayLike, topics: npt.ArrayLike) -> tuple[float, fl
     same = labels[:, np.newaxis] == labels[np.newaxis, :]
     np.fill_diagonal(same, False)
     different = labels[:, np.newaxis] != labels[np.newaxis, :]
+    if ids is not None:
+        source = np.asarray(ids)
+        copy = source[:, np.newaxis] == source[np.newaxis, :]
+        same &= ~copy
+        different &= ~copy
     within = float(cos[same].mean()) if same.any() else float("nan")
     between = float(cos[different].mean()) if different.any() else float("nan")
     return within, between
@@ -49,7 +57,10 @@ def label_codes(topics: npt.ArrayLike) -> IndexArray:
 
 
 def cluster_scores(
-    x: npt.ArrayLike, topics: npt.ArrayLike, seed: int
+    x: npt.ArrayLike,
+    topics: npt.ArrayLike,
+    seed: int,
+    centres: npt.ArrayLike | None = None,
 ) -> tuple[float, float, float]:
     """How well topics separate the rows of ``x`` (row-normalised, i.e. cosine geometry).
 
@@ -85,7 +96,12 @@ def cluster_scores(
     k = len(np.unique(labels))
     if k < 2 or xn.shape[0] <= k:
         return float("nan"), float("nan"), float("nan")
-    predicted = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(xn)
+    kmeans = (
+        KMeans(n_clusters=k, n_init=10, random_state=seed)
+        if centres is None
+        else KMeans(n_clusters=k, init=np.asarray(centres), n_init=1, random_state=seed)
+    )
+    predicted = kmeans.fit_predict(xn)
     return (
         float(adjusted_rand_score(labels, predicted)),
         float(normalized_mutual_info_score(labels, predicted)),
@@ -93,7 +109,30 @@ def cluster_scores(
     )
 
 
+def kmeans_centres(x: npt.ArrayLike, topics: npt.ArrayLike, seed: int) -> Float64Array | None:
+    """The centres of :func:`cluster_scores`' k-means (None where it gives NaN).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.eye(2)[np.arange(20) % 2] + 0.01
+    >>> kmeans_centres(x, np.arange(20) % 2, seed=0).shape
+    (2, 2)
+    """
+    from sklearn.cluster import KMeans
+
+    xn = normalise_rows(x)
+    k = len(np.unique(label_codes(topics)))
+    if k < 2 or xn.shape[0] <= k:
+        return None
+    centres: Float64Array = (
+        KMeans(n_clusters=k, n_init=10, random_state=seed).fit(xn).cluster_centers_
+    )
+    return centres
+
+
 __all__ = [
+    "kmeans_centres",
     "topic_similarity",
     "label_codes",
     "cluster_scores",

@@ -34,8 +34,15 @@ def layer_geometry(
     topics: npt.ArrayLike,
     params: GeometryParams,
     rng: np.random.Generator,
+    *,
+    ids: npt.ArrayLike | None = None,
+    centres: npt.ArrayLike | None = None,
 ) -> dict[str, Any]:
     """Every measurement of one layer that needs only pos, (sampled) ctx and topics.
+
+    ``ids`` (the context each row of ``ctx`` copies) and ``centres`` (k-means starting
+    centres) serve bootstrap resamples: see :func:`~.clusters.topic_similarity` and
+    :func:`~.clusters.cluster_scores`.
 
     Returns the scalars named in :data:`SCALAR_NAMES` plus ``pos_sv`` (singular values of
     pos), ``orth_principal_cos`` and ``orth_principal_cos_random`` (length
@@ -88,11 +95,13 @@ def layer_geometry(
     out["spiral_turns"] = winding_turns(scores[:, :2])
 
     # ctx clusters by topic, in full and in its top principal components.
-    out["ctx_within"], out["ctx_between"] = topic_similarity(ctx, labels)
+    out["ctx_within"], out["ctx_between"] = topic_similarity(ctx, labels, ids)
     out["ctx_within_pc"], out["ctx_between_pc"] = topic_similarity(
-        scores_from_svd(u_ctx, s_ctx, params.n_pcs), labels
+        scores_from_svd(u_ctx, s_ctx, params.n_pcs), labels, ids
     )
-    out["ctx_ari"], out["ctx_nmi"], out["ctx_silhouette"] = cluster_scores(ctx, labels, params.seed)
+    out["ctx_ari"], out["ctx_nmi"], out["ctx_silhouette"] = cluster_scores(
+        ctx, labels, params.seed, centres
+    )
 
     # pos and ctx are nearly orthogonal; the baseline turns the pos set by a random rotation,
     # which keeps the shape of each set and makes the pos span a random subspace.
