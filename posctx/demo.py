@@ -8,6 +8,11 @@ from pathlib import Path
 
 from posctx.config import CorpusConfig, ExtractConfig, ModelConfig, StoreConfig
 
+#: Runs of contexts the demo's decomposition keeps sums of, and its bootstrap resamples
+#: (fewer than the report's default 200: the demo stays near a minute on two cores).
+DEMO_RUNS = 32
+DEMO_RESAMPLES = 100
+
 
 def run_demo(
     out: Path,
@@ -25,8 +30,9 @@ def run_demo(
     """
     from posctx.decomposition.stores import decompose_store
     from posctx.extraction import extract
-    from posctx.report import format_metrics_table, write_report
-    from posctx.store import store_info
+    from posctx.geometry.uncertainty import IntervalParams
+    from posctx.report import example_tokens, format_metrics_table, write_report
+    from posctx.store import open_hidden, store_info
     from posctx.summary import format_variance_table, variance_shares
 
     t0 = time.perf_counter()
@@ -47,7 +53,10 @@ def run_demo(
     # Derived data: always recomputed from the hidden store (mode "w" replaces the old one).
     # moments=True: the spectra of hidden states and residual come from the same single pass,
     # so the report needs no second read of the hidden states.
-    dec = decompose_store(hidden_path, out / "decomposition.zarr", moments=True, mode="w")
+    # runs: per-cell sums for the report's bootstrap intervals, from the same pass.
+    dec = decompose_store(
+        hidden_path, out / "decomposition.zarr", moments=True, runs=DEMO_RUNS, mode="w"
+    )
     t2 = time.perf_counter()
     info = store_info(hidden_path)
     echo(f"decompose: {t2 - t1:.1f} s -> {dec.path}")
@@ -57,12 +66,18 @@ def run_demo(
         f"store {hidden_path}: {info['size_on_disk'] / 1e6:,.0f} MB on disk, "
         f"{info['blocks_complete']}/{info['blocks_total']} blocks"
     )
-    report = write_report(dec.decomposition, out / "report", progress=progress)
+    report = write_report(
+        dec.decomposition,
+        out / "report",
+        intervals=IntervalParams(resamples=DEMO_RESAMPLES),
+        tokens=example_tokens(open_hidden(hidden_path), dec.decomposition),
+        progress=progress,
+    )
     t3 = time.perf_counter()
     echo("geometry (see docs/geometry.md):")
-    echo(format_metrics_table(report.metrics))
+    echo(format_metrics_table(report.metrics, report.uncertainty))
     echo(f"report: {report.seconds:.1f} s -> {report.index}; total {t3 - t0:.1f} s")
     return {"extract": result.seconds, "decompose": t2 - t1, "report": t3 - t2, "total": t3 - t0}
 
 
-__all__ = ["run_demo"]
+__all__ = ["DEMO_RESAMPLES", "DEMO_RUNS", "run_demo"]

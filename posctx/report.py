@@ -1,22 +1,27 @@
-"""The geometry report: one self-contained HTML page plus the measurements as JSON and CSV.
+"""The geometry report: an interactive HTML page plus the measurements as JSON and CSV.
 
 :func:`write_report` runs the whole chain on a decomposition: one dask pass
 (:func:`posctx.geometry.collect_inputs`), the measurements
-(:func:`posctx.geometry.measure_geometry`), the figures (:mod:`posctx.plots`), then writes::
+(:func:`posctx.geometry.measure_geometry`), their bootstrap intervals and convergence
+(:func:`posctx.geometry.uncertainty.measure_uncertainty`), then writes::
 
-    DIR/index.html      figures embedded as data: URIs, tables, the store's provenance
-    DIR/metrics.json    every measurement per layer, the settings and the provenance
-    DIR/metrics.csv     the per-layer scalar measurements, one row per layer
-    DIR/figures/*.png   the figures as files
+    DIR/index.html      the interactive page (plotly, embedded: opens offline), tables,
+                        intervals, contexts needed, the store's provenance
+    DIR/metrics.json    every measurement per layer, its interval, the contexts it needed,
+                        the settings and the provenance
+    DIR/metrics.csv     the per-layer scalar measurements with NAME_lo, NAME_hi, NAME_needed
+    DIR/static.html     with static=True: the page of PNG figures
+    DIR/figures/*       with static=True: the figures as PNG, SVG and PDF
 
 Examples
 --------
 >>> import posctx, tempfile
 >>> from posctx.testing import planted_hidden
 >>> ds, _ = planted_hidden(24, 10, 2, 6)
->>> result = write_report(posctx.decompose(ds), tempfile.mkdtemp(), hidden=ds, progress=False)
->>> result.index.name, sorted(p.name for p in result.figures)[:2]
-('index.html', ['ctx_pcs.png', 'dct.png'])
+>>> result = write_report(posctx.decompose(ds), tempfile.mkdtemp(), hidden=ds, intervals=None,
+...                       progress=False)
+>>> result.index.name, result.figures, result.uncertainty is None
+('index.html', (), True)
 """
 
 from __future__ import annotations
@@ -47,7 +52,22 @@ from posctx.geometry import (
     provenance,
 )
 from posctx.geometry.kernels import finite_or_none
-from posctx.types import LAYER, LAYER_NAME, PathLike
+from posctx.geometry.uncertainty import (
+    IntervalParams,
+    measure_uncertainty,
+    uncertainty_record,
+    uncertainty_to_dict,
+)
+from posctx.types import (
+    CONTEXT,
+    LAYER,
+    LAYER_NAME,
+    METRIC,
+    POSITION,
+    PROVENANCE_ATTR,
+    TOKEN_ID,
+    PathLike,
+)
 
 #: The paper's reported values (Song & Zhong 2023, Table 1), shown beside the measurements.
 PAPER_VALUES = (
@@ -60,6 +80,9 @@ PAPER_VALUES = (
     ),
     ("GPT-2", "about 2 at every layer", "0.76-0.82 falling to about 0.1", "0.41-0.44", "0.10-0.28"),
 )
+
+#: The report's default intervals: 95%, 200 resamples, with the convergence path.
+DEFAULT_INTERVALS = IntervalParams()
 
 #: Columns of the headline table: (variable, header, format).
 HEADLINE = (
@@ -117,6 +140,8 @@ class ReportResult:
     figures: tuple[Path, ...]
     metrics: xr.Dataset
     seconds: float
+    uncertainty: xr.Dataset | None = None
+    static: Path | None = None
 
 
 def _fmt(value: Any, spec: str = "{:.3g}") -> str:
@@ -132,8 +157,11 @@ def _fmt(value: Any, spec: str = "{:.3g}") -> str:
     return spec.format(value)
 
 
-def format_metrics_table(metrics: xr.Dataset) -> str:
+def format_metrics_table(metrics: xr.Dataset, uncertainty: xr.Dataset | None = None) -> str:
     """The headline measurements as a fixed-width text table (for a terminal).
+
+    With ``uncertainty``, a second table gives the intervals of the main ones and the
+    contexts each measurement needed (the most over layers).
 
     Examples
     --------
@@ -165,7 +193,53 @@ def format_metrics_table(metrics: xr.Dataset) -> str:
             f"{_fmt(v['orth_max_cos'], '{:.3f}'):>8}  {_fmt(v['orth_max_cos_random'], '{:.3f}'):>6}  "
             f"{_fmt(v['smooth_low_share'], '{:.2f}'):>6}  {_fmt(v['smooth_low_share_shuffled'], '{:.2f}'):>8}"
         )
+    if uncertainty is not None:
+        lines += ["", *_interval_lines(metrics, uncertainty)]
     return "\n".join(lines)
+
+
+#: The measurements of the terminal's interval table: (variable, header, format).
+INTERVAL_COLUMNS = (
+    ("pos_stable_rank", "srank", "{:.2f}"),
+    ("share_pos", "pos share", "{:.3f}"),
+    ("share_ctx", "ctx share", "{:.3f}"),
+    ("ctx_within", "within", "{:.3f}"),
+    ("ctx_between", "between", "{:.3f}"),
+    ("orth_max_cos", "max|cos|", "{:.3f}"),
+    ("smooth_low_share", "smooth", "{:.3f}"),
+)
+
+
+def _interval_lines(metrics: xr.Dataset, uncertainty: xr.Dataset) -> list[str]:
+    record = uncertainty_record(uncertainty)
+    names = metrics[LAYER_NAME].values if LAYER_NAME in metrics.coords else metrics[LAYER].values
+    lines = [
+        f"{100 * record['level']:.0f}% intervals ({record['interval']} bootstrap, "
+        f"{record['resamples']} resamples):",
+        f"{'layer':<5} {'name':<12} "
+        + "  ".join(f"{header:<21}" for _, header, _ in INTERVAL_COLUMNS),
+    ]
+    for i, layer in enumerate(metrics[LAYER].values):
+        cells = [
+            _with_interval(metrics, uncertainty, name, i, spec)
+            for name, _, spec in INTERVAL_COLUMNS
+        ]
+        lines.append(f"{int(layer):<5} {str(names[i]):<12} " + "  ".join(f"{c:<21}" for c in cells))
+    n_all = int(record["n_contexts"])
+    needed = [
+        f"{name} {_needed_text(float(np.nanmax(v)), n_all)}"
+        for name, v in (
+            (n, uncertainty["needed"].sel({METRIC: n}).values)
+            for n in uncertainty[METRIC].values.tolist()
+        )
+        if np.isfinite(v).any()
+    ]
+    if needed:
+        lines.append(
+            f"contexts needed to settle within {100 * record['tolerance']:.0f}% "
+            "(0.01 for similarities), most over layers: " + "; ".join(needed)
+        )
+    return lines
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], name_columns: int = 1) -> str:
@@ -187,11 +261,69 @@ def _layer_labels(metrics: xr.Dataset) -> list[str]:
     ]
 
 
-def _headline_table(metrics: xr.Dataset) -> str:
+def _with_interval(
+    metrics: xr.Dataset, uncertainty: xr.Dataset | None, name: str, i: int, spec: str
+) -> str:
+    text = _fmt(metrics[name].values[i], spec)
+    if uncertainty is None or name not in uncertainty[METRIC].values:
+        return text
+    lo, hi = uncertainty["interval"].sel({METRIC: name}).values[i]
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return text
+    spec = "{:.3g}" if spec.endswith("d}") else spec
+    return f"{text} [{_fmt(lo, spec)}, {_fmt(hi, spec)}]"
+
+
+def _headline_table(metrics: xr.Dataset, uncertainty: xr.Dataset | None = None) -> str:
     rows = []
     for i, label in enumerate(_layer_labels(metrics)):
-        rows.append([label] + [_fmt(metrics[name].values[i], spec) for name, _, spec in HEADLINE])
+        rows.append(
+            [label]
+            + [_with_interval(metrics, uncertainty, name, i, spec) for name, _, spec in HEADLINE]
+        )
     return _table(["layer"] + [header for _, header, _ in HEADLINE], rows)
+
+
+def _needed_text(value: float, n_all: int) -> str:
+    if not math.isfinite(value):
+        return "n/a"
+    return f"not before {n_all:,}" if value >= n_all else f"{int(value):,}"
+
+
+def uncertainty_section(uncertainty: xr.Dataset) -> str:
+    """How sure the numbers are: method, contexts needed per measurement, what was not
+    resampled (HTML)."""
+    record = uncertainty_record(uncertainty)
+    n = uncertainty["n_contexts"].values
+    n_all = int(record["n_contexts"])
+    rows = []
+    for name in uncertainty[METRIC].values.tolist():
+        needed = uncertainty["needed"].sel({METRIC: name}).values
+        if not np.isfinite(needed).any():
+            continue
+        worst = float(np.nanmax(needed))
+        rows.append(
+            [str(name), _needed_text(worst, n_all)] + [_needed_text(v, n_all) for v in needed]
+        )
+    skipped = {**record["not_resampled"], **record["partial"]}
+    notes = "".join(
+        f"<li><code>{html.escape(k)}</code>: {html.escape(v)}</li>" for k, v in skipped.items()
+    )
+    path = (
+        f"Convergence: each measurement from the contexts of the first 1, 2, 4, ... runs "
+        f"({', '.join(str(int(v)) for v in n)} contexts); contexts needed = fewest from which "
+        f"every later estimate stays within {100 * record['tolerance']:.0f}% of the final one "
+        "(0.01 for similarities and clustering scores)."
+        if n.size
+        else "No convergence path (--no-convergence)."
+    )
+    return f"""<h2>How sure: intervals and contexts needed</h2>
+<p class="note">Intervals: {100 * record["level"]:.0f}% {html.escape(record["method"])},
+{record["resamples"]} resamples (seed {record["seed"]}); cells:
+{html.escape(json.dumps(record.get("cells"), sort_keys=True))}. {html.escape(path)}</p>
+{_table(["measurement", "all layers"] + _layer_labels(uncertainty), rows)}
+<ul class="note">{notes}</ul>
+"""
 
 
 def _full_table(metrics: xr.Dataset) -> str:
@@ -231,6 +363,7 @@ def render_html(
     metrics: xr.Dataset,
     figures: Mapping[str, tuple[str, str, bytes]],
     record: Mapping[str, Any],
+    uncertainty: xr.Dataset | None = None,
 ) -> str:
     """The report page: headline table, the paper's values, figures, all measurements, provenance.
 
@@ -249,14 +382,35 @@ def render_html(
     >>> page.startswith("<!DOCTYPE html>"), "data-rendered" in page
     (True, True)
     """
-    geometry = geometry_record(metrics)
-    params = geometry["params"]
     figure_html = "".join(
         f'<figure id="fig-{html.escape(name)}"><h3>{html.escape(title)}</h3>'
         f'<img alt="{html.escape(title)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
         f"<figcaption>{html.escape(caption)}</figcaption></figure>"
         for name, (title, caption, png) in figures.items()
     )
+    top, bottom = _sections(metrics, record, uncertainty)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>posctx report: geometry of position and context</title>
+<style>{_STYLE}</style></head>
+<body>
+<h1>Geometry of position and context</h1>
+{top}
+<h2>Figures</h2>
+{figure_html}
+{bottom}
+{_RENDER_CHECK}
+</body></html>
+"""
+
+
+def _sections(
+    metrics: xr.Dataset, record: Mapping[str, Any], uncertainty: xr.Dataset | None
+) -> tuple[str, str]:
+    """The page's text above the figures (summary, per-layer table, intervals, the paper's
+    values) and below them (all measurements, provenance)."""
+    geometry = geometry_record(metrics)
+    params = geometry["params"]
     relative = (
         "The relative norm needs the spectral norm of the hidden states: "
         + (
@@ -272,41 +426,37 @@ def render_html(
         )
     )
     paper_rows = [list(row) for row in PAPER_VALUES]
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<title>posctx report: geometry of position and context</title>
-<style>{_STYLE}</style></head>
-<body>
-<h1>Geometry of position and context</h1>
-<p class="note">h[c, t] = mu + pos[t] + ctx[c] + resid[c, t], per layer, over
+    intervals = (
+        ""
+        if uncertainty is None
+        else f"Brackets: {100 * uncertainty_record(uncertainty)['level']:.0f}% bootstrap "
+        "intervals over contexts (below)."
+    )
+    top = f"""<p class="note">h[c, t] = mu + pos[t] + ctx[c] + resid[c, t], per layer, over
 {geometry["n_contexts"]} contexts x {geometry["n_positions"]} positions ({geometry["n_dims"]} dims);
 topics: {html.escape(", ".join(geometry["topics"]))}. Pairwise measures use
 {geometry["n_sampled_contexts"]} contexts. Settings: {html.escape(json.dumps(params, sort_keys=True))}.
 Made by posctx {html.escape(_posctx_version())}.</p>
 
 <h2>Per layer</h2>
-{_headline_table(metrics)}
-<p class="note">Stable rank = sum s<sup>2</sup> / s<sub>1</sub><sup>2</sup> of pos; ScreeNOT rank:
+{_headline_table(metrics, uncertainty)}
+<p class="note">{intervals} Stable rank = sum s<sup>2</sup> / s<sub>1</sub><sup>2</sup> of pos; ScreeNOT rank:
 the optimal hard threshold of Donoho, Gavish &amp; Romanov. Low-frequency share: energy of the
 pos Gram matrix in its lowest {params["n_low_frequencies"]} x {params["n_low_frequencies"]}
 DCT-II frequencies (shuffled: positions randomly permuted). Within/between: mean |cos| of ctx pairs
 of the same / different topics. Max |cos| between pos and ctx vectors vs the pos set randomly
 rotated. {relative}</p>
-
+{"" if uncertainty is None else uncertainty_section(uncertainty)}
 <h2>The paper's values (Song &amp; Zhong 2023, Table 1)</h2>
 {_table(["model", "pos stable rank", "relative norm", "within", "between"], paper_rows, name_columns=1)}
-
-<h2>Figures</h2>
-{figure_html}
-
-<h2>All measurements</h2>
+"""
+    bottom = f"""<h2>All measurements</h2>
 {_full_table(metrics)}
 
 <h2>Provenance</h2>
 {_provenance_section(record)}
-{_RENDER_CHECK}
-</body></html>
 """
+    return top, bottom
 
 
 def report_stores(
@@ -315,10 +465,15 @@ def report_stores(
     *,
     hidden: PathLike | None = None,
     params: GeometryParams | None = None,
+    intervals: IntervalParams | None = DEFAULT_INTERVALS,
+    static: bool = False,
     progress: bool = True,
     storage_options: Mapping[str, Any] | None = None,
 ) -> ReportResult:
     """The ``posctx report`` command: a decomposition store (and its hidden store) to a report.
+
+    With ``hidden``, the 3D curve's hover shows the tokens of the first context
+    (:func:`example_tokens`).
 
     With ``hidden``, the relative norm and the residual spectrum need the hidden states'
     second moment: from the decomposition itself when it was made with moments, else from the
@@ -331,14 +486,56 @@ def report_stores(
     from posctx.store import open_hidden
 
     dec = open_decomposition(decomposition, storage_options=storage_options)
-    hidden_ds = None
+    hidden_ds, tokens = None, None
+    if hidden is not None:
+        tokens = example_tokens(
+            open_hidden(os.fspath(hidden), storage_options=storage_options), dec
+        )
     if hidden is not None and "m2_hidden" not in dec:
         m2 = moments_from_statistics(hidden, dec, storage_options=storage_options)
         if m2 is not None:
             dec = dec.assign(m2_hidden=m2.drop_vars(list(m2.coords)))
         else:
             hidden_ds = open_hidden(os.fspath(hidden), storage_options=storage_options)
-    return write_report(dec, out, hidden=hidden_ds, params=params, progress=progress)
+    return write_report(
+        dec,
+        out,
+        hidden=hidden_ds,
+        params=params,
+        intervals=intervals,
+        static=static,
+        tokens=tokens,
+        progress=progress,
+    )
+
+
+def example_tokens(hidden: xr.Dataset, dec: xr.Dataset) -> list[str] | None:
+    """The first context's tokens at the decomposition's positions, for the 3D curve's hover.
+
+    Decoded with the tokenizer of the store's model where it loads offline (a local folder,
+    the bundled MiniLM, or a cached hub model); else None, and the hover shows positions only.
+    Reads one context's token ids (computes).
+    """
+    if TOKEN_ID not in hidden.data_vars:
+        return None
+    first = hidden[TOKEN_ID].isel({CONTEXT: 0}).sel({POSITION: dec[POSITION].values})
+    ids = [int(i) for i in np.asarray(first.values)]
+    record = hidden.attrs.get(PROVENANCE_ATTR, {})
+    name = (
+        record.get("config", {}).get("model", {}).get("name") if isinstance(record, dict) else None
+    )
+    if not name:
+        return None
+    from posctx.errors import ModelError
+    from posctx.model.resolve import resolve_model
+
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(str(name)))
+    except (ModelError, OSError, ValueError):  # not available offline: positions only
+        return None
+    return [str(t) for t in tokenizer.convert_ids_to_tokens(ids)]
 
 
 def write_report(
@@ -348,9 +545,16 @@ def write_report(
     hidden: xr.Dataset | None = None,
     hidden_spectral_norm: xr.DataArray | Sequence[float] | None = None,
     params: GeometryParams | None = None,
+    intervals: IntervalParams | None = DEFAULT_INTERVALS,
+    static: bool = False,
+    tokens: Sequence[str] | None = None,
     progress: bool = True,
 ) -> ReportResult:
     """Measure the geometry of a decomposition and write the report to the folder ``out``.
+
+    ``index.html`` is the interactive page (:func:`posctx.interactive.interactive_page`:
+    plotly, embedded, works offline). With ``static``, also the figures as PNG, SVG and
+    PDF in ``figures/`` and the page of PNGs ``static.html``.
 
     Computes (this is its job): one dask pass over ``dec`` (and ``hidden``), then the
     measurements and figures in memory. Files already in ``out`` with the report's names
@@ -370,6 +574,14 @@ def write_report(
         :func:`posctx.geometry.measure_geometry`).
     params
         Measurement settings.
+    intervals
+        Bootstrap intervals and convergence (:class:`~posctx.geometry.uncertainty.IntervalParams`);
+        ``None`` for none. With cells in ``dec`` (``decompose(..., runs=N)``) every
+        measurement is resampled, else those of ctx alone.
+    static
+        Also write the static figures and page.
+    tokens
+        An example token per position, shown on the 3D curve's hover.
     progress
         Show progress bars (the dask pass, the layers, the figures).
 
@@ -392,7 +604,84 @@ def write_report(
         inputs, hidden_spectral_norm=hidden_spectral_norm, params=params, progress=progress
     )
     record = provenance(dec)
+    uncertainty = (
+        None
+        if intervals is None
+        else measure_uncertainty(
+            inputs, metrics, params=params, intervals=intervals, progress=progress
+        )
+    )
+    paths: list[Path] = []
+    static_page = None
+    if static:
+        paths, static_page = _write_static(
+            directory, inputs, metrics, record, uncertainty, progress
+        )
 
+    metrics_json = directory / "metrics.json"
+    payload = {"provenance": finite_or_none(record), **metrics_to_dict(metrics)}
+    if uncertainty is not None:
+        payload["uncertainty"] = uncertainty_to_dict(uncertainty)
+    metrics_json.write_text(
+        json.dumps(payload, indent=1, sort_keys=False, allow_nan=False, default=str)
+    )
+    metrics_csv = directory / "metrics.csv"
+    table = metrics_table(metrics)
+    if uncertainty is not None:
+        table = _with_interval_columns(table, uncertainty)
+    table.to_csv(metrics_csv)
+    index = directory / "index.html"
+    top, bottom = _sections(metrics, record, uncertainty)
+    from posctx.interactive import interactive_page
+
+    page = interactive_page(
+        inputs,
+        metrics,
+        uncertainty=uncertainty,
+        tokens=tokens,
+        title="posctx report: geometry of position and context",
+        extra_html=top + bottom,
+    )
+    index.write_text(page, encoding="utf-8")
+    return ReportResult(
+        directory=directory,
+        index=index,
+        metrics_json=metrics_json,
+        metrics_csv=metrics_csv,
+        figures=tuple(paths),
+        metrics=metrics,
+        seconds=time.perf_counter() - start,
+        uncertainty=uncertainty,
+        static=static_page,
+    )
+
+
+def _with_interval_columns(table: Any, uncertainty: xr.Dataset) -> Any:
+    """``name_lo``, ``name_hi`` and ``name_needed`` beside each measurement with an interval."""
+    for name in uncertainty[METRIC].values.tolist():
+        if name not in table.columns:
+            continue
+        one = uncertainty.sel({METRIC: name})
+        at = table.columns.get_loc(name) + 1
+        table.insert(at, f"{name}_lo", one["interval"].sel(bound="lo").values)
+        table.insert(at + 1, f"{name}_hi", one["interval"].sel(bound="hi").values)
+        table.insert(at + 2, f"{name}_needed", one["needed"].values)
+    return table
+
+
+#: Formats of the static figures: PNG for the page, SVG and PDF for papers.
+STATIC_FORMATS = ("png", "svg", "pdf")
+
+
+def _write_static(
+    directory: Path,
+    inputs: xr.Dataset,
+    metrics: xr.Dataset,
+    record: Mapping[str, Any],
+    uncertainty: xr.Dataset | None,
+    progress: bool,
+) -> tuple[list[Path], Path]:
+    """The figures as PNG, SVG and PDF files and the page of PNGs, ``static.html``."""
     from posctx.plots import FIGURES, png_bytes
 
     names: Any = list(FIGURES)
@@ -404,34 +693,25 @@ def write_report(
     paths = []
     for name in names:
         title, caption, draw = FIGURES[name]
-        png = png_bytes(draw(inputs, metrics))
+        figure = draw(inputs, metrics)
+        png = png_bytes(figure)
         path = directory / "figures" / f"{name}.png"
         path.write_bytes(png)
         paths.append(path)
+        for fmt in STATIC_FORMATS[1:]:
+            figure.savefig(directory / "figures" / f"{name}.{fmt}", format=fmt)
         rendered[name] = (title, caption, png)
-
-    metrics_json = directory / "metrics.json"
-    payload = {"provenance": finite_or_none(record), **metrics_to_dict(metrics)}
-    metrics_json.write_text(
-        json.dumps(payload, indent=1, sort_keys=False, allow_nan=False, default=str)
-    )
-    metrics_csv = directory / "metrics.csv"
-    metrics_table(metrics).to_csv(metrics_csv)
-    index = directory / "index.html"
-    index.write_text(render_html(metrics, rendered, record), encoding="utf-8")
-    return ReportResult(
-        directory=directory,
-        index=index,
-        metrics_json=metrics_json,
-        metrics_csv=metrics_csv,
-        figures=tuple(paths),
-        metrics=metrics,
-        seconds=time.perf_counter() - start,
-    )
+    page = directory / "static.html"
+    page.write_text(render_html(metrics, rendered, record, uncertainty), encoding="utf-8")
+    return paths, page
 
 
 __all__ = [
+    "DEFAULT_INTERVALS",
     "PAPER_VALUES",
+    "STATIC_FORMATS",
+    "example_tokens",
+    "uncertainty_section",
     "ReportResult",
     "format_metrics_table",
     "render_html",

@@ -190,6 +190,10 @@ def _layer_cells(inputs: xr.Dataset, i: int, hidden_norm: float) -> LayerCells:
     )
 
 
+def _cell_counts(inputs: xr.Dataset) -> Any:
+    return np.asarray(inputs[CELL_COUNT].values) if CELL_COUNT in inputs.coords else None
+
+
 def measure_uncertainty(
     inputs: xr.Dataset,
     metrics: xr.Dataset,
@@ -265,7 +269,7 @@ def measure_uncertainty(
         runs = np.arange(inputs.sizes[CONTEXT])
     weights = stratified_weights(strata, intervals.resamples, intervals.seed)
     subsets = (
-        nested_runs(runs, intervals.seed)[1]
+        nested_runs(runs, intervals.seed, _cell_counts(inputs))[1]
         if intervals.convergence
         else np.zeros((0, strata.size), np.int64)
     )

@@ -104,8 +104,13 @@ def stratified_weights(strata: npt.ArrayLike, n_resamples: int, seed: int) -> In
     return out
 
 
-def nested_runs(cell_run: npt.ArrayLike, seed: int) -> tuple[IntArray, IntArray]:
+def nested_runs(
+    cell_run: npt.ArrayLike, seed: int, counts: npt.ArrayLike | None = None
+) -> tuple[IntArray, IntArray]:
     """Nested subsets of runs, 1, 2, 4, ... then all, in a seeded random order.
+
+    Given ``counts`` (contexts per cell), a short last run comes last, so that every subset
+    but the whole holds a power of two contexts when runs do.
 
     Returns ``(n_runs, weights)``: how many runs each subset has, and ``(subsets, cells)``
     0/1 weights of the cells in it.
@@ -115,9 +120,17 @@ def nested_runs(cell_run: npt.ArrayLike, seed: int) -> tuple[IntArray, IntArray]
     >>> n, w = nested_runs([0, 0, 1, 1, 2], seed=0)
     >>> n.tolist(), w.sum(axis=1).tolist()
     ([1, 2, 3], [1, 3, 5])
+    >>> _, w = nested_runs([0, 0, 1, 1, 2], seed=0, counts=[2, 2, 2, 2, 1])
+    >>> (w @ [2, 2, 2, 2, 1]).tolist()
+    [4, 8, 9]
     """
     runs = np.asarray(cell_run)
-    order = np.random.default_rng(seed).permutation(np.unique(runs))
+    labels = np.unique(runs)
+    order = np.random.default_rng(seed).permutation(labels)
+    if counts is not None:
+        size = np.bincount(np.searchsorted(labels, runs), weights=np.asarray(counts, float))
+        full = size[np.searchsorted(labels, order)] == size.max()
+        order = np.concatenate([order[full], order[~full]])
     sizes = [k for k in (2**i for i in range(64)) if k < order.size] + [order.size]
     weights = np.stack([np.isin(runs, order[:k]).astype(np.int64) for k in sizes])
     return np.asarray(sizes, np.int64), weights
