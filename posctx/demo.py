@@ -32,7 +32,7 @@ def run_demo(
     from posctx.extraction import extract
     from posctx.geometry.uncertainty import IntervalParams
     from posctx.report import example_tokens, format_metrics_table, write_report
-    from posctx.store import open_hidden, store_info
+    from posctx.store import store_info
     from posctx.summary import format_variance_table, variance_shares
 
     t0 = time.perf_counter()
@@ -70,7 +70,7 @@ def run_demo(
         dec.decomposition,
         out / "report",
         intervals=IntervalParams(resamples=DEMO_RESAMPLES),
-        tokens=example_tokens(open_hidden(hidden_path), dec.decomposition),
+        tokens=example_tokens(hidden_path, dec.decomposition),
         progress=progress,
     )
     t3 = time.perf_counter()

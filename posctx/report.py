@@ -488,9 +488,7 @@ def report_stores(
     dec = open_decomposition(decomposition, storage_options=storage_options)
     hidden_ds, tokens = None, None
     if hidden is not None:
-        tokens = example_tokens(
-            open_hidden(os.fspath(hidden), storage_options=storage_options), dec
-        )
+        tokens = example_tokens(hidden, dec, storage_options=storage_options)
     if hidden is not None and "m2_hidden" not in dec:
         m2 = moments_from_statistics(hidden, dec, storage_options=storage_options)
         if m2 is not None:
@@ -509,18 +507,31 @@ def report_stores(
     )
 
 
-def example_tokens(hidden: xr.Dataset, dec: xr.Dataset) -> list[str] | None:
+def example_tokens(
+    hidden: xr.Dataset | PathLike,
+    dec: xr.Dataset,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+) -> list[str] | None:
     """The first context's tokens at the decomposition's positions, for the 3D curve's hover.
 
     Decoded with the tokenizer of the store's model where it loads offline (a local folder,
     the bundled MiniLM, or a cached hub model); else None, and the hover shows positions only.
-    Reads one context's token ids (computes).
+    Reads one context's token ids (computes). ``hidden``: the store or its path.
     """
-    if TOKEN_ID not in hidden.data_vars:
+    if isinstance(hidden, xr.Dataset):
+        store = hidden
+    else:
+        from posctx.store.reading import open_labelled
+
+        # Token ids only: no check of the hidden states' chunks (a report may be made from
+        # a store whose hidden states are gone, with the statistics kept).
+        store = open_labelled(os.fspath(hidden), storage_options=storage_options)
+    if TOKEN_ID not in store.data_vars:
         return None
-    first = hidden[TOKEN_ID].isel({CONTEXT: 0}).sel({POSITION: dec[POSITION].values})
+    first = store[TOKEN_ID].isel({CONTEXT: 0}).sel({POSITION: dec[POSITION].values})
     ids = [int(i) for i in np.asarray(first.values)]
-    record = hidden.attrs.get(PROVENANCE_ATTR, {})
+    record = store.attrs.get(PROVENANCE_ATTR, {})
     name = (
         record.get("config", {}).get("model", {}).get("name") if isinstance(record, dict) else None
     )

@@ -18,6 +18,7 @@ from dask.highlevelgraph import HighLevelGraph
 from hypothesis import given
 from hypothesis import strategies as st
 
+import posctx
 import posctx.testing
 from posctx.decomposition import (
     api,
@@ -553,3 +554,48 @@ def test_update_decomposition_takes_the_old_argument_order_with_a_warning(tmp_pa
         assert update_decomposition(first, ds, str(tmp_path / "b.zarr")) == 4  # type: ignore[arg-type]
     got = open_decomposition(str(tmp_path / "b.zarr")).ctx.values
     np.testing.assert_allclose(got, decompose(ds).ctx.values, rtol=1e-12, atol=1e-12)
+
+
+# --- bootstrap cells (decompose(..., runs=N)) ------------------------------------------------
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_cells_hold_the_sums_of_their_contexts(tmp_path: Path, direct: bool) -> None:
+    """Per-cell position sums and squares equal numpy's, by the file reader and by dask; they
+    add up to the decomposition's own sums, which the cells leave unchanged."""
+    from posctx.decomposition.kernels import plan_cells
+
+    path = str(tmp_path / "h.zarr")
+    write_planted_store(path, n_contexts=37, length=9, n_layers=2, n_dims=4, n_topics=3)
+    ds = posctx.open_hidden(path) if direct else xr.open_zarr(path)
+    dec = posctx.decompose(ds, positions=slice(1, None), runs=5).compute()
+    plain = posctx.decompose(ds, positions=slice(1, None)).compute()
+    h = np.asarray(ds.hidden.sel(position=slice(1, None)).values, dtype=np.float64)
+    cells = plan_cells(ds.topic.values if direct else ["all"] * 37, 5)
+    assert cells["run_length"] == 8 and dec.sizes["cell"] == cells["count"].size
+    for g in range(cells["count"].size):
+        rows = h[cells["cell"] == g]
+        np.testing.assert_allclose(dec.cell_pos_sum.values[g], rows.sum(axis=0), rtol=1e-12)
+        np.testing.assert_allclose(dec.cell_sumsq.values[g], (rows**2).sum(axis=(0, 1, 3)))
+    np.testing.assert_allclose(dec.cell_pos_sum.sum("cell"), dec.pos_sum, rtol=1e-12)
+    np.testing.assert_allclose(dec.pos, plain.pos, rtol=1e-12, atol=1e-12)
+    assert dec.cell_count.values.tolist() == cells["count"].tolist()
+    record = json.loads(dec.attrs["posctx_decomposition"])["cells"]
+    assert record["run_length"] == 8 and record["topics_split"] is direct
+
+
+def test_cells_are_written_and_an_update_drops_them(tmp_path: Path) -> None:
+    path = str(tmp_path / "h.zarr")
+    write_planted_store(path, n_contexts=20, length=6, n_layers=1, n_dims=3, n_topics=2)
+    dec = posctx.decompose(posctx.open_hidden(path), contexts=slice(0, 11), runs=4)
+    posctx.write_decomposition(dec, str(tmp_path / "d.zarr"))
+    opened = posctx.open_decomposition(str(tmp_path / "d.zarr"))
+    np.testing.assert_allclose(opened.cell_pos_sum, dec.cell_pos_sum.compute())
+    assert opened.cell_topic.values.tolist()[:2] == ["topic0", "topic1"]
+    from posctx.decomposition.stores import decompose_store
+
+    updated = decompose_store(path, tmp_path / "u.zarr", previous=tmp_path / "d.zarr")
+    assert "cell_pos_sum" not in updated.decomposition
+    assert "cells" not in json.loads(updated.decomposition.attrs["posctx_decomposition"])
+    with pytest.raises(PosctxError, match="drop --runs"):
+        decompose_store(path, tmp_path / "v.zarr", previous=tmp_path / "d.zarr", runs=4)

@@ -25,8 +25,9 @@ import posctx.extraction
 import posctx.report
 import posctx.store
 from posctx.config import ExtractConfig
-from posctx.demo import run_demo
+from posctx.demo import DEMO_RESAMPLES, DEMO_RUNS, run_demo
 from posctx.extraction.api import ExtractResult
+from posctx.geometry.uncertainty import IntervalParams
 from posctx.report import format_metrics_table
 from posctx.summary import format_variance_table, variance_shares
 from posctx.testing import planted_hidden
@@ -64,8 +65,15 @@ class _Calls:
     def write_report(self, *args: Any, **kwargs: Any) -> Any:
         self.calls["write_report"] = (args, kwargs)
         return SimpleNamespace(
-            metrics=self.metrics, seconds=2.5, index=Path(args[1]) / "index.html"
+            metrics=self.metrics,
+            seconds=2.5,
+            index=Path(args[1]) / "index.html",
+            uncertainty=None,
         )
+
+    def example_tokens(self, *args: Any, **kwargs: Any) -> list[str]:
+        self.calls["example_tokens"] = (args, kwargs)
+        return ["[CLS]", "the"]
 
 
 def _replace_steps(monkeypatch: pytest.MonkeyPatch, stand_in: _Calls) -> None:
@@ -73,6 +81,7 @@ def _replace_steps(monkeypatch: pytest.MonkeyPatch, stand_in: _Calls) -> None:
     monkeypatch.setattr(posctx.decomposition.stores, "decompose_store", stand_in.decompose_store)
     monkeypatch.setattr(posctx.store, "store_info", stand_in.store_info)
     monkeypatch.setattr(posctx.report, "write_report", stand_in.write_report)
+    monkeypatch.setattr(posctx.report, "example_tokens", stand_in.example_tokens)
 
 
 def test_the_steps_are_called_in_turn_and_their_results_printed(
@@ -93,11 +102,18 @@ def test_the_steps_are_called_in_turn_and_their_results_printed(
     assert config.store.chunk_contexts == 0 and config.store.storage_dtype == "float32"
     assert stand_in.calls["decompose_store"] == (
         (hidden, out / "decomposition.zarr"),
-        {"moments": True, "mode": "w"},  # the spectra in the same pass; replaced every run
+        # The spectra and the bootstrap cells in the same pass; replaced every run.
+        {"moments": True, "runs": DEMO_RUNS, "mode": "w"},
     )
     assert stand_in.calls["store_info"] == ((hidden,), {})
     args, options = stand_in.calls["write_report"]
-    assert args == (stand_in.dec, out / "report") and options == {"progress": True}
+    assert args == (stand_in.dec, out / "report")
+    assert options == {
+        "progress": True,
+        "intervals": IntervalParams(resamples=DEMO_RESAMPLES),
+        "tokens": ["[CLS]", "the"],
+    }
+    assert stand_in.calls["example_tokens"] == ((hidden, stand_in.dec), {})
     lines = capsys.readouterr().out.splitlines()
     table = format_variance_table(variance_shares(stand_in.dec)).splitlines()
     metrics = format_metrics_table(stand_in.metrics).splitlines()
@@ -132,7 +148,7 @@ def test_progress_off_and_echo_elsewhere(
     lines: list[str] = []
     run_demo(tmp_path, progress=False, echo=lines.append)
     assert stand_in.calls["extract"][1] == {"progress": False}
-    assert stand_in.calls["write_report"][1] == {"progress": False}
+    assert stand_in.calls["write_report"][1]["progress"] is False
     config = stand_in.calls["extract"][0][0]
     assert (config.store.contexts, config.store.length) == (512, 128)  # the defaults
     assert capsys.readouterr().out == "" and lines[0].startswith("extract: 65,536 tokens")
@@ -190,7 +206,10 @@ def test_a_small_real_run_writes_everything_and_prints_what_it_stored(
         posctx.report,
         "write_report",
         lambda dec, where, **kw: SimpleNamespace(
-            metrics=reports[0].metrics, seconds=0.0, index=Path(where) / "index.html"
+            metrics=reports[0].metrics,
+            seconds=0.0,
+            index=Path(where) / "index.html",
+            uncertainty=None,
         ),
     )
     echoed.clear()

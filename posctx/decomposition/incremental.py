@@ -21,9 +21,21 @@ from posctx.decomposition.api import (
     statistics,
 )
 from posctx.decomposition.graph import STATISTIC_NAMES
+from posctx.decomposition.kernels import CELL_STAT_NAMES
 from posctx.decomposition.storage import open_decomposition, write_decomposition
 from posctx.errors import PosctxError
-from posctx.types import CONTEXT, DIM, DIM2, LAYER, POSITION, PathLike
+from posctx.types import (
+    CELL_COUNT,
+    CELL_RUN,
+    CELL_TOPIC,
+    CONTEXT,
+    CONTEXT_CELL,
+    DIM,
+    DIM2,
+    LAYER,
+    POSITION,
+    PathLike,
+)
 
 
 def combine(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
@@ -58,6 +70,10 @@ def combine(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
         raise PosctxError(
             f"contexts {shared[:5].tolist()} are in both sets: combine disjoint context sets"
         )
+    # Bootstrap cells are runs of the contexts one pass read: the union has none.
+    cell_names = [CONTEXT_CELL, CELL_RUN, CELL_TOPIC, CELL_COUNT, *CELL_STAT_NAMES]
+    a = a.drop_vars(cell_names, errors="ignore")
+    b = b.drop_vars(cell_names, errors="ignore")
     n_a, n_b = a.sizes[CONTEXT] * a.sizes[POSITION], b.sizes[CONTEXT] * b.sizes[POSITION]
     out = xr.Dataset(
         {
@@ -79,7 +95,6 @@ def combine(a: xr.Dataset, b: xr.Dataset) -> xr.Dataset:
     # complete_only describes the store the newest contexts came from (contexts_used says
     # which contexts the result holds): kept when that store was still being written.
     record.pop("complete_only", None)
-    # Bootstrap cells are runs of the contexts one pass read: an update has none to add to.
     record.pop("cells", None)
     added = json.loads(b.attrs.get(DECOMPOSITION_ATTR, "{}"))
     if "complete_only" in added:

@@ -239,10 +239,11 @@ def combine_cells(
     >>> combine_cells("cell_sumsq", (1, 0), a, b).tolist()
     [[24.0]]
     """
-    total = stats[0][name][cells[0]].copy()
+    total: Float64Array = stats[0][name][cells[0]].copy()
     for local, part in zip(cells[1:], stats[1:], strict=True):
         total += part[name][local]
-    return total[np.newaxis]
+    out: Float64Array = total[np.newaxis]
+    return out
 
 
 def singular_values(m2: npt.ArrayLike) -> Float64Array:

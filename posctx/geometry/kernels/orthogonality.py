@@ -102,7 +102,7 @@ def random_orthonormal(d: int, r: int, rng: np.random.Generator) -> Float64Array
     out: Float64Array = q * np.sign(np.diag(upper))
     if len(_DRAWN) >= _DRAWN_MAX:
         _DRAWN.pop(next(iter(_DRAWN)))
-    _DRAWN[key] = (out.copy(), rng.bit_generator.state)
+    _DRAWN[key] = (out.copy(), dict(rng.bit_generator.state))
     return out
 
 
