@@ -487,14 +487,15 @@ def report_stores(
 
     dec = open_decomposition(decomposition, storage_options=storage_options)
     hidden_ds, tokens = None, None
-    if hidden is not None:
-        tokens = example_tokens(hidden, dec, storage_options=storage_options)
     if hidden is not None and "m2_hidden" not in dec:
         m2 = moments_from_statistics(hidden, dec, storage_options=storage_options)
         if m2 is not None:
             dec = dec.assign(m2_hidden=m2.drop_vars(list(m2.coords)))
         else:
             hidden_ds = open_hidden(os.fspath(hidden), storage_options=storage_options)
+    if hidden is not None:
+        # After the store was checked above (a missing or damaged store: one line).
+        tokens = example_tokens(hidden, dec, storage_options=storage_options)
     return write_report(
         dec,
         out,
@@ -522,11 +523,18 @@ def example_tokens(
     if isinstance(hidden, xr.Dataset):
         store = hidden
     else:
+        from posctx.store.provenance import read_provenance
         from posctx.store.reading import open_labelled
 
+        path = os.fspath(hidden)
+        if read_provenance(path, storage_options) is None:
+            raise PosctxError(
+                f"no posctx store at {path}: pass the hidden-state store (--hidden) the "
+                "decomposition was made from"
+            )
         # Token ids only: no check of the hidden states' chunks (a report may be made from
         # a store whose hidden states are gone, with the statistics kept).
-        store = open_labelled(os.fspath(hidden), storage_options=storage_options)
+        store = open_labelled(path, storage_options=storage_options)
     if TOKEN_ID not in store.data_vars:
         return None
     first = store[TOKEN_ID].isel({CONTEXT: 0}).sel({POSITION: dec[POSITION].values})
