@@ -611,7 +611,8 @@ def write_report(
     start = time.perf_counter()
     directory = Path(os.fspath(out))
     try:
-        (directory / "figures").mkdir(parents=True, exist_ok=True)
+        # figures/ only when there are figure files to put there (--static).
+        (directory / "figures" if static else directory).mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # --out is a file, or lies below one, or is read-only
         raise PosctxError(
             f"cannot write the report to {directory} ({exc.strerror or exc}): choose another "
