@@ -45,6 +45,7 @@ from posctx.types import (
     CELL_TOPIC,
     CONTEXT,
     CONTEXT_CELL,
+    DECOMPOSITION_ATTR,
     LAYER,
     LAYER_NAME,
     METRIC,
@@ -331,7 +332,7 @@ def measure_uncertainty(
         "seed": intervals.seed,
         "tolerance": intervals.tolerance,
         "absolute_tolerance": {"value": 0.01, "metrics": list(ABSOLUTE_TOLERANCE)},
-        "cells": json.loads(inputs.attrs.get("posctx_decomposition", "{}")).get("cells"),
+        "cells": json.loads(inputs.attrs.get(DECOMPOSITION_ATTR, "{}")).get("cells"),
         "n_contexts": inputs_record(inputs)["n_contexts"],
         "not_resampled": {
             **NOT_RESAMPLED,
